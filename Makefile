@@ -1,0 +1,32 @@
+# Two commands do all the set-up: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: venv test test-fast demo bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# The whole suite, slow tests included.
+test: venv
+	$(BIN)/python -m pytest -n 2 -q
+
+# Everyday loop: skip the tests marked slow.
+test-fast: venv
+	$(BIN)/python -m pytest -n 2 -q -m 'not slow'
+
+demo: venv
+	$(BIN)/pixelwise demo
+
+bench: venv
+	$(BIN)/python benchmarks/inference.py
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -1,0 +1,3 @@
+"""Command-line interface (placeholder, replaced below)."""
+def main() -> None:
+    pass

@@ -1,0 +1,165 @@
+"""Encoders built from torchvision's own classifier definitions: VGG, ResNet, MobileNet.
+
+Each keeps torchvision's module names, so torchvision's ImageNet weights load unchanged (the
+classifier head is dropped, or for VGG's fully connected layers, reshaped into convolutions).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+from torchvision import models as tvm
+
+from pixelwise.encoders.base import Encoder, dilate_for_output_stride, dilate_stage
+from pixelwise.layers.convert import linear_to_conv2d_weight
+
+
+@dataclass(frozen=True)
+class TorchvisionSpec:
+    """How to build one torchvision classifier and where its ImageNet weights are."""
+
+    builder: Callable[..., nn.Module]
+    weights: Any  # a torchvision WeightsEnum member
+
+
+class ResNetEncoder(Encoder):
+    """ResNet (He et al., 2016) features at strides 2, 4, 8, 16, 32.
+
+    ``output_stride`` 8 or 16 replaces the last strides by dilation exactly as torchvision's
+    ``replace_stride_with_dilation`` does, for every depth (torchvision itself refuses it for
+    ResNet-18/34).
+    """
+
+    def __init__(self, builder: Callable[..., nn.Module], output_stride: int = 32) -> None:
+        super().__init__()
+        net = builder(weights=None)
+        self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
+        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
+        last_block = self.layer4[-1]
+        width = last_block.conv3.out_channels if hasattr(last_block, "conv3") else last_block.conv2.out_channels
+        self.channels = [64, width // 8, width // 4, width // 2, width]
+        stages = [nn.ModuleList([self.conv1]), nn.ModuleList([self.maxpool, self.layer1]),
+                  self.layer2, self.layer3, self.layer4]
+        self.reductions = dilate_for_output_stride(stages, [2, 4, 8, 16, 32], output_stride)
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        stem = self.relu(self.bn1(self.conv1(x)))
+        c1 = self.layer1(self.maxpool(stem))
+        c2 = self.layer2(c1)
+        c3 = self.layer3(c2)
+        return [stem, c1, c2, c3, self.layer4(c3)]
+
+    def convert_state_dict(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+        """torchvision classifier keys → encoder keys: drop the ``fc`` head."""
+        return {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
+
+
+class SlicedEncoder(Encoder):
+    """An encoder over one ``features`` Sequential cut into stages at given bounds
+    (VGG, MobileNet). Keys stay ``features.N.*`` as in torchvision."""
+
+    def __init__(self, features: nn.Sequential, bounds: list[tuple[int, int]], channels: list[int],
+                 output_stride: int = 32) -> None:
+        super().__init__()
+        self.features = features
+        self.bounds = bounds
+        self.channels = channels
+        stages = [features[start:end] for start, end in bounds]
+        self.reductions = dilate_for_output_stride(stages, [2, 4, 8, 16, 32], output_stride)
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        outputs = []
+        for start, end in self.bounds:
+            x = self.features[start:end](x)
+            outputs.append(x)
+        return outputs
+
+    def convert_state_dict(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+        """torchvision classifier keys → encoder keys: keep ``features.*`` only."""
+        return {k: v for k, v in state_dict.items() if k.startswith("features.")}
+
+
+class VGGEncoder(SlicedEncoder):
+    """VGG (Simonyan & Zisserman, 2015) features after each of the five poolings.
+
+    Args:
+        batch_norm: VGG16-BN instead of the plain VGG16.
+        fully_conv: append the classifier's fully connected layers as convolutions, as the FCN
+            paper does: fc6 becomes a 7×7 convolution over pool5, fc7 a 1×1 convolution; the
+            last feature is then fc7's 4096 channels at stride 32 instead of pool5.
+        output_stride: 8, 16 or 32; poolings past it become 3×3 stride-1 pools and later
+            convolutions are dilated (DeepLab-LargeFOV).
+        paper: the FCN reference set-up: 100 pixels of zero padding on the first convolution,
+            ceil-mode pooling (Caffe's) and an unpadded fc6.
+    """
+
+    def __init__(self, batch_norm: bool = False, fully_conv: bool = False, output_stride: int = 32,
+                 paper: bool = False) -> None:
+        # Only the convolutional trunk: building all of tvm.vgg16() would initialise its
+        # 120M-parameter classifier just to discard it.
+        features = tvm.vgg.make_layers(tvm.vgg.cfgs["D"], batch_norm=batch_norm)
+        pools = [i for i, m in enumerate(features) if isinstance(m, nn.MaxPool2d)]
+        bounds = list(zip([0] + [p + 1 for p in pools[:-1]], [p + 1 for p in pools]))
+        channels = [_last_conv_channels(features[start:end]) for start, end in bounds]
+        if paper:
+            features[0].padding = (100, 100)
+            for index in pools:
+                features[index].ceil_mode = True
+        super().__init__(features, bounds, channels, output_stride)
+        self.fully_conv = fully_conv
+        if fully_conv:
+            dilation = 32 // output_stride
+            self.fc6 = nn.Conv2d(512, 4096, 7, padding=0 if paper else 3 * dilation, dilation=dilation)
+            self.fc7 = nn.Conv2d(4096, 4096, 1)
+            self.channels[-1] = 4096
+            self.drop6, self.drop7 = nn.Dropout(0.5), nn.Dropout(0.5)
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        outputs = super().forward(x)
+        if self.fully_conv:
+            fc6 = self.drop6(torch.relu(self.fc6(outputs[-1])))
+            outputs[-1] = self.drop7(torch.relu(self.fc7(fc6)))
+        return outputs
+
+    def convert_state_dict(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+        """torchvision VGG keys → encoder keys, reshaping fc6/fc7 into convolutions."""
+        converted = super().convert_state_dict(state_dict)
+        if self.fully_conv and "classifier.0.weight" in state_dict:
+            for conv, linear in (("fc6", "classifier.0"), ("fc7", "classifier.3")):
+                layer = getattr(self, conv)
+                converted[f"{conv}.weight"] = linear_to_conv2d_weight(state_dict[f"{linear}.weight"],
+                                                                      layer.in_channels, layer.kernel_size)
+                converted[f"{conv}.bias"] = state_dict[f"{linear}.bias"]
+        return converted
+
+
+def _last_conv_channels(stage: nn.Sequential) -> int:
+    return [m for m in stage if isinstance(m, nn.Conv2d)][-1].out_channels
+
+
+def mobilenet_v2_encoder(output_stride: int = 32) -> SlicedEncoder:
+    """MobileNetV2 (Sandler et al., 2018) features at strides 2…32 (16, 24, 32, 96, 320 channels)."""
+    features = tvm.mobilenet_v2(weights=None).features
+    return SlicedEncoder(features, [(0, 2), (2, 4), (4, 7), (7, 14), (14, 18)], [16, 24, 32, 96, 320],
+                         output_stride)
+
+
+def mobilenet_v3_large_encoder(output_stride: int = 32) -> SlicedEncoder:
+    """MobileNetV3-Large (Howard et al., 2019) features at strides 2…32 (16, 24, 40, 112, 960)."""
+    features = tvm.mobilenet_v3_large(weights=None).features
+    return SlicedEncoder(features, [(0, 2), (2, 4), (4, 7), (7, 13), (13, 17)], [16, 24, 40, 112, 960],
+                         output_stride)
+
+
+TORCHVISION_ENCODERS: dict[str, tuple[Callable[..., Encoder], Any]] = {
+    "vgg16": (lambda **kw: VGGEncoder(batch_norm=False, **kw), tvm.VGG16_Weights.IMAGENET1K_V1),
+    "vgg16_bn": (lambda **kw: VGGEncoder(batch_norm=True, **kw), tvm.VGG16_BN_Weights.IMAGENET1K_V1),
+    "resnet18": (lambda **kw: ResNetEncoder(tvm.resnet18, **kw), tvm.ResNet18_Weights.IMAGENET1K_V1),
+    "resnet34": (lambda **kw: ResNetEncoder(tvm.resnet34, **kw), tvm.ResNet34_Weights.IMAGENET1K_V1),
+    "resnet50": (lambda **kw: ResNetEncoder(tvm.resnet50, **kw), tvm.ResNet50_Weights.IMAGENET1K_V1),
+    "resnet101": (lambda **kw: ResNetEncoder(tvm.resnet101, **kw), tvm.ResNet101_Weights.IMAGENET1K_V1),
+    "mobilenet_v2": (mobilenet_v2_encoder, tvm.MobileNet_V2_Weights.IMAGENET1K_V1),
+    "mobilenet_v3_large": (mobilenet_v3_large_encoder, tvm.MobileNet_V3_Large_Weights.IMAGENET1K_V1),
+}

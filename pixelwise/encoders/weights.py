@@ -1,0 +1,83 @@
+"""Loading pretrained encoder weights: torchvision's own loaders, or a local file.
+
+Never falls back to random weights when weights were asked for: a download that cannot happen
+raises :class:`WeightsUnavailableError` saying how to pass a local file instead.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights were requested but could not be obtained."""
+
+
+def is_weights_file(weights: str | os.PathLike[str] | None) -> bool:
+    """Whether ``weights`` names a file rather than a named weight set like ``"imagenet"``."""
+    if weights is None:
+        return False
+    text = os.fspath(weights)
+    return os.sep in text or text.endswith((".pt", ".pth", ".bin", ".safetensors")) or Path(text).exists()
+
+
+def load_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """Read a state dict from a local file (``.pt``/``.pth`` or ``.safetensors``); a checkpoint
+    holding ``{"model": state_dict}`` or ``{"state_dict": ...}`` works too."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {str(path)!r} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file as load_safetensors
+
+        return load_safetensors(str(path))
+    try:
+        state: Any = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any unpickling failure means the same to the user
+        raise ValueError(f"could not read weights from {str(path)!r}: {error}") from error
+    for key in ("model", "state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise ValueError(f"{str(path)!r} holds a {type(state).__name__}, not a state dict")
+    return state
+
+
+def download_torchvision_weights(weights_enum: Any, encoder_name: str) -> dict[str, torch.Tensor]:
+    """Fetch a torchvision weight set through torchvision (from the torch hub cache when present)."""
+    try:
+        return weights_enum.get_state_dict(progress=False, check_hash=False)
+    except Exception as error:  # noqa: BLE001 - URLError, socket errors, SSL errors, HTTP errors
+        cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights_enum.url).name
+        raise WeightsUnavailableError(
+            f"could not load ImageNet weights for encoder {encoder_name!r} ({error}).\n"
+            f"This machine may be offline. Either download {weights_enum.url}\n"
+            f"  and save it as {cache} (torchvision's cache), or\n"
+            f"  pass the file directly: encoder_weights='/path/to/{Path(weights_enum.url).name}'."
+        ) from error
+
+
+def load_into(module: nn.Module, state_dict: dict[str, torch.Tensor], source: str,
+              convert: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
+              ignore: tuple[str, ...] = ()) -> None:
+    """Load ``state_dict`` into ``module`` strictly (apart from keys starting with ``ignore``).
+
+    Raises:
+        ValueError: naming the missing and unexpected keys, so a wrong file is never half-loaded
+            silently.
+    """
+    if convert is not None:
+        state_dict = convert(state_dict)
+    state_dict = {k: v for k, v in state_dict.items() if not k.startswith(ignore)}
+    result = module.load_state_dict(state_dict, strict=False)
+    missing = [k for k in result.missing_keys if not k.startswith(ignore)]
+    if missing or result.unexpected_keys:
+        raise ValueError(
+            f"weights from {source} do not fit {type(module).__name__}: "
+            f"missing {missing[:8]}{'...' if len(missing) > 8 else ''}, "
+            f"unexpected {result.unexpected_keys[:8]}{'...' if len(result.unexpected_keys) > 8 else ''}"
+        )

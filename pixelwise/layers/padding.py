@@ -1,0 +1,42 @@
+"""Padding helpers that let every model accept any input size."""
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def pad_to_multiple(x: Tensor, divisor: int) -> Tensor:
+    """Zero-pad the bottom and right of ``x`` so height and width are multiples of ``divisor``.
+
+    The top-left stays in place, so cropping ``[..., :H, :W]`` of an output at the padded
+    size gives back the original region.
+    """
+    pad_h = -x.shape[-2] % divisor
+    pad_w = -x.shape[-1] % divisor
+    if pad_h == 0 and pad_w == 0:
+        return x
+    return F.pad(x, (0, pad_w, 0, pad_h))
+
+
+def mirror_pad(x: Tensor, top: int, bottom: int, left: int, right: int) -> Tensor:
+    """Mirror ``x`` outwards by any amount (U-Net's overlap-tile padding).
+
+    ``F.pad(mode="reflect")`` refuses a pad as large as the image, so this reflects repeatedly
+    (a 30-pixel tile can be padded by 92). A side one pixel long has nothing to reflect and is
+    repeated instead.
+    """
+    x = _mirror_axis(x, top, bottom, horizontal=False)
+    return _mirror_axis(x, left, right, horizontal=True)
+
+
+def _mirror_axis(x: Tensor, before: int, after: int, horizontal: bool) -> Tensor:
+    while before or after:
+        length = x.shape[-1] if horizontal else x.shape[-2]
+        if length == 1:
+            pads = (before, after, 0, 0) if horizontal else (0, 0, before, after)
+            return F.pad(x, pads, mode="replicate")
+        step_before, step_after = min(before, length - 1), min(after, length - 1)
+        pads = (step_before, step_after, 0, 0) if horizontal else (0, 0, step_before, step_after)
+        x = F.pad(x, pads, mode="reflect")
+        before, after = before - step_before, after - step_after
+    return x

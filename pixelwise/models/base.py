@@ -1,0 +1,62 @@
+"""What every segmentation model shares: any input size in, logits at that size out."""
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from pixelwise.layers.padding import pad_to_multiple
+
+
+class SegmentationModel(nn.Module):
+    """Base class of every model.
+
+    Subclasses implement :meth:`forward_padded` on inputs whose height and width are multiples
+    of ``size_divisor``; :meth:`forward` pads any input (bottom and right, zeros) and crops the
+    logits back, so users never resize to a multiple of 32 themselves.
+
+    Attributes:
+        num_classes: number of output channels.
+        in_channels: channels the model expects (3 for RGB).
+        size_divisor: input multiple the architecture needs (1: none).
+    """
+
+    num_classes: int
+    in_channels: int = 3
+    size_divisor: int = 1
+
+    def forward(self, x: Tensor, return_aux: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """Logits ``(N, num_classes, H, W)`` at the input's size.
+
+        Args:
+            x: images ``(N, in_channels, H, W)``, any ``H`` and ``W``.
+            return_aux: also return the auxiliary head's logits (training only; models
+                without an auxiliary head raise).
+        """
+        self._check_input(x)
+        if return_aux and not self.has_aux:
+            raise ValueError(f"{type(self).__name__} has no auxiliary head; build it with aux=True")
+        height, width = x.shape[-2:]
+        logits, aux = self.forward_padded(pad_to_multiple(x, self.size_divisor), return_aux)
+        logits = logits[..., :height, :width]
+        if return_aux:
+            return logits, aux[..., :height, :width]
+        return logits
+
+    def forward_padded(self, x: Tensor, return_aux: bool) -> tuple[Tensor, Tensor | None]:
+        """Logits (and auxiliary logits when asked, else ``None``) at the padded input size."""
+        raise NotImplementedError
+
+    @property
+    def has_aux(self) -> bool:
+        """Whether the model has an auxiliary head (used only for the training loss)."""
+        return getattr(self, "aux_classifier", None) is not None
+
+    def _check_input(self, x: Tensor) -> None:
+        if x.dim() != 4:
+            raise ValueError(f"expected a batch of images (N, C, H, W), got a tensor of shape {tuple(x.shape)}")
+        if x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"{type(self).__name__} expects {self.in_channels}-channel images, got {x.shape[1]} channels "
+                f"(shape {tuple(x.shape)})"
+            )
+        if x.shape[-2] < 1 or x.shape[-1] < 1:
+            raise ValueError(f"image height and width must be at least 1, got shape {tuple(x.shape)}")
