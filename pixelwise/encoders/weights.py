@@ -62,22 +62,27 @@ def download_torchvision_weights(weights_enum: Any, encoder_name: str) -> dict[s
 
 
 def load_into(module: nn.Module, state_dict: dict[str, torch.Tensor], source: str,
-              convert: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
-              ignore: tuple[str, ...] = ()) -> None:
-    """Load ``state_dict`` into ``module`` strictly (apart from keys starting with ``ignore``).
+              convert: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None) -> None:
+    """Load ``state_dict`` into ``module`` strictly.
 
     Raises:
-        ValueError: naming the missing and unexpected keys, so a wrong file is never half-loaded
-            silently.
+        ValueError: naming the missing, unexpected and wrongly shaped keys, so a file that does
+            not fit (another model, another class count) is never half-loaded silently.
     """
     if convert is not None:
         state_dict = convert(state_dict)
-    state_dict = {k: v for k, v in state_dict.items() if not k.startswith(ignore)}
-    result = module.load_state_dict(state_dict, strict=False)
-    missing = [k for k in result.missing_keys if not k.startswith(ignore)]
-    if missing or result.unexpected_keys:
+    own = module.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    reshaped = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
+                for k, v in state_dict.items() if k in own and v.shape != own[k].shape]
+    if missing or unexpected or reshaped:
         raise ValueError(
-            f"weights from {source} do not fit {type(module).__name__}: "
-            f"missing {missing[:8]}{'...' if len(missing) > 8 else ''}, "
-            f"unexpected {result.unexpected_keys[:8]}{'...' if len(result.unexpected_keys) > 8 else ''}"
+            f"weights from {source} do not fit {type(module).__name__}: missing {_first(missing)}, "
+            f"unexpected {_first(unexpected)}, wrong shape (file vs model) {_first(reshaped)}"
         )
+    module.load_state_dict(state_dict)
+
+
+def _first(items: list[str], count: int = 6) -> str:
+    return str(items[:count])[:-1] + (", ...]" if len(items) > count else "]")

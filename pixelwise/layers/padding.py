@@ -5,14 +5,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def pad_to_multiple(x: Tensor, divisor: int) -> Tensor:
-    """Zero-pad the bottom and right of ``x`` so height and width are multiples of ``divisor``.
+def pad_to_multiple(x: Tensor, divisor: int, min_size: int = 1) -> Tensor:
+    """Zero-pad the bottom and right of ``x`` so height and width are multiples of ``divisor``
+    and at least ``min_size``.
 
     The top-left stays in place, so cropping ``[..., :H, :W]`` of an output at the padded
     size gives back the original region.
     """
-    pad_h = -x.shape[-2] % divisor
-    pad_w = -x.shape[-1] % divisor
+    height, width = x.shape[-2:]
+    pad_h = max(height + (-height % divisor), min_size) - height
+    pad_w = max(width + (-width % divisor), min_size) - width
     if pad_h == 0 and pad_w == 0:
         return x
     return F.pad(x, (0, pad_w, 0, pad_h))

@@ -10,18 +10,21 @@ class SegmentationModel(nn.Module):
     """Base class of every model.
 
     Subclasses implement :meth:`forward_padded` on inputs whose height and width are multiples
-    of ``size_divisor``; :meth:`forward` pads any input (bottom and right, zeros) and crops the
-    logits back, so users never resize to a multiple of 32 themselves.
+    of ``size_divisor`` (and at least twice it); :meth:`forward` pads any input (bottom and
+    right, zeros) and crops the logits back, so users never resize to a multiple of 32.
 
     Attributes:
         num_classes: number of output channels.
         in_channels: channels the model expects (3 for RGB).
         size_divisor: input multiple the architecture needs (1: none).
+        min_train_size: smallest side a training batch of one image is padded to (models with
+            ``size_divisor == 1`` only).
     """
 
     num_classes: int
     in_channels: int = 3
     size_divisor: int = 1
+    min_train_size: int = 1
 
     def forward(self, x: Tensor, return_aux: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """Logits ``(N, num_classes, H, W)`` at the input's size.
@@ -35,11 +38,21 @@ class SegmentationModel(nn.Module):
         if return_aux and not self.has_aux:
             raise ValueError(f"{type(self).__name__} has no auxiliary head; build it with aux=True")
         height, width = x.shape[-2:]
-        logits, aux = self.forward_padded(pad_to_multiple(x, self.size_divisor), return_aux)
+        padded = pad_to_multiple(x, self.size_divisor, self._min_padded_size(x))
+        logits, aux = self.forward_padded(padded, return_aux)
         logits = logits[..., :height, :width]
         if return_aux:
             return logits, aux[..., :height, :width]
         return logits
+
+    def _min_padded_size(self, x: Tensor) -> int:
+        """A 1×1 deepest map leaves batch norm one value per channel, which training at batch
+        size 1 cannot normalise: pad to at least two cells of the coarsest grid. Models that
+        do not pad to a grid (``size_divisor == 1``) name their own floor, ``min_train_size``,
+        used only where it is needed."""
+        if self.size_divisor > 1:
+            return 2 * self.size_divisor
+        return self.min_train_size if self.training and x.shape[0] == 1 else 1
 
     def forward_padded(self, x: Tensor, return_aux: bool) -> tuple[Tensor, Tensor | None]:
         """Logits (and auxiliary logits when asked, else ``None``) at the padded input size."""

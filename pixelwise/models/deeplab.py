@@ -1,1 +1,255 @@
-"""(being written)"""
+"""DeepLab v3 and v3+: an atrous encoder, Atrous Spatial Pyramid Pooling, and (v3+) a decoder.
+
+- DeepLab v3: Chen, Papandreou, Schroff & Adam, "Rethinking Atrous Convolution for Semantic
+  Image Segmentation", arXiv:1706.05587, 2017.
+- DeepLab v3+: Chen, Zhu, Papandreou, Schroff & Adam, "Encoder-Decoder with Atrous Separable
+  Convolution for Semantic Image Segmentation", ECCV 2018.
+
+The encoder stops downsampling at output stride 8 or 16 and dilates its later convolutions
+instead, so the deepest feature keeps detail without losing receptive field. ASPP then looks at
+that feature at several rates plus a global image-pooling branch. v3 upsamples its logits
+straight to the input size; v3+ first mixes the upsampled ASPP feature with a stride-4 encoder
+feature, which sharpens object boundaries.
+
+The heads keep torchvision's layouts (:class:`DeepLabHead`, :class:`FCNHead`), so
+:mod:`pixelwise.models.torchvision_compat` rebuilds torchvision's models from these same parts.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pixelwise.encoders import Encoder, EncoderWeights, create_encoder
+from pixelwise.layers import ASPP, ConvNormAct, aspp_rates, make_conv_block, make_upsampler
+from pixelwise.models.base import SegmentationModel
+from pixelwise.models.registry import register_model
+
+OUTPUT_STRIDES: tuple[int, ...] = (8, 16)
+LOW_LEVEL_STRIDE = 4  # v3+ decodes at a quarter of the input resolution
+
+
+# --- building blocks -------------------------------------------------------------------------
+
+
+class FCNHead(nn.Sequential):
+    """3×3 conv-norm-act to a quarter of the channels, dropout 0.1, 1×1 convolution to classes.
+
+    The auxiliary head of torchvision's FCN and DeepLab models (and FCN-ResNet's main head);
+    the module indices (0 conv, 1 norm, 3 dropout, 4 classifier) are torchvision's, so its
+    weights load unchanged.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, dropout: float = 0.1) -> None:
+        inter_channels = max(in_channels // 4, 1)
+        super().__init__(
+            *ConvNormAct(in_channels, inter_channels, 3),
+            nn.Dropout(dropout),
+            nn.Conv2d(inter_channels, num_classes, 1),
+        )
+
+
+class DeepLabHead(nn.Sequential):
+    """DeepLab v3's head: ASPP, a 3×3 conv-norm-act, a 1×1 convolution to classes.
+
+    Module indices match torchvision's ``DeepLabHead`` (0 ASPP, 1 conv, 2 norm, 4 classifier).
+
+    Args:
+        in_channels: channels of the encoder's deepest feature.
+        num_classes: output channels.
+        rates: ASPP's atrous rates; see :func:`pixelwise.layers.aspp_rates`.
+        channels: width of ASPP and of the 3×3 block.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, rates: Sequence[int] = (12, 24, 36),
+                 channels: int = 256) -> None:
+        super().__init__(
+            ASPP(in_channels, rates, channels),
+            *ConvNormAct(channels, channels, 3),
+            nn.Conv2d(channels, num_classes, 1),
+        )
+
+
+class DeepLabV3PlusDecoder(nn.Module):
+    """v3+'s decoder: upsample the ASPP feature to stride 4, concatenate the stride-4 encoder
+    feature reduced to 48 channels, refine with two 3×3 blocks.
+
+    The low-level feature is reduced to few channels so it sharpens boundaries without
+    outweighing the semantic ASPP feature (48 is the paper's choice).
+
+    Args:
+        channels: channels of the ASPP feature and of the output.
+        low_level_channels: channels of the stride-4 encoder feature.
+        scale: ASPP feature stride divided by 4.
+        upsample: upsampler kind for the ASPP feature.
+        separable: depthwise-separable 3×3 blocks, as in the paper.
+        reduced_channels: what the low-level feature is reduced to.
+    """
+
+    def __init__(self, channels: int, low_level_channels: int, scale: int, upsample: str,
+                 separable: bool = True, reduced_channels: int = 48) -> None:
+        super().__init__()
+        self.upsample = make_upsampler(upsample, channels, channels, scale)
+        self.reduce = ConvNormAct(low_level_channels, reduced_channels, 1)
+        self.fuse = nn.Sequential(
+            make_conv_block(channels + reduced_channels, channels, separable=separable),
+            make_conv_block(channels, channels, separable=separable),
+        )
+
+    def forward(self, high_level: Tensor, low_level: Tensor) -> Tensor:
+        return self.fuse(torch.cat([self.upsample(high_level), self.reduce(low_level)], dim=1))
+
+
+def _resize_to(x: Tensor, size: Sequence[int]) -> Tensor:
+    """Bilinear resize to ``size`` (torchvision's rule; used for the training-only aux logits)."""
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def low_level_index(encoder: Encoder, stride: int = LOW_LEVEL_STRIDE) -> int:
+    """Index of the deepest encoder feature at ``stride`` (the decoder's skip connection).
+
+    Raises:
+        ValueError: the encoder has no feature at that stride.
+    """
+    matches = [i for i, reduction in enumerate(encoder.reductions) if reduction == stride]
+    if not matches:
+        raise ValueError(
+            f"DeepLab v3+ needs an encoder feature at stride {stride}, but {type(encoder).__name__} "
+            f"returns strides {encoder.reductions}; use deeplabv3 or another encoder"
+        )
+    return matches[-1]
+
+
+def atrous_encoder(name: str, weights: EncoderWeights, output_stride: int) -> Encoder:
+    """Build encoder ``name`` with its last strides replaced by dilation.
+
+    Raises:
+        ValueError: ``output_stride`` is not 8 or 16, or the encoder cannot reach it.
+    """
+    if output_stride not in OUTPUT_STRIDES:
+        raise ValueError(f"DeepLab's output_stride must be one of {OUTPUT_STRIDES}, got {output_stride!r}")
+    encoder = create_encoder(name, weights=weights, output_stride=output_stride)
+    if encoder.reductions[-1] != output_stride:
+        raise ValueError(
+            f"encoder {name!r} ends at stride {encoder.reductions[-1]}, not the requested "
+            f"output_stride {output_stride} (it may not support dilation)"
+        )
+    return encoder
+
+
+# --- models ----------------------------------------------------------------------------------
+
+
+class DeepLabV3(SegmentationModel):
+    """DeepLab v3: encoder → ASPP head → upsample to the input size.
+
+    Args:
+        encoder: an atrous encoder; its deepest stride is the output stride.
+        num_classes: number of classes.
+        upsample: upsampler kind for the logits (``pixelwise.layers.UPSAMPLE_KINDS``).
+        aux: add an FCN-style auxiliary head on the second-deepest feature (training loss only).
+    """
+
+    def __init__(self, encoder: Encoder, num_classes: int, upsample: str = "bilinear",
+                 aux: bool = False) -> None:
+        super().__init__()
+        output_stride = encoder.reductions[-1]
+        self.num_classes = num_classes
+        self.size_divisor = output_stride
+        self.encoder = encoder
+        self.head = DeepLabHead(encoder.channels[-1], num_classes, aspp_rates(output_stride))
+        self.upsample = make_upsampler(upsample, num_classes, num_classes, output_stride)
+        self.aux_classifier = FCNHead(encoder.channels[-2], num_classes) if aux else None
+
+    def forward_padded(self, x: Tensor, return_aux: bool) -> tuple[Tensor, Tensor | None]:
+        features = self.encoder(x)
+        logits = self.upsample(self.head(features[-1]))
+        aux = _resize_to(self.aux_classifier(features[-2]), x.shape[-2:]) if return_aux else None
+        return logits, aux
+
+
+class DeepLabV3Plus(SegmentationModel):
+    """DeepLab v3+: encoder → ASPP → decoder with a stride-4 skip → upsample ×4.
+
+    Args:
+        encoder: an atrous encoder with a feature at stride 4.
+        num_classes: number of classes.
+        upsample: upsampler kind, used for the ASPP feature and for the logits.
+        separable: depthwise-separable ASPP branches and decoder blocks, as in the paper.
+        aux: add an FCN-style auxiliary head on the second-deepest feature (training loss only).
+        channels: width of ASPP and of the decoder.
+    """
+
+    def __init__(self, encoder: Encoder, num_classes: int, upsample: str = "bilinear", separable: bool = True,
+                 aux: bool = False, channels: int = 256) -> None:
+        super().__init__()
+        output_stride = encoder.reductions[-1]
+        self.low_level_index = low_level_index(encoder)
+        self.num_classes = num_classes
+        self.size_divisor = output_stride
+        self.encoder = encoder
+        self.aspp = ASPP(encoder.channels[-1], aspp_rates(output_stride), channels, separable=separable)
+        self.decoder = DeepLabV3PlusDecoder(channels, encoder.channels[self.low_level_index],
+                                            output_stride // LOW_LEVEL_STRIDE, upsample, separable)
+        self.classifier = nn.Conv2d(channels, num_classes, 1)
+        self.upsample = make_upsampler(upsample, num_classes, num_classes, LOW_LEVEL_STRIDE)
+        self.aux_classifier = FCNHead(encoder.channels[-2], num_classes) if aux else None
+
+    def forward_padded(self, x: Tensor, return_aux: bool) -> tuple[Tensor, Tensor | None]:
+        features = self.encoder(x)
+        decoded = self.decoder(self.aspp(features[-1]), features[self.low_level_index])
+        logits = self.upsample(self.classifier(decoded))
+        aux = _resize_to(self.aux_classifier(features[-2]), x.shape[-2:]) if return_aux else None
+        return logits, aux
+
+
+# --- builders --------------------------------------------------------------------------------
+
+
+@register_model(family="DeepLab", default_encoder="resnet50")
+def deeplabv3(
+    num_classes: int = 21,
+    encoder: str = "resnet50",
+    upsample: str = "bilinear",
+    encoder_weights: EncoderWeights = None,
+    output_stride: int = 16,
+    aux: bool = False,
+) -> DeepLabV3:
+    """DeepLab v3 (Chen et al., 2017): atrous encoder + ASPP, logits upsampled to the input size.
+
+    Args:
+        num_classes: number of classes.
+        encoder: encoder name (``pixelwise.list_encoders()`` or ``"timm:NAME"``).
+        upsample: how the logits reach the input size (``pixelwise.layers.UPSAMPLE_KINDS``).
+        encoder_weights: ``None``, ``"imagenet"`` or a local file.
+        output_stride: 16 (the paper's training setting) or 8 (denser, about 4× the compute).
+        aux: add the auxiliary FCN head (``forward(x, return_aux=True)``).
+    """
+    return DeepLabV3(atrous_encoder(encoder, encoder_weights, output_stride), num_classes, upsample, aux)
+
+
+@register_model(family="DeepLab", default_encoder="resnet50")
+def deeplabv3plus(
+    num_classes: int = 21,
+    encoder: str = "resnet50",
+    upsample: str = "bilinear",
+    encoder_weights: EncoderWeights = None,
+    output_stride: int = 16,
+    separable: bool = True,
+    aux: bool = False,
+) -> DeepLabV3Plus:
+    """DeepLab v3+ (Chen et al., 2018): v3's ASPP plus a decoder with a stride-4 skip connection.
+
+    Args:
+        num_classes: number of classes.
+        encoder: encoder name; it must return a feature at stride 4.
+        upsample: upsampler kind for the ASPP feature and the logits.
+        encoder_weights: ``None``, ``"imagenet"`` or a local file.
+        output_stride: 16 or 8.
+        separable: depthwise-separable 3×3 convolutions in ASPP and the decoder.
+        aux: add the auxiliary FCN head (``forward(x, return_aux=True)``).
+    """
+    encoder_module = atrous_encoder(encoder, encoder_weights, output_stride)
+    return DeepLabV3Plus(encoder_module, num_classes, upsample, separable, aux)

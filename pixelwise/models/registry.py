@@ -96,8 +96,10 @@ def create_model(
         raise ValueError(f"num_classes must be at least 1, got {num_classes}")
     if weights == "imagenet":
         weights, encoder_weights = None, "imagenet"
-    options = {"encoder": encoder, "upsample": upsample, "encoder_weights": encoder_weights, **kwargs}
-    options = {k: v for k, v in options.items() if v is not None}
+    # None for these three means "the builder's default"; any other option passes as given
+    # (norm=None, for one, is a real choice: no normalisation).
+    defaults = {"encoder": encoder, "upsample": upsample, "encoder_weights": encoder_weights}
+    options = {**{k: v for k, v in defaults.items() if v is not None}, **kwargs}
     unknown = sorted(set(options) - set(info.parameters))
     if unknown:
         raise ValueError(f"model {name!r} does not take {unknown}; it takes {info.parameters}")

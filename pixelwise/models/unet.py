@@ -1,1 +1,346 @@
-"""(being written)"""
+"""U-Net.
+
+Paper: "U-Net: Convolutional Networks for Biomedical Image Segmentation", Ronneberger, Fischer
+and Brox, MICCAI 2015 (https://arxiv.org/abs/1505.04597).
+
+Two variants behind one builder:
+
+- ``encoder=None``: the paper's network. A contracting path of two *valid* (unpadded) 3×3
+  convolutions and a 2×2 max-pool per level, an expanding path that upsamples by 2 while
+  halving the channels, **crops the centre** of the skip feature and concatenates it, then two
+  more valid convolutions. Every valid convolution eats a one-pixel border, so the output is
+  smaller than the input (572×572 in, 388×388 out at depth 4) and only some input sizes are
+  possible. The paper's *overlap-tile strategy* mirrors the image outwards so that the
+  network's output covers all of it; :class:`UNet` does this, so it segments an image of any
+  size. :func:`unet_output_size` and :func:`unet_input_size` give the size arithmetic.
+- ``encoder="resnet18"`` (or any encoder name): the common modern form, an encoder's features
+  as the contracting path and padded convolutions in the decoder, so sizes are kept and the
+  skip features are concatenated whole.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from pixelwise.encoders import Encoder, EncoderWeights, create_encoder
+from pixelwise.layers import ConvNormAct, LayerSpec, make_upsampler, mirror_pad
+from pixelwise.models.base import SegmentationModel
+from pixelwise.models.registry import register_model
+
+# Size arithmetic of the paper's network --------------------------------------------------------
+#
+# Call ``bottom`` the side of the deepest feature after its two valid convolutions. Going up the
+# contracting path each level's input is ``2·s + 4`` (undo the pool, then the two convolutions'
+# borders); going up the expanding path each level's output is ``2·o - 4``. Solving both
+# recurrences at depth d:
+#   input  = 2^d · bottom + 2^(d+3) - 4        (depth 4: 16·bottom + 124)
+#   output = 2^d · (bottom - 4) + 4            (depth 4: 16·bottom - 60)
+# so every valid input differs from its output by the same border, 3·2^(d+2) - 8 (184 at depth 4).
+
+
+def _check_depth(depth: int) -> None:
+    if not isinstance(depth, int) or depth < 1:
+        raise ValueError(f"U-Net depth (number of poolings) must be a positive integer, got {depth!r}")
+
+
+def _input_for_bottom(bottom: int, depth: int) -> int:
+    return 2**depth * bottom + 2 ** (depth + 3) - 4
+
+
+def _output_for_bottom(bottom: int, depth: int) -> int:
+    return 2**depth * (bottom - 4) + 4
+
+
+def _smallest_bottom(depth: int) -> int:
+    """The smallest deepest-feature side for which every expanding level keeps at least one pixel.
+
+    Below 4 the expanding path shrinks (``2·o - 4 < o``), fastest at its last level, so checking
+    the final output is enough.
+    """
+    bottom = 1
+    while _output_for_bottom(bottom, depth) < 1:
+        bottom += 1
+    return bottom
+
+
+def unet_margin(depth: int = 4) -> int:
+    """The border the paper's network eats on each side: ``(input - output) / 2`` (92 at depth 4)."""
+    _check_depth(depth)
+    return 3 * 2 ** (depth + 1) - 4
+
+
+def unet_output_size(input_size: int, depth: int = 4) -> int:
+    """Output side of the paper's (valid-convolution) network for an input side.
+
+    Args:
+        input_size: height or width of the input.
+        depth: number of 2×2 max-poolings (4 in the paper).
+
+    Returns:
+        The height or width of the output (388 for 572 at depth 4).
+
+    Raises:
+        ValueError: some max-pooling would get an odd size, or the output would be empty; the
+            message names the nearest valid input sizes.
+    """
+    _check_depth(depth)
+    offset = input_size - _input_for_bottom(0, depth)
+    bottom, remainder = divmod(offset, 2**depth)
+    if remainder or bottom < _smallest_bottom(depth):
+        reason = "a 2×2 max-pooling would get an odd size" if remainder else "nothing would be left of the output"
+        nearest = " or ".join(map(str, _nearest_valid_inputs(input_size, depth)))
+        raise ValueError(
+            f"{input_size} is not a valid input size for the depth-{depth} U-Net without padding "
+            f"({reason}); the nearest valid sizes are {nearest}"
+        )
+    return _output_for_bottom(bottom, depth)
+
+
+def _nearest_valid_inputs(input_size: int, depth: int) -> list[int]:
+    """The valid input sizes just below (when there is one) and just above ``input_size``."""
+    smallest = _smallest_bottom(depth)
+    above = max(smallest, -(-(input_size - _input_for_bottom(0, depth)) // 2**depth))
+    below = [_input_for_bottom(above - 1, depth)] if above - 1 >= smallest else []
+    return below + [_input_for_bottom(above, depth)]
+
+
+def unet_input_size(output_size: int, depth: int = 4) -> int:
+    """The smallest valid input side whose output side is at least ``output_size``.
+
+    Args:
+        output_size: height or width the output must cover.
+        depth: number of 2×2 max-poolings.
+
+    Returns:
+        An input size accepted by :func:`unet_output_size` (572 for 388 at depth 4).
+    """
+    _check_depth(depth)
+    if output_size < 1:
+        raise ValueError(f"output size must be at least 1, got {output_size}")
+    bottom = max(_smallest_bottom(depth), 4 + -(-(output_size - 4) // 2**depth))
+    return _input_for_bottom(bottom, depth)
+
+
+# Building blocks -----------------------------------------------------------------------------
+
+
+class DoubleConv(nn.Sequential):
+    """Two 3×3 conv-norm-ReLU layers: valid (``padding=0``, as in the paper) or size-keeping."""
+
+    def __init__(self, in_channels: int, out_channels: int, norm: LayerSpec, padding: int = 0) -> None:
+        super().__init__(
+            ConvNormAct(in_channels, out_channels, 3, padding=padding, norm=norm),
+            ConvNormAct(out_channels, out_channels, 3, padding=padding, norm=norm),
+        )
+
+
+def center_crop(x: Tensor, height: int, width: int) -> Tensor:
+    """The central ``height × width`` window of ``x`` (the paper's crop of the skip feature)."""
+    top = (x.shape[-2] - height) // 2
+    left = (x.shape[-1] - width) // 2
+    return x[..., top:top + height, left:left + width]
+
+
+class ExpandingBlock(nn.Module):
+    """One level of the paper's expanding path: upsample ×2 halving the channels (the paper's
+    2×2 up-convolution), crop-and-concatenate the skip feature, two valid convolutions."""
+
+    def __init__(self, in_channels: int, upsample: str, norm: LayerSpec) -> None:
+        super().__init__()
+        out_channels = in_channels // 2
+        self.up = make_upsampler(upsample, in_channels, out_channels, 2)
+        # The skip has out_channels too: concatenation restores in_channels.
+        self.convs = DoubleConv(in_channels, out_channels, norm)
+
+    def forward(self, x: Tensor, skip: Tensor) -> Tensor:
+        x = self.up(x)
+        # Valid convolutions left the skip larger than the upsampled map; the border it has in
+        # excess has no counterpart below, so the paper keeps only the centre.
+        skip = center_crop(skip, x.shape[-2], x.shape[-1])
+        return self.convs(torch.cat([skip, x], dim=1))
+
+
+class DecoderBlock(nn.Module):
+    """One level of the encoder-backed decoder: upsample to the skip's resolution, concatenate
+    the skip (if any), two padded 3×3 conv-norm-ReLU."""
+
+    def __init__(self, in_channels: int, skip_channels: int, out_channels: int, scale: int,
+                 upsample: str, norm: LayerSpec) -> None:
+        super().__init__()
+        self.out_channels = out_channels
+        self.up = make_upsampler(upsample, in_channels, out_channels, scale)
+        self.convs = DoubleConv(out_channels + skip_channels, out_channels, norm, padding=1)
+
+    def forward(self, x: Tensor, skip: Tensor | None = None) -> Tensor:
+        x = self.up(x)
+        if skip is not None:
+            x = torch.cat([skip, x], dim=1)
+        return self.convs(x)
+
+
+# Models --------------------------------------------------------------------------------------
+
+
+class UNet(SegmentationModel):
+    """The paper's U-Net with valid convolutions and the overlap-tile strategy.
+
+    The paper's 2×2 stride-2 up-convolution needs no pixel beyond its input, so its network is
+    valid throughout and tiles shifted by multiples of ``2^depth`` agree exactly. The upsamplers
+    of :func:`~pixelwise.layers.make_upsampler` (the transposed one included: its kernel is 4,
+    bilinear-initialised) look one or two pixels past the borders of their input through
+    padding, so a tile's logits depend slightly on where the tile ends within a band along its
+    edges (up to 30 pixels at depth 4); one tile for the whole image, as :meth:`forward` does,
+    is unaffected.
+
+    Args:
+        num_classes: number of classes.
+        upsample: upsampler kind for the expanding path.
+        base_channels: channels of the first level; level ``i`` has ``base_channels·2^i``.
+        depth: number of 2×2 max-poolings (4 in the paper).
+        norm: norm layer after each convolution; ``None`` gives the paper's exact network.
+    """
+
+    def __init__(self, num_classes: int, upsample: str = "transposed", base_channels: int = 64,
+                 depth: int = 4, norm: LayerSpec = "batchnorm") -> None:
+        super().__init__()
+        _check_depth(depth)
+        self.num_classes = num_classes
+        self.size_divisor = 1  # the overlap-tile padding handles every size
+        self.depth = depth
+        widths = [base_channels * 2**level for level in range(depth + 1)]
+        self.contracting = nn.ModuleList(
+            [DoubleConv(c_in, c_out, norm) for c_in, c_out in zip([self.in_channels] + widths[:-1], widths)]
+        )
+        self.pool = nn.MaxPool2d(2)
+        self.expanding = nn.ModuleList([ExpandingBlock(width, upsample, norm) for width in reversed(widths[1:])])
+        self.classifier = nn.Conv2d(base_channels, num_classes, 1)
+
+    def forward_core(self, x: Tensor) -> Tensor:
+        """The valid-convolution network itself: logits for the centre of ``x``.
+
+        Args:
+            x: images whose height and width are valid input sizes (see :func:`unet_output_size`).
+
+        Returns:
+            Logits of size ``unet_output_size(H) × unet_output_size(W)`` (388×388 for 572×572).
+        """
+        for side in x.shape[-2:]:
+            unet_output_size(side, self.depth)  # a clear error instead of a failing crop
+        skips = []
+        for level, convs in enumerate(self.contracting):
+            x = convs(x if level == 0 else self.pool(x))
+            skips.append(x)
+        x = skips.pop()
+        for block in self.expanding:
+            x = block(x, skips.pop())
+        return self.classifier(x)
+
+    def forward_padded(self, x: Tensor, return_aux: bool) -> tuple[Tensor, None]:
+        """Overlap-tile: mirror the image outwards until the core's output covers all of it."""
+        height, width = x.shape[-2:]
+        margin = unet_margin(self.depth)
+        # The output starts `margin` pixels into the input, so padding the top and left by the
+        # margin aligns output pixel (0, 0) with image pixel (0, 0); the bottom and right get
+        # whatever reaches the next valid input size, and the excess output is cropped.
+        bottom = unet_input_size(height, self.depth) - height - margin
+        right = unet_input_size(width, self.depth) - width - margin
+        logits = self.forward_core(mirror_pad(x, margin, bottom, margin, right))
+        return logits[..., :height, :width], None
+
+
+class EncoderUNet(SegmentationModel):
+    """U-Net decoder with padded convolutions over any encoder's features.
+
+    Args:
+        num_classes: number of classes.
+        encoder: the contracting path; its features are the skips.
+        upsample: upsampler kind for every decoder block.
+        decoder_channels: output channels of the decoder blocks, deepest first; the first
+            ``len(encoder.channels) - 1`` (one more if the finest feature is below full
+            resolution) are used.
+        norm: norm layer of the decoder's convolutions.
+    """
+
+    def __init__(self, num_classes: int, encoder: Encoder, upsample: str = "transposed",
+                 decoder_channels: Sequence[int] = (256, 128, 64, 32, 16), norm: LayerSpec = "batchnorm") -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.encoder = encoder
+        self.size_divisor = encoder.reductions[-1]
+        self.decoder = nn.ModuleList(_decoder_blocks(encoder, upsample, list(decoder_channels), norm))
+        self.classifier = nn.Conv2d(self.decoder[-1].out_channels, num_classes, 1)
+
+    def forward_padded(self, x: Tensor, return_aux: bool) -> tuple[Tensor, None]:
+        features = self.encoder(x)
+        y = features[-1]
+        skips = features[-2::-1]
+        for index, block in enumerate(self.decoder):
+            # A block past the skips (ResNet's stem is at stride 2) only upsamples to full size.
+            y = block(y, skips[index] if index < len(skips) else None)
+        return self.classifier(y), None
+
+
+def _decoder_blocks(encoder: Encoder, upsample: str, decoder_channels: list[int],
+                    norm: LayerSpec) -> list[DecoderBlock]:
+    """Decoder blocks from the deepest feature to full resolution."""
+    channels, reductions = encoder.channels, encoder.reductions
+    # (skip channels, upsampling scale) per block, deepest first; a dilated encoder repeats a
+    # reduction, which makes that block's scale 1.
+    plan = [(channels[i], reductions[i + 1] // reductions[i]) for i in reversed(range(len(channels) - 1))]
+    if reductions[0] > 1:
+        plan.append((0, reductions[0]))
+    if len(decoder_channels) < len(plan):
+        raise ValueError(
+            f"decoder_channels needs {len(plan)} entries for this encoder (one per decoder block), "
+            f"got {len(decoder_channels)}: {decoder_channels}"
+        )
+    blocks, in_channels = [], channels[-1]
+    for (skip_channels, scale), out_channels in zip(plan, decoder_channels):
+        blocks.append(DecoderBlock(in_channels, skip_channels, out_channels, scale, upsample, norm))
+        in_channels = out_channels
+    return blocks
+
+
+# Registered builders -------------------------------------------------------------------------
+
+
+@register_model(family="U-Net", default_encoder=None)
+def unet(
+    num_classes: int = 21,
+    encoder: str | None = None,
+    upsample: str = "transposed",
+    encoder_weights: EncoderWeights = None,
+    base_channels: int = 64,
+    depth: int = 4,
+    decoder_channels: Sequence[int] = (256, 128, 64, 32, 16),
+    norm: str | None = "batchnorm",
+    output_stride: int = 32,
+) -> SegmentationModel:
+    """U-Net (Ronneberger et al., 2015): the paper's valid-convolution network, or an encoder-backed one.
+
+    Args:
+        num_classes: number of classes.
+        encoder: ``None`` for the paper's own contracting path (valid convolutions, crop-and-
+            concatenate, overlap-tile inference); an encoder name for padded convolutions over
+            that encoder's features.
+        upsample: ``"transposed"`` (the paper's up-convolution), ``"nearest"``, ``"bilinear"``
+            or ``"pixelshuffle"``.
+        encoder_weights: ``None``, ``"imagenet"`` or a local file (encoder-backed variant only).
+        base_channels: first-level channels of the paper's network (64 in the paper).
+        depth: number of poolings of the paper's network (4 in the paper).
+        decoder_channels: decoder block channels of the encoder-backed variant, deepest first.
+        norm: norm layer name, or ``None`` (with ``encoder=None``: the paper's exact network,
+            which predates batch norm).
+        output_stride: the encoder's output stride (encoder-backed variant only; 8 or 16 dilate).
+    """
+    if encoder is None:
+        if encoder_weights is not None:
+            raise ValueError("the paper's U-Net has no pretrained encoder weights; pass encoder='resnet18' "
+                             "(or another encoder name) to use encoder_weights")
+        if output_stride != 32:
+            raise ValueError("output_stride applies to an encoder; the paper's U-Net (encoder=None) has none")
+        return UNet(num_classes, upsample, base_channels, depth, norm)
+    backbone = create_encoder(encoder, weights=encoder_weights, output_stride=output_stride)
+    return EncoderUNet(num_classes, backbone, upsample, decoder_channels, norm)

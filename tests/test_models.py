@@ -1,0 +1,132 @@
+"""Every registered model × every upsampling kind × odd input sizes: the model contract.
+
+Models are built small (ResNet-18 encoders, narrow paper U-Net) so the whole matrix runs in
+seconds; each model file has its own tests of what is special about it.
+"""
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import pytest
+import torch
+
+import pixelwise
+from pixelwise.layers import UPSAMPLE_KINDS
+from pixelwise.models.registry import register_model
+
+NUM_CLASSES = 3
+SIZES = [(1, 1), (1, 17), (33, 47)]
+# Builder options that make each model small; every model not named here is built as it is.
+SMALL = {
+    "fcn32s": {"encoder": "resnet18"},
+    "fcn16s": {"encoder": "resnet18"},
+    "fcn8s": {"encoder": "resnet18"},
+    "unet": {"base_channels": 4},
+    "unet_resnet18": {"encoder": "resnet18"},
+    "deeplabv3": {"encoder": "resnet18"},
+    "deeplabv3plus": {"encoder": "resnet18"},
+    "hypercolumn": {"encoder": "resnet18"},
+}
+
+
+def _cases() -> list[tuple[str, dict, str | None]]:
+    cases = []
+    for name in pixelwise.list_models():
+        takes_upsample = "upsample" in pixelwise.model_info(name).parameters
+        for kind in UPSAMPLE_KINDS if takes_upsample else [None]:
+            cases.append((name, SMALL.get(name, {}), kind))
+    cases += [("unet", SMALL["unet_resnet18"], kind) for kind in UPSAMPLE_KINDS]
+    return cases
+
+
+def _build(name: str, options: dict, kind: str | None) -> pixelwise.models.SegmentationModel:
+    return pixelwise.create_model(name, num_classes=NUM_CLASSES, upsample=kind, **options)
+
+
+def test_registry_lists_the_whole_zoo() -> None:
+    expected = {"fcn32s", "fcn16s", "fcn8s", "unet", "deeplabv3", "deeplabv3plus", "hypercolumn",
+                "fcn_resnet50", "deeplabv3_resnet50"}
+    assert expected <= set(pixelwise.list_models())
+
+
+@pytest.mark.parametrize(("name", "options", "kind"), _cases())
+def test_logits_at_input_size_for_any_size_and_gradients_reach_every_parameter(
+        name: str, options: dict, kind: str | None) -> None:
+    model = _build(name, options, kind)
+    for height, width in SIZES:
+        model.train()
+        # A model with an auxiliary head trains it too, so ask for it: that is how its
+        # parameters get their gradient.
+        outputs = model(torch.randn(1, 3, height, width), return_aux=model.has_aux)
+        outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+        for logits in outputs:
+            assert logits.shape == (1, NUM_CLASSES, height, width)
+            assert torch.isfinite(logits).all()
+    model.zero_grad()
+    sum((logits**2).mean() for logits in outputs).backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not no_grad, f"parameters without a finite gradient: {no_grad[:5]}"
+    model.eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 29, 35)).shape == (2, NUM_CLASSES, 29, 35)
+
+
+@pytest.mark.parametrize("name", ["fcn8s", "unet", "deeplabv3plus", "hypercolumn"])
+def test_each_encoder_family_works_with_each_decoder(name: str) -> None:
+    for encoder in ["mobilenet_v3_large", "vgg16_bn", "timm:resnet18"]:
+        if name == "fcn8s" and encoder == "vgg16_bn":
+            continue  # the fully connected fc6/fc7 head is 119M parameters: covered in test_fcn
+        model = pixelwise.create_model(name, num_classes=NUM_CLASSES, encoder=encoder).eval()
+        with torch.no_grad():
+            assert model(torch.randn(1, 3, 37, 41)).shape == (1, NUM_CLASSES, 37, 41)
+
+
+def test_whole_model_weights_file_round_trips(tmp_path: Path) -> None:
+    model = pixelwise.create_model("deeplabv3plus", num_classes=4, encoder="resnet18").eval()
+    path = tmp_path / "model.pt"
+    torch.save({"model": model.state_dict(), "epoch": 3}, path)
+    loaded = pixelwise.create_model("deeplabv3plus", num_classes=4, encoder="resnet18", weights=path).eval()
+    x = torch.randn(1, 3, 40, 40)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x))
+    with pytest.raises(ValueError, match="do not fit"):
+        pixelwise.create_model("deeplabv3plus", num_classes=5, encoder="resnet18", weights=path)
+
+
+def test_unknown_model_suggests_close_names() -> None:
+    with pytest.raises(ValueError, match="Did you mean fcn8s"):
+        pixelwise.create_model("fcn8")
+
+
+def test_unknown_option_lists_what_the_builder_takes() -> None:
+    with pytest.raises(ValueError, match=r"does not take \['widht'\]"):
+        pixelwise.create_model("unet", widht=3)
+
+
+def test_duplicate_registration_is_an_error() -> None:
+    def fcn8s(num_classes: int = 21) -> None:  # same name as the real builder
+        raise AssertionError("never built")
+
+    with pytest.raises(ValueError, match="already registered"):
+        register_model("FCN", "vgg16")(fcn8s)
+
+
+def test_wrong_input_shapes_are_clear_errors() -> None:
+    model = pixelwise.create_model("unet", num_classes=2, encoder="resnet18")
+    with pytest.raises(ValueError, match="expects 3-channel images, got 1"):
+        model(torch.randn(1, 1, 32, 32))
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
+        model(torch.randn(3, 32, 32))
+    with pytest.raises(ValueError, match="no auxiliary head"):
+        model(torch.randn(1, 3, 32, 32), return_aux=True)
+
+
+def test_every_builder_is_typed_and_documented() -> None:
+    for name in pixelwise.list_models():
+        builder = pixelwise.model_info(name).builder
+        assert inspect.getdoc(builder), f"{name} has no docstring"
+        signature = inspect.signature(builder)
+        untyped = [p for p in signature.parameters.values() if p.annotation is inspect.Parameter.empty]
+        assert not untyped, f"{name}: untyped parameters {untyped}"
+        assert "num_classes" in signature.parameters
