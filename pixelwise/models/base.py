@@ -1,6 +1,7 @@
 """What every segmentation model shares: any input size in, logits at that size out."""
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from pixelwise.layers.padding import pad_to_multiple
@@ -19,12 +20,15 @@ class SegmentationModel(nn.Module):
         size_divisor: input multiple the architecture needs (1: none).
         min_train_size: smallest side a training batch of one image is padded to (models with
             ``size_divisor == 1`` only).
+        channels_last: convert inputs to the channels-last layout (set by
+            :func:`pixelwise.engine.optimize_for_inference` with the weights).
     """
 
     num_classes: int
     in_channels: int = 3
     size_divisor: int = 1
     min_train_size: int = 1
+    channels_last: bool = False
 
     def forward(self, x: Tensor, return_aux: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """Logits ``(N, num_classes, H, W)`` at the input's size.
@@ -38,6 +42,8 @@ class SegmentationModel(nn.Module):
         if return_aux and not self.has_aux:
             raise ValueError(f"{type(self).__name__} has no auxiliary head; build it with aux=True")
         height, width = x.shape[-2:]
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         padded = pad_to_multiple(x, self.size_divisor, self._min_padded_size(x))
         logits, aux = self.forward_padded(padded, return_aux)
         logits = logits[..., :height, :width]
