@@ -37,28 +37,27 @@ def _group_count(channels: int, preferred: int = 32) -> int:
     return groups
 
 
+def _lookup(spec: str, table: dict[str, Callable[..., nn.Module]], what: str) -> Callable[..., nn.Module]:
+    key = spec.lower().replace("_", "")
+    if key not in table:
+        raise ValueError(f"unknown {what} {spec!r}; choose one of {sorted(table)} or None")
+    return table[key]
+
+
 def make_norm(norm: LayerSpec, channels: int) -> nn.Module:
     """A 2-D normalisation layer for ``channels`` channels; ``None`` gives ``nn.Identity``."""
     if norm is None:
         return nn.Identity()
-    if isinstance(norm, str):
-        key = norm.lower().replace("_", "")
-        if key not in _NORMS:
-            raise ValueError(f"unknown norm layer {norm!r}; choose one of {sorted(_NORMS)} or None")
-        return _NORMS[key](channels)
-    return norm(channels)
+    factory = _lookup(norm, _NORMS, "norm layer") if isinstance(norm, str) else norm
+    return factory(channels)
 
 
 def make_act(act: LayerSpec) -> nn.Module:
     """An activation layer; ``None`` gives ``nn.Identity``."""
     if act is None:
         return nn.Identity()
-    if isinstance(act, str):
-        key = act.lower().replace("_", "")
-        if key not in _ACTS:
-            raise ValueError(f"unknown activation {act!r}; choose one of {sorted(_ACTS)} or None")
-        return _ACTS[key]()
-    return act()
+    factory = _lookup(act, _ACTS, "activation") if isinstance(act, str) else act
+    return factory()
 
 
 class ConvNormAct(nn.Sequential):
