@@ -1,0 +1,15 @@
+"""Data sets, class metadata, reading and checking. Importing this package registers every format."""
+from pixelwise.data import formats  # noqa: F401  (registration)
+from pixelwise.data.base import JointTransform, SegmentationDataset
+from pixelwise.data.checks import DataReport, Problem, check_dataset, print_report
+from pixelwise.data.classes import IGNORE_INDEX, ClassInfo, class_info, default_palette
+from pixelwise.data.formats import ADE20KDataset, CamVidDataset, CityscapesDataset, FolderDataset, VOCDataset
+from pixelwise.data.io import DataError, read_image, read_mask, read_pair
+from pixelwise.data.registry import create_dataset, dataset_factory, list_datasets, register_dataset
+
+__all__ = [
+    "ADE20KDataset", "CamVidDataset", "CityscapesDataset", "ClassInfo", "DataError", "DataReport",
+    "FolderDataset", "IGNORE_INDEX", "JointTransform", "Problem", "SegmentationDataset", "VOCDataset",
+    "check_dataset", "class_info", "create_dataset", "dataset_factory", "default_palette", "list_datasets",
+    "print_report", "read_image", "read_mask", "read_pair", "register_dataset",
+]

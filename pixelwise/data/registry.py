@@ -1,0 +1,48 @@
+"""Data set formats by name: ``create_dataset("camvid", root=..., split="train")``."""
+from __future__ import annotations
+
+import difflib
+import inspect
+from typing import Callable
+
+from pixelwise.data.base import SegmentationDataset
+
+DatasetFactory = Callable[..., SegmentationDataset]
+_FORMATS: dict[str, DatasetFactory] = {}
+
+
+def register_dataset(name: str) -> Callable[[DatasetFactory], DatasetFactory]:
+    """Register a data set class (or factory) under ``name``; a duplicate name is an error."""
+
+    def decorator(factory: DatasetFactory) -> DatasetFactory:
+        if name in _FORMATS:
+            raise ValueError(f"data set format {name!r} is already registered")
+        _FORMATS[name] = factory
+        return factory
+
+    return decorator
+
+
+def list_datasets() -> list[str]:
+    """Registered data set format names."""
+    return sorted(_FORMATS)
+
+
+def dataset_factory(name: str) -> DatasetFactory:
+    """The class (or factory) registered as ``name``; an unknown name raises with close matches."""
+    if name not in _FORMATS:
+        close = difflib.get_close_matches(name, _FORMATS, n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"unknown data set format {name!r}.{hint} Available: {', '.join(list_datasets())}")
+    return _FORMATS[name]
+
+
+def create_dataset(name: str, **options) -> SegmentationDataset:
+    """Build a data set of format ``name`` (options: ``root``, ``split``, ``transform``, and the
+    format's own); an unknown name or option is a clear error."""
+    factory = dataset_factory(name)
+    accepted = inspect.signature(factory).parameters
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ValueError(f"data set format {name!r} does not take {unknown}; it takes {list(accepted)}")
+    return factory(**options)
