@@ -54,6 +54,101 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(console, height=args.size[0], width=args.size[1])
 
 
+def _parse_model_args(pairs: Sequence[str]) -> dict[str, object]:
+    """``["paper=True", "encoder=resnet18"]`` → ``{"paper": True, "encoder": "resnet18"}``: Python
+    literals where they parse, the bare string otherwise."""
+    import ast
+
+    options: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--model-args takes key=value pairs, got {pair!r}")
+        try:
+            options[key] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            options[key] = text
+    return options
+
+
+def _cmd_shapes(args: argparse.Namespace) -> int:
+    import json
+
+    from pixelwise.analysis.tracing import build_model, trace, valid_input_sizes
+
+    model = build_model(args.model, args.num_classes, **_parse_model_args(args.model_args))
+    result = trace(model, tuple(args.size))
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return 0
+    console.print(result.rich_table(title=f"{args.model}, input {args.size[0]}×{args.size[1]}"))
+    console.print(result.summary(), markup=False, highlight=False)
+    console.print(valid_input_sizes(model, traced=result).explanation, markup=False, highlight=False)
+    return 0
+
+
+def _cmd_convolutionalize(args: argparse.Namespace) -> int:
+    from pixelwise.analysis.convolutionalize import convolutionalize_report, torchvision_classifier
+
+    name, classifier, native = torchvision_classifier(args.model, weights=args.weights)
+    native = tuple(args.native) if args.native else native
+    report = convolutionalize_report(classifier, native_size=native, test_size=tuple(args.size))
+    table = Table(title=f"{name} → fully convolutional")
+    for column in ("layer", "was", "now"):
+        table.add_column(column)
+    for replacement in report.replacements:
+        table.add_row(replacement.name, replacement.before, replacement.after)
+    console.print(table)
+
+    def dims(shape: Sequence[int]) -> str:
+        return "×".join(map(str, shape))
+
+    console.print(f"equivalent at {dims(report.native_size)} (native): classifier {dims(report.classifier_shape)}, "
+                  f"score map {dims(report.native_score_shape)}, max |difference| {report.max_abs_difference:.2g} "
+                  f"(scores up to {report.max_abs_score:.2g})")
+    console.print(f"{name} at {dims(report.test_size)} → score map {dims(report.score_map_shape)}")
+    return 0
+
+
+def _cmd_overlap(args: argparse.Namespace) -> int:
+    from pixelwise.analysis.overlap import compare_upsamplers, overlap_map
+
+    if args.compare:
+        table = Table(title=f"checkerboard score, scale {args.scale}")
+        for column in ("upsampler", "init", "score", "seeds"):
+            table.add_column(column, justify="left" if column in ("upsampler", "init") else "right")
+        for row in compare_upsamplers(scale=args.scale):
+            table.add_row(row.upsampler, row.init, f"{row.score:.3f}", str(row.seeds))
+        console.print(table)
+        console.print("0 = none, 1 = all checkerboard. random: PyTorch's default init; positive: "
+                      "uniform(0, 1) weights, no bias; averaged over the seeds", highlight=False)
+        return 0
+    if args.kernel is None or args.stride is None:
+        raise ValueError("overlap needs --kernel and --stride (or --compare)")
+    overlap = overlap_map(args.kernel, args.stride, args.size, args.padding, args.dilation)
+    console.print(overlap.render(), markup=False, highlight=False)
+    console.print(overlap.summary(), markup=False, highlight=False)
+    if args.png:
+        overlap.save_png(args.png)
+        console.print(f"wrote {args.png}", markup=False, highlight=False)
+    return 0
+
+
+def _cmd_check_data(args: argparse.Namespace) -> int:
+    import json
+
+    from pixelwise.data.checks import check_dataset, print_report
+
+    options = {key: value for key, value in (("num_classes", args.num_classes), ("ignore_index", args.ignore_index))
+               if value is not None}
+    report = check_dataset(args.format, args.root, split=args.split, **options)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print_report(report, console)
+    return 0 if report.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
     parser = argparse.ArgumentParser(prog="pixelwise", description="Semantic segmentation, real and inspectable.")
@@ -70,6 +165,48 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="build every model and run it on a synthetic image")
     demo.add_argument("--size", type=int, nargs=2, default=(253, 317), metavar=("H", "W"))
     demo.set_defaults(run=_cmd_demo)
+
+    convolutionalize = commands.add_parser(
+        "convolutionalize", help="turn a torchvision classifier's fully connected layers into convolutions (FCN)")
+    convolutionalize.add_argument("model", help="torchvision:NAME, e.g. torchvision:vgg16")
+    convolutionalize.add_argument("--size", type=int, nargs=2, default=(384, 384), metavar=("H", "W"),
+                                  help="a larger input to compute the score map of")
+    convolutionalize.add_argument("--native", type=int, nargs=2, metavar=("H", "W"),
+                                  help="the classifier's input size (default: its weights' crop size, mostly 224)")
+    convolutionalize.add_argument("--weights", help="a local state-dict file to load (default: random weights)")
+    convolutionalize.set_defaults(run=_cmd_convolutionalize)
+
+    check = commands.add_parser("check-data", help="scan a data set for problems (unreadable files, unpaired "
+                                                   "files, size mismatches, bad labels); exit code 1 if any")
+    check.add_argument("--format", required=True, help="data set format: folder, voc, cityscapes, ade20k, camvid")
+    check.add_argument("--root", required=True, help="the data set folder")
+    check.add_argument("--split", help="scan only this split (default: every split found)")
+    check.add_argument("--num-classes", type=int, help="folder format: number of classes (or a classes.txt)")
+    check.add_argument("--ignore-index", type=int, help="folder format: the ignore value (default 255)")
+    check.add_argument("--json", action="store_true", help="print the report as JSON")
+    check.set_defaults(run=_cmd_check_data)
+
+    overlap = commands.add_parser("overlap", help="show a transposed convolution's overlap (checkerboard) "
+                                                  "pattern, or compare the upsamplers' checkerboard scores")
+    overlap.add_argument("--kernel", type=int, help="kernel size (required unless --compare)")
+    overlap.add_argument("--stride", type=int, help="stride (required unless --compare)")
+    overlap.add_argument("--padding", type=int, default=0)
+    overlap.add_argument("--dilation", type=int, default=1)
+    overlap.add_argument("--size", type=int, default=8, help="input height and width")
+    overlap.add_argument("--png", help="also write the map as a PNG heat map to this path")
+    overlap.add_argument("--compare", action="store_true", help="score the four upsampler kinds instead")
+    overlap.add_argument("--scale", type=int, default=2, help="upsampling factor for --compare")
+    overlap.set_defaults(run=_cmd_overlap)
+
+    shapes = commands.add_parser("shapes", help="trace a model layer by layer: output shapes, strides, receptive "
+                                                "fields, centre offsets, skip alignment, parameters, MACs")
+    shapes.add_argument("model", help="a registered model name, or torchvision:NAME (built without weights)")
+    shapes.add_argument("--size", type=int, nargs=2, default=(224, 224), metavar=("H", "W"))
+    shapes.add_argument("--model-args", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="builder arguments, e.g. paper=True encoder=resnet18 base_channels=8")
+    shapes.add_argument("--num-classes", type=int, help="classes (default: the builder's: 21, or 1000 for torchvision)")
+    shapes.add_argument("--json", action="store_true", help="print the trace as JSON")
+    shapes.set_defaults(run=_cmd_shapes)
     return parser
 
 
@@ -79,7 +216,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.run(args)
     except (ValueError, FileNotFoundError, RuntimeError) as error:
-        console.print(f"[bold red]error:[/] {error}")
+        # markup off: messages quote lists like ['widht'], which rich would read as style tags
+        console.print(f"error: {error}", style="bold red", markup=False, highlight=False)
         return 2
 
 

@@ -1,7 +1,7 @@
 """Turning fully connected layers into convolutions (the FCN paper's "convolutionalization")."""
 from __future__ import annotations
 
-from torch import Tensor
+from torch import Tensor, nn
 
 
 def linear_to_conv2d_weight(weight: Tensor, in_channels: int, kernel_size: tuple[int, int] | int) -> Tensor:
@@ -20,3 +20,22 @@ def linear_to_conv2d_weight(weight: Tensor, in_channels: int, kernel_size: tuple
             f"({expected} inputs)"
         )
     return weight.reshape(weight.shape[0], in_channels, kh, kw)
+
+
+def linear_to_conv2d(linear: nn.Linear, in_channels: int, kernel_size: tuple[int, int] | int) -> nn.Conv2d:
+    """A valid (unpadded) ``kh×kw`` convolution computing ``linear`` at every place of a feature map.
+
+    Over an ``in_channels×kh×kw`` map it returns ``linear``'s outputs as a ``1×1`` map; over a
+    larger map, the same outputs for every ``kh×kw`` window: the classifier slid over the input.
+
+    The convolution shares the linear layer's parameter storage (no copy of, say, VGG's 100M
+    fc6 weights); deep-copy the linear layer first for an independent convolution.
+    """
+    weight = linear_to_conv2d_weight(linear.weight.detach(), in_channels, kernel_size)
+    # On the meta device: a real Conv2d would first random-initialise weights thrown away at once.
+    conv = nn.Conv2d(in_channels, linear.out_features, tuple(weight.shape[2:]), bias=linear.bias is not None,
+                     device="meta")
+    conv.weight = nn.Parameter(weight, requires_grad=linear.weight.requires_grad)
+    if linear.bias is not None:
+        conv.bias = nn.Parameter(linear.bias.detach(), requires_grad=linear.bias.requires_grad)
+    return conv

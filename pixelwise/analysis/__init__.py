@@ -1,0 +1,36 @@
+"""Understanding tools: output sizes, strides and receptive fields (``trace``), the overlap
+and checkerboard problem of upsamplers, and turning a classifier fully convolutional."""
+from pixelwise.analysis.convolutionalize import (
+    ConvolutionalizeReport,
+    FullyConvolutional,
+    Replacement,
+    convolutionalize,
+    convolutionalize_report,
+    torchvision_classifier,
+)
+from pixelwise.analysis.overlap import (
+    OverlapMap,
+    ScoreRow,
+    checkerboard_score,
+    compare_upsamplers,
+    overlap_counts_1d,
+    overlap_map,
+)
+from pixelwise.analysis.sizes import (
+    conv_input_sizes,
+    conv_output_size,
+    conv_transpose_input_size,
+    conv_transpose_output_size,
+    exact_input_sizes,
+    pool_input_sizes,
+    pool_output_size,
+)
+from pixelwise.analysis.tracing import Axis, Row, Trace, TraceError, ValidSizes, build_model, trace, valid_input_sizes
+
+__all__ = [
+    "Axis", "ConvolutionalizeReport", "FullyConvolutional", "OverlapMap", "Replacement", "Row", "ScoreRow",
+    "Trace", "TraceError", "ValidSizes", "build_model", "checkerboard_score", "compare_upsamplers",
+    "conv_input_sizes", "conv_output_size", "conv_transpose_input_size", "conv_transpose_output_size",
+    "convolutionalize", "convolutionalize_report", "exact_input_sizes", "overlap_counts_1d", "overlap_map",
+    "pool_input_sizes", "pool_output_size", "torchvision_classifier", "trace", "valid_input_sizes",
+]
