@@ -1,0 +1,198 @@
+"""Training recipes: one YAML file, readable on its own, every key overridable.
+
+A recipe is checked against the typed dataclasses below, so an unknown key or a wrong type is
+an error that names the key and lists the valid ones, before any work starts. Command-line
+overrides use dotted keys (``optim.lr=0.01``, ``data.crop_size=[256,256]``); values are parsed
+as YAML. There are no inheritance chains: what the file and the overrides say is the recipe,
+and the resolved recipe is saved in the run folder.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A recipe that cannot be used as written."""
+
+
+@dataclass
+class ModelConfig:
+    """Which network to build (see ``pixelwise models``)."""
+
+    name: str = "unet"
+    encoder: str | None = "resnet18"
+    upsample: str | None = None
+    encoder_weights: str | None = None
+    options: dict = field(default_factory=dict)  # builder-specific: output_stride, aux, ...
+
+
+@dataclass
+class DataConfig:
+    """Where the images come from and how they are augmented."""
+
+    format: str = "synthetic"
+    root: str | None = None
+    train_split: str = "train"
+    val_split: str = "val"
+    crop_size: list[int] = field(default_factory=lambda: [256, 256])
+    scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])
+    batch_size: int = 8
+    workers: int = 2
+    options: dict = field(default_factory=dict)  # format-specific: num_classes, mask_colors, ...
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser and gradient clipping."""
+
+    name: str = "adamw"  # adamw | sgd
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    momentum: float = 0.9  # sgd only
+    clip_grad_norm: float | None = None
+
+
+@dataclass
+class ScheduleConfig:
+    """Learning-rate schedule over the run's iterations."""
+
+    name: str = "poly"  # poly | cosine | constant
+    warmup_iters: int = 0
+    power: float = 0.9  # poly only
+    min_lr: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    """Length of the run, precision, checkpoints and logging."""
+
+    iterations: int = 1000
+    time_budget_min: float | None = None  # sets iterations from the measured speed
+    eval_every: int = 250
+    checkpoint_every: int = 100
+    amp: str | None = None  # None | bf16 | fp16
+    channels_last: bool = False
+    aux_weight: float = 0.4
+    sync_batchnorm: bool = False
+    seed: int = 0
+    output_dir: str = "runs/default"
+
+
+@dataclass
+class Config:
+    """A whole training recipe."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    loss: str | dict = "ce"  # a name, or weights per loss: {ce: 1.0, dice: 0.5}
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Read a recipe, apply ``key=value`` overrides, and check every key and type.
+
+    Args:
+        path: a YAML file; ``None`` starts from the defaults.
+        overrides: dotted assignments such as ``"optim.lr=0.01"``.
+
+    Raises:
+        ConfigError: an unreadable file, an unknown key (valid keys listed) or a wrong type.
+    """
+    raw: dict = {}
+    if path is not None:
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as error:
+            raise ConfigError(f"cannot read config {str(path)!r}: {error}") from error
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config {str(path)!r} must be a mapping of sections, got {type(raw).__name__}")
+    for override in overrides:
+        _apply_override(raw, override)
+    return _build(Config, raw, "")
+
+
+def config_to_dict(config: Config) -> dict:
+    """The recipe as plain data (for YAML, JSON and checkpoints)."""
+    return dataclasses.asdict(config)
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    """Write the resolved recipe as YAML."""
+    Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+
+
+def _apply_override(raw: dict, override: str) -> None:
+    key, sep, text = override.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {override!r} must look like section.key=value (e.g. optim.lr=0.01)")
+    *parents, leaf = key.strip().split(".")
+    node = raw
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {override!r}: {part!r} is not a section")
+    node[leaf] = yaml.safe_load(text) if text.strip() else None
+
+
+def _build(cls: type, raw: dict, where: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where or 'config'} must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    valid = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(raw) - set(valid))
+    if unknown:
+        raise ConfigError(f"unknown key {_join(where, unknown[0])!r}; valid keys{' of ' + where if where else ''}: "
+                          f"{', '.join(valid)}")
+    values = {name: _coerce(raw[name], hints[name], _join(where, name)) for name in valid if name in raw}
+    return cls(**values)
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check ``value`` against the type ``hint`` (ints are accepted where floats are expected)."""
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where)
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(hint):
+            try:
+                return _coerce(value, option, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where} = {value!r} should be {_describe(hint)}")
+    if hint is type(None):
+        if value is None:
+            return None
+    elif origin is list:
+        if isinstance(value, (list, tuple)):
+            (item,) = typing.get_args(hint)
+            return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is dict or origin is dict:
+        if isinstance(value, dict):
+            return value
+    elif isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
+        return value
+    raise ConfigError(f"{where} = {value!r} should be {_describe(hint)}")
+
+
+def _describe(hint: Any) -> str:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_describe(h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return "null"
+    return getattr(hint, "__name__", str(hint)).replace("list", "a list")
+
+
+def _join(where: str, name: str) -> str:
+    return f"{where}.{name}" if where else name
