@@ -1,0 +1,478 @@
+"""Streaming confusion matrix for semantic segmentation, and every metric derived from it.
+
+:class:`ConfusionMatrix` counts pixels: ``matrix[i, j]`` is the number of pixels whose ground
+truth is class ``i`` and whose prediction is class ``j`` (rows = ground truth, columns =
+prediction), in int64. The metrics are functions of that matrix alone, so a matrix summed over
+batches, processes or saved runs gives exactly the metric of all their pixels together.
+
+The rules, stated once:
+
+- **Ignore pixels never count.** A pixel whose target is ``ignore_index`` adds nothing to the
+  matrix, whatever was predicted there. Predictions have no ignore value: every prediction must
+  be a class in ``[0, num_classes)``. Any other target or prediction value is an error (a
+  ``ValueError`` naming the values and their pixel counts), never silently dropped.
+- **Absent classes are skipped, not scored.** A class is *present* when its union is non-zero,
+  i.e. it occurs in the ground truth or in the prediction (of counted pixels). Per-class IoU and
+  Dice are NaN for an absent class; mean IoU and mean Dice average over present classes only. A
+  class that is predicted but absent from the ground truth is present: its IoU is 0 and it
+  lowers the mean (those are real false positives). Mean class accuracy (mean recall) averages
+  over the classes present in the *ground truth*, since recall has no denominator otherwise.
+- **Nothing is NaN in a summary.** When no pixel has been counted (a fresh matrix, or only
+  ignore pixels so far) the means and pixel accuracy are 0.0, and :meth:`summary` writes
+  ``None`` (JSON ``null``) for undefined per-class values; ``num_pixels`` says how much was
+  counted.
+- **Background is an ordinary class.** Class 0 is averaged like any other; to leave a class out
+  of training and evaluation, relabel it to the ignore index in the data.
+
+Compared with torchmetrics 1.9 (``MulticlassJaccardIndex``, ``MulticlassAccuracy``,
+``MulticlassF1Score`` with ``ignore_index=255``, which also drop ignore pixels entirely):
+
+- ``average="macro"`` Jaccard and F1 also skip classes with ``tp + fp + fn == 0``: they equal
+  our mean IoU and mean Dice. ``average="weighted"`` Jaccard equals our frequency-weighted IoU,
+  and ``MulticlassAccuracy(average="micro")`` our pixel accuracy.
+- ``average="none"`` gives 0 (``zero_division``) for an absent class where we give NaN, so a
+  mean taken over its output counts absent classes as failures.
+- ``MulticlassAccuracy(average="macro")`` averages recall over classes present in the ground
+  truth *or the prediction*: a class that is only predicted counts as recall 0. Our mean class
+  accuracy skips it (the FCN paper's definition, over ground-truth classes).
+- With nothing counted, macro and weighted Jaccard return NaN; we return 0.0.
+- An ``ignore_index`` inside ``[0, num_classes)`` makes torchmetrics drop that class's target
+  pixels and leave it out of the Jaccard averages, while its predictions still count against
+  other classes; here such an ``ignore_index`` is refused (as in
+  :class:`~pixelwise.data.classes.ClassInfo`).
+
+torchvision's ``references/segmentation/utils.ConfusionMatrix`` counts the same way but takes a
+plain mean of per-class IoU, so one absent class makes its mean IoU NaN.
+
+``update`` is built for speed on the CPU: the matrix cell of each pixel is
+``target * num_classes + prediction`` and ``torch.bincount`` counts them, in cache-sized chunks
+on one core (see ``CPU_CHUNK``). Ignore pixels
+are not removed first (boolean-mask compaction copies both tensors); their index falls into
+extra bins that are dropped afterwards, and out-of-range targets fall into bins that are checked
+to be empty. See ``benchmarks/metrics.py``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from pixelwise.data.classes import IGNORE_INDEX, ClassInfo
+
+# CPU updates go chunk by chunk, each chunk smaller than PyTorch's parallel grain size (32768
+# elements; reductions of exactly that size still go parallel), so every op runs serially on one
+# core with no OpenMP hand-off (which costs more than it saves on these memory-bound ops, and
+# badly so on a loaded machine), and each chunk's index (248 KiB) stays in cache for bincount's
+# own min/max passes. A multiple of 1024 keeps chunk starts aligned.
+CPU_CHUNK = 31744
+
+__all__ = [
+    "ConfusionMatrix", "intersection_over_union", "mean_iou", "pixel_accuracy", "class_accuracy",
+    "mean_class_accuracy", "frequency_weighted_iou", "dice", "mean_dice", "summarize", "format_table",
+]
+
+
+class ConfusionMatrix:
+    """Streaming pixel counts over ``num_classes`` classes, with the metrics derived from them.
+
+    The matrix lives on the device of the inputs: it starts on ``device`` (CPU by default) and
+    moves to the inputs' device on the first update from another device.
+
+    Args:
+        num_classes: number of classes; labels are ``0 .. num_classes - 1``.
+        ignore_index: target value of pixels that are never counted; ``None`` for none. It may
+            not be a class index (negative values such as -100 are fine).
+        device: where the matrix starts.
+
+    Example:
+        >>> cm = ConfusionMatrix(3)
+        >>> cm.update(torch.tensor([[0, 1, 255]]), torch.tensor([[0, 2, 1]]))
+        >>> cm.matrix.tolist()
+        [[1, 0, 0], [0, 0, 1], [0, 0, 0]]
+    """
+
+    def __init__(self, num_classes: int, ignore_index: int | None = IGNORE_INDEX,
+                 device: torch.device | str | None = None) -> None:
+        if not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        if ignore_index is not None and 0 <= ignore_index < num_classes:
+            raise ValueError(f"ignore_index {ignore_index} is a class index (num_classes={num_classes}); "
+                             "use a value outside [0, num_classes), e.g. 255")
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+        # Index rows run over every legal target value, from min(0, ignore) to max(C-1, ignore);
+        # rows that are neither a class nor the ignore value must stay empty.
+        legal = [0, num_classes - 1] + ([] if ignore_index is None else [ignore_index])
+        self._low = min(legal)
+        self._num_rows = max(legal) - self._low + 1
+
+    @classmethod
+    def for_classes(cls, info: ClassInfo, device: torch.device | str | None = None) -> "ConfusionMatrix":
+        """A matrix for a data set's :class:`~pixelwise.data.classes.ClassInfo`."""
+        return cls(info.num_classes, info.ignore_index, device)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the matrix lives."""
+        return self.matrix.device
+
+    @property
+    def num_pixels(self) -> int:
+        """Number of pixels counted so far (ignore pixels excluded)."""
+        return int(self.matrix.sum())
+
+    # -- counting -----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def update(self, target: Tensor, prediction: Tensor) -> None:
+        """Count a batch of label maps.
+
+        Args:
+            target: ground-truth class indices, any shape (e.g. ``N x H x W``), any integer
+                dtype; ``ignore_index`` marks pixels not to count.
+            prediction: predicted class indices, the same shape.
+
+        Raises:
+            ValueError: on a shape mismatch, non-integer labels, a prediction outside
+                ``[0, num_classes)`` or a target outside it that is not ``ignore_index``.
+        """
+        _check_label_maps(target, prediction)
+        if target.numel() == 0:
+            return
+        if self.matrix.device != target.device:
+            self.matrix = self.matrix.to(target.device)
+        counts = self._count(target.reshape(-1), prediction.reshape(-1))
+        self.matrix += self._class_block(counts, target, prediction)
+
+    @torch.no_grad()
+    def update_logits(self, target: Tensor, logits: Tensor) -> None:
+        """Count a batch from scores: the prediction is the argmax over dimension 1.
+
+        Args:
+            target: ground truth ``N x H x W`` (or ``N x ...``).
+            logits: scores or probabilities ``N x num_classes x H x W`` (or ``N x C x ...``).
+        """
+        if logits.dim() < 2 or logits.shape[1] != self.num_classes:
+            raise ValueError(f"logits must be N x {self.num_classes} x ..., got shape {tuple(logits.shape)}")
+        expected = logits.shape[:1] + logits.shape[2:]
+        if target.shape != expected:
+            raise ValueError(f"target shape {tuple(target.shape)} does not match logits shape "
+                             f"{tuple(logits.shape)} (expected {tuple(expected)})")
+        self.update(target, logits.argmax(dim=1))
+
+    def _count(self, target: Tensor, prediction: Tensor) -> Tensor:
+        """Counts of every ``(target row, prediction)`` index, flat, ``num_rows * C`` long."""
+        num_bins = self._num_rows * self.num_classes
+        # One pass on accelerators: they parallelise within each op, and chunks would serialise.
+        chunk = min(CPU_CHUNK if target.device.type == "cpu" else target.numel(), target.numel())
+        index = torch.empty(chunk, dtype=torch.int64, device=target.device)
+        counts = torch.zeros(num_bins, dtype=torch.int64, device=target.device)
+        for target_part, prediction_part in zip(target.split(chunk), prediction.split(chunk)):
+            part = index[:target_part.numel()]
+            if not self._index(target_part, prediction_part, part):
+                _raise_label_error(target, prediction, self.num_classes, self.ignore_index)
+            counts += torch.bincount(part, minlength=num_bins)
+        return counts
+
+    def _index(self, target: Tensor, prediction: Tensor, out: Tensor) -> bool:
+        """Write each pixel's bin into ``out``; False if a label is out of range."""
+        prediction_low, prediction_high = torch.aminmax(prediction)
+        # Widen before multiplying: uint8 * C would wrap around in uint8.
+        wide_target = target if target.dtype == torch.int64 else target.long()
+        torch.add(prediction, wide_target, alpha=self.num_classes, out=out)
+        if self._low:
+            out -= self._low * self.num_classes
+        index_low, index_high = torch.aminmax(out)
+        # One host sync per chunk. With predictions in range, the index range bounds the target
+        # to [low, high], so bincount never allocates for garbage labels.
+        bounds = torch.stack((prediction_low, prediction_high, index_low, index_high)).tolist()
+        return (bounds[0] >= 0 and bounds[1] < self.num_classes
+                and bounds[2] >= 0 and bounds[3] < self._num_rows * self.num_classes)
+
+    def _class_block(self, counts: Tensor, target: Tensor, prediction: Tensor) -> Tensor:
+        """The ``C x C`` class rows of ``counts``, after checking that no stray row is used."""
+        table = counts.view(self._num_rows, self.num_classes)
+        block = table[-self._low:self.num_classes - self._low]
+        counted = block.sum()
+        if self.ignore_index is not None:
+            counted = counted + table[self.ignore_index - self._low].sum()
+        if int(counted) != target.numel():  # a target value between the classes and the ignore index
+            _raise_label_error(target, prediction, self.num_classes, self.ignore_index)
+        return block
+
+    # -- combining, resetting, saving ---------------------------------------------------------
+
+    def reset(self) -> None:
+        """Forget every count (for example between evaluation epochs)."""
+        self.matrix.zero_()
+
+    def merge(self, other: "ConfusionMatrix") -> "ConfusionMatrix":
+        """Add another matrix's counts to this one (e.g. from another data loader).
+
+        Returns:
+            This matrix, for chaining.
+        """
+        if (other.num_classes, other.ignore_index) != (self.num_classes, self.ignore_index):
+            raise ValueError(f"cannot merge a matrix of {other.num_classes} classes (ignore_index="
+                             f"{other.ignore_index}) into one of {self.num_classes} (ignore_index={self.ignore_index})")
+        self.matrix += other.matrix.to(self.matrix.device)
+        return self
+
+    def all_reduce(self) -> "ConfusionMatrix":
+        """Sum the counts of every process (``torch.distributed``); a no-op when not initialised.
+
+        The matrix must be on a device the backend supports (CUDA for NCCL, CPU for Gloo).
+
+        Returns:
+            This matrix, now holding the counts of all processes.
+        """
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(self.matrix, op=dist.ReduceOp.SUM)
+        return self
+
+    def to_dict(self) -> dict:
+        """JSON-able state: class count, ignore index and the matrix as nested lists."""
+        return {"num_classes": self.num_classes, "ignore_index": self.ignore_index,
+                "matrix": self.matrix.tolist()}
+
+    @classmethod
+    def from_dict(cls, state: dict, device: torch.device | str | None = None) -> "ConfusionMatrix":
+        """Inverse of :meth:`to_dict`."""
+        matrix = cls(int(state["num_classes"]), state["ignore_index"], device)
+        counts = torch.tensor(state["matrix"], dtype=torch.int64, device=matrix.device)
+        if counts.shape != matrix.matrix.shape:
+            raise ValueError(f"saved matrix has shape {tuple(counts.shape)}, expected {tuple(matrix.matrix.shape)}")
+        matrix.matrix = counts
+        return matrix
+
+    # -- derived metrics ----------------------------------------------------------------------
+
+    @property
+    def iou(self) -> Tensor:
+        """Per-class IoU; NaN for classes absent from ground truth and prediction."""
+        return intersection_over_union(self.matrix)
+
+    @property
+    def mean_iou(self) -> float:
+        """Mean IoU over present classes (0.0 when nothing was counted)."""
+        return mean_iou(self.matrix)
+
+    @property
+    def pixel_accuracy(self) -> float:
+        """Fraction of counted pixels predicted correctly."""
+        return pixel_accuracy(self.matrix)
+
+    @property
+    def class_accuracy(self) -> Tensor:
+        """Per-class recall; NaN for classes absent from the ground truth."""
+        return class_accuracy(self.matrix)
+
+    @property
+    def mean_class_accuracy(self) -> float:
+        """Mean recall over the classes present in the ground truth."""
+        return mean_class_accuracy(self.matrix)
+
+    @property
+    def frequency_weighted_iou(self) -> float:
+        """IoU averaged with each class weighted by its ground-truth pixel count."""
+        return frequency_weighted_iou(self.matrix)
+
+    @property
+    def dice(self) -> Tensor:
+        """Per-class Dice (F1); NaN for classes absent from ground truth and prediction."""
+        return dice(self.matrix)
+
+    @property
+    def mean_dice(self) -> float:
+        """Mean Dice over present classes."""
+        return mean_dice(self.matrix)
+
+    def summary(self) -> dict:
+        """Every metric, JSON-able and NaN-free; see :func:`summarize`."""
+        return summarize(self.matrix)
+
+    def table(self, class_names: Sequence[str] | None = None) -> str:
+        """A plain-text table of per-class and mean metrics; see :func:`format_table`."""
+        return format_table(self.matrix, class_names)
+
+    def __repr__(self) -> str:
+        return (f"ConfusionMatrix(num_classes={self.num_classes}, ignore_index={self.ignore_index}, "
+                f"num_pixels={self.num_pixels}, mean_iou={self.mean_iou:.4f})")
+
+
+# -- label checks ---------------------------------------------------------------------------------
+
+def _check_label_maps(target: Tensor, prediction: Tensor) -> None:
+    """Raise a ValueError unless target and prediction are integer maps of one shape and device."""
+    if target.shape != prediction.shape:
+        raise ValueError(f"target shape {tuple(target.shape)} != prediction shape {tuple(prediction.shape)}"
+                         " (for N x C x H x W scores use update_logits)")
+    for name, labels in (("target", target), ("prediction", prediction)):
+        if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
+            raise ValueError(f"{name} must hold integer class indices, got dtype {labels.dtype}"
+                             + (" (for scores use update_logits)" if name == "prediction" else ""))
+    if target.device != prediction.device:
+        raise ValueError(f"target is on {target.device} but prediction on {prediction.device}")
+
+
+def _raise_label_error(target: Tensor, prediction: Tensor, num_classes: int, ignore_index: int | None) -> None:
+    """Raise a ValueError naming the out-of-range labels and how many pixels hold each."""
+    problems = []
+    bad_prediction = (prediction < 0) | (prediction >= num_classes)
+    if bad_prediction.any():
+        problems.append(f"prediction has values outside [0, {num_classes}): "
+                        + _describe_values(prediction[bad_prediction]))
+    bad_target = (target < 0) | (target >= num_classes)
+    if ignore_index is not None:
+        bad_target &= target != ignore_index
+    if bad_target.any():
+        allowed = "" if ignore_index is None else f" other than ignore_index {ignore_index}"
+        problems.append(f"target has values outside [0, {num_classes}){allowed}: "
+                        + _describe_values(target[bad_target]))
+    raise ValueError("; ".join(problems) or "labels out of range")
+
+
+def _describe_values(values: Tensor, limit: int = 10) -> str:
+    """'20 (130 pixels), -1 (3 pixels), ... in 133 pixels', most frequent first."""
+    unique, counts = torch.unique(values, return_counts=True)
+    order = counts.argsort(descending=True)
+    listed = ", ".join(f"{int(unique[i])} ({int(counts[i])} pixels)" for i in order[:limit])
+    more = f" and {len(unique) - limit} more values" if len(unique) > limit else ""
+    return f"{listed}{more}; {values.numel()} pixels in all"
+
+
+# -- metrics of a matrix --------------------------------------------------------------------------
+# Computed on the CPU in float64: the matrix is tiny, float64 keeps counts up to 2**53 exact, and
+# not every accelerator has float64.
+
+def _counts(matrix: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """True positives, ground-truth totals and prediction totals per class, as CPU float64."""
+    matrix = matrix.detach().to("cpu", torch.float64)
+    return matrix.diagonal(), matrix.sum(dim=1), matrix.sum(dim=0)
+
+
+def _mean_defined(values: Tensor) -> float:
+    """Mean of the non-NaN values; 0.0 when there are none (nothing counted)."""
+    defined = values[~values.isnan()]
+    return float(defined.mean()) if defined.numel() else 0.0
+
+
+def intersection_over_union(matrix: Tensor) -> Tensor:
+    """Per-class IoU ``tp / (gt + predicted - tp)``; NaN where the union is 0 (absent class)."""
+    true_positive, ground_truth, predicted = _counts(matrix)
+    return true_positive / (ground_truth + predicted - true_positive)
+
+
+def mean_iou(matrix: Tensor) -> float:
+    """Mean IoU over present classes (union > 0); absent classes are skipped, not counted as 0."""
+    return _mean_defined(intersection_over_union(matrix))
+
+
+def pixel_accuracy(matrix: Tensor) -> float:
+    """Correct pixels over counted pixels; 0.0 when nothing was counted."""
+    true_positive, ground_truth, _ = _counts(matrix)
+    total = ground_truth.sum()
+    return float(true_positive.sum() / total) if total > 0 else 0.0
+
+
+def class_accuracy(matrix: Tensor) -> Tensor:
+    """Per-class recall ``tp / gt``; NaN for classes absent from the ground truth."""
+    true_positive, ground_truth, _ = _counts(matrix)
+    return true_positive / ground_truth
+
+
+def mean_class_accuracy(matrix: Tensor) -> float:
+    """Mean recall over classes present in the ground truth (a class only predicted is skipped)."""
+    return _mean_defined(class_accuracy(matrix))
+
+
+def frequency_weighted_iou(matrix: Tensor) -> float:
+    """Sum of per-class IoU weighted by ground-truth frequency (FCN paper); 0.0 when empty."""
+    _, ground_truth, _ = _counts(matrix)
+    total = ground_truth.sum()
+    if total == 0:
+        return 0.0
+    iou = intersection_over_union(matrix)
+    present = ground_truth > 0  # IoU is defined there: union >= gt > 0
+    return float((ground_truth[present] * iou[present]).sum() / total)
+
+
+def dice(matrix: Tensor) -> Tensor:
+    """Per-class Dice / F1 ``2 tp / (gt + predicted)``; NaN for absent classes."""
+    true_positive, ground_truth, predicted = _counts(matrix)
+    return 2 * true_positive / (ground_truth + predicted)
+
+
+def mean_dice(matrix: Tensor) -> float:
+    """Mean Dice over present classes (union > 0)."""
+    return _mean_defined(dice(matrix))
+
+
+def _as_list(values: Tensor) -> list[float | None]:
+    """Per-class values with NaN written as None (JSON null)."""
+    return [None if math.isnan(value) else value for value in values.tolist()]
+
+
+def summarize(matrix: Tensor) -> dict:
+    """Every metric of ``matrix``: JSON-able, with no NaN.
+
+    Returns:
+        Means (``mean_iou``, ``pixel_accuracy``, ``mean_class_accuracy``,
+        ``frequency_weighted_iou``, ``mean_dice``; 0.0 when nothing was counted), per-class lists
+        (``iou``, ``dice``, ``class_accuracy``, with None where undefined; ``gt_pixels``,
+        ``predicted_pixels``), ``num_pixels``, ``num_classes`` and ``present_classes`` (how many
+        classes the means average over).
+    """
+    _, ground_truth, predicted = _counts(matrix)
+    iou = intersection_over_union(matrix)
+    return {
+        "num_classes": int(matrix.shape[0]),
+        "num_pixels": int(ground_truth.sum()),
+        "present_classes": int((~iou.isnan()).sum()),
+        "mean_iou": mean_iou(matrix),
+        "pixel_accuracy": pixel_accuracy(matrix),
+        "mean_class_accuracy": mean_class_accuracy(matrix),
+        "frequency_weighted_iou": frequency_weighted_iou(matrix),
+        "mean_dice": mean_dice(matrix),
+        "iou": _as_list(iou),
+        "dice": _as_list(dice(matrix)),
+        "class_accuracy": _as_list(class_accuracy(matrix)),
+        "gt_pixels": [int(count) for count in ground_truth.tolist()],
+        "predicted_pixels": [int(count) for count in predicted.tolist()],
+    }
+
+
+def _percent(value: float | None) -> str:
+    """A table cell: percent with two decimals, '-' for an undefined value."""
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
+def format_table(matrix: Tensor, class_names: Sequence[str] | None = None) -> str:
+    """Per-class IoU, Dice, accuracy and pixel counts, then the means, as fixed-width text.
+
+    Args:
+        matrix: a ``C x C`` confusion matrix.
+        class_names: one name per class; indices when omitted. Absent classes show ``-``.
+    """
+    stats = summarize(matrix)
+    names = list(class_names) if class_names is not None else [str(i) for i in range(stats["num_classes"])]
+    if len(names) != stats["num_classes"]:
+        raise ValueError(f"{len(names)} class names for {stats['num_classes']} classes")
+    width = max([len(name) for name in names] + [24])
+    lines = [f"{'class':<{width}} {'IoU':>7} {'Dice':>7} {'Acc':>7} {'gt px':>12} {'pred px':>12}"]
+    lines.append("-" * len(lines[0]))
+    for i, name in enumerate(names):
+        scores = " ".join(f"{_percent(stats[key][i]):>7}" for key in ("iou", "dice", "class_accuracy"))
+        lines.append(f"{name:<{width}} {scores} {stats['gt_pixels'][i]:>12} {stats['predicted_pixels'][i]:>12}")
+    lines.append("-" * len(lines[0]))
+    for key, label in (("mean_iou", "mean IoU"), ("mean_dice", "mean Dice"),
+                       ("mean_class_accuracy", "mean class accuracy"), ("pixel_accuracy", "pixel accuracy"),
+                       ("frequency_weighted_iou", "frequency-weighted IoU")):
+        lines.append(f"{label:<{width}} {_percent(stats[key]):>7}")
+    lines.append(f"over {stats['present_classes']} present classes, {stats['num_pixels']} pixels "
+                 "(values in %; '-' = undefined, the class is absent)")
+    return "\n".join(lines)
