@@ -1,5 +1,5 @@
 """Data sets, class metadata, reading and checking. Importing this package registers every format."""
-from pixelwise.data import formats  # noqa: F401  (registration)
+from pixelwise.data import formats, synthetic  # noqa: F401  (registration)
 from pixelwise.data.base import JointTransform, SegmentationDataset
 from pixelwise.data.checks import DataReport, Problem, check_dataset, print_report
 from pixelwise.data.classes import IGNORE_INDEX, ClassInfo, class_info, default_palette

@@ -1,0 +1,227 @@
+"""The built-in synthetic data set: textured, overlapping shapes on varied backgrounds.
+
+Every image is generated on the fly from ``(seed, split, index)``, so the set needs no files,
+is identical on every machine, and its splits never share an image (each split draws from its
+own random stream). The classes differ only in **shape**: every shape and the background take
+their colours and textures (flat, gradient, stripes, checker, smooth noise) from one and the same
+distribution, shapes overlap (the later one wins, in the image and in the mask) and the image
+carries pixel noise. A model must therefore learn geometry (round or straight edges, corners,
+a hole, elongation), not one colour per class.
+
+It is sized to be learnt quickly: a small U-Net reaches a high mean IoU on held-out images after
+a few minutes on two CPU cores, which makes it the data set of ``pixelwise demo`` and of smoke
+tests. Drawing is vectorised numpy over a cached coordinate grid (no per-pixel Python).
+"""
+from __future__ import annotations
+
+import math
+import zlib
+
+import numpy as np
+import torch
+from torchvision import tv_tensors
+
+from pixelwise.data.base import JointTransform, SegmentationDataset
+from pixelwise.data.classes import ClassInfo, class_info
+from pixelwise.data.registry import register_dataset
+
+CLASS_NAMES = ("background", "disc", "ring", "square", "triangle", "bar")
+PALETTE = ((0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48))
+DEFAULT_LENGTHS = {"train": 2000, "val": 200, "test": 200}
+TEXTURES = ("flat", "gradient", "stripes", "checker", "noise")
+RADIUS_RANGE = (0.1, 0.2)
+MAX_TILT = 15.0  # degrees
+TEXTURE_AMPLITUDE = 0.35  # largest colour difference inside one texture, per channel  # shape size, as a fraction of the shorter image side
+
+Grid = tuple[np.ndarray, np.ndarray]
+Window = tuple[slice, slice]
+
+
+@register_dataset("synthetic")
+class SyntheticShapes(SegmentationDataset):
+    """Textured, overlapping shapes: background, disc, ring, square, triangle and bar.
+
+    Args:
+        split: any name; ``"train"``, ``"val"`` and ``"test"`` have default lengths, and each
+            name is its own random stream.
+        size: image height and width.
+        length: number of images (default: 2000 for train, 200 otherwise).
+        num_classes: 2 to 6; the first ``num_classes`` of :data:`CLASS_NAMES` are used.
+        seed: base seed; image ``i`` of a split is the same for the same seed.
+        transform: joint image+mask transform (see :mod:`pixelwise.data.transforms`).
+        root: ignored (the set has no files); accepted so a ``--root`` option is harmless.
+        shapes_per_image: fewest and most shapes drawn on one image.
+        noise: standard deviation of the pixel noise, on a [0, 1] intensity scale (the actual
+            level is drawn per image up to this).
+    """
+
+    def __init__(self, split: str = "train", size: tuple[int, int] | int = (128, 128), length: int | None = None,
+                 num_classes: int = len(CLASS_NAMES), seed: int = 0, transform: JointTransform | None = None,
+                 root: str | None = None, shapes_per_image: tuple[int, int] = (2, 5), noise: float = 0.08) -> None:
+        if not 2 <= num_classes <= len(CLASS_NAMES):
+            raise ValueError(f"num_classes must be between 2 and {len(CLASS_NAMES)}, got {num_classes}")
+        self.split = split
+        self.size = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+        self.length = DEFAULT_LENGTHS.get(split, 200) if length is None else int(length)
+        self.seed = int(seed)
+        self.transform = transform
+        self.shapes_per_image = shapes_per_image
+        self.noise = noise
+        self.classes: ClassInfo = class_info(CLASS_NAMES[:num_classes], PALETTE[:num_classes])
+        height, width = self.size
+        self._grid: Grid = np.mgrid[0:height, 0:width].astype(np.float32)  # type: ignore[assignment]
+        # Each split is its own stream; crc32 is stable across runs and machines (unlike hash()).
+        self._split_key = zlib.crc32(split.encode())
+
+    def __len__(self) -> int:
+        return self.length
+
+    def name(self, index: int) -> str:
+        return f"synthetic-{self.split}-{self.seed}-{index}"
+
+    def load(self, index: int) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
+        """Draw image ``index``: an uint8 3×H×W image and its int64 H×W mask."""
+        if not 0 <= index < self.length:
+            raise IndexError(f"index {index} out of range for {self.length} images")
+        rng = np.random.default_rng([self.seed, self._split_key, index])
+        image, mask = draw_scene(rng, self._grid, self.classes.num_classes, self.shapes_per_image, self.noise)
+        image_t = torch.from_numpy(image).permute(2, 0, 1).contiguous()
+        return tv_tensors.Image(image_t), tv_tensors.Mask(torch.from_numpy(mask).to(torch.int64))
+
+
+def draw_scene(rng: np.random.Generator, grid: Grid, num_classes: int, shapes_per_image: tuple[int, int],
+               noise: float) -> tuple[np.ndarray, np.ndarray]:
+    """Draw one scene.
+
+    Args:
+        rng: the image's own random generator.
+        grid: row and column coordinates of every pixel (``np.mgrid``).
+        num_classes: classes in use (0 is the background).
+        shapes_per_image: fewest and most shapes.
+        noise: highest pixel-noise standard deviation.
+
+    Returns:
+        The image (uint8 H×W×3) and the mask (uint8 H×W of class indices).
+    """
+    rows, cols = grid
+    canvas = texture(rng, grid, random_colours(rng))
+    mask = np.zeros(rows.shape, dtype=np.uint8)
+    for _ in range(int(rng.integers(shapes_per_image[0], shapes_per_image[1] + 1))):
+        label = int(rng.integers(1, num_classes))
+        window, region = shape_region(rng, grid, label)
+        if region.sum() < 16:  # mostly outside the image: nothing to learn from
+            continue
+        patch = canvas[window]  # a view: writing into it draws on the canvas
+        colours = contrasting_colours(rng, patch[region].mean(axis=0))
+        patch[region] = texture(rng, (rows[window], cols[window]), colours)[region]
+        mask[window][region] = label
+    sigma = rng.uniform(0.0, noise)
+    canvas += sigma * rng.standard_normal(canvas.shape, dtype=np.float32)
+    return (np.clip(canvas, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8), mask
+
+
+def shape_region(rng: np.random.Generator, grid: Grid, label: int) -> tuple[Window, np.ndarray]:
+    """A randomly placed, sized and rotated shape of class ``label``.
+
+    Returns:
+        The window (row and column slices) bounding the shape, and the shape's boolean region
+        inside that window; working in the window only keeps drawing fast.
+    """
+    height, width = grid[0].shape
+    radius = rng.uniform(*RADIUS_RANGE) * min(height, width)
+    centre_row, centre_col = rng.uniform(0.1, 0.9) * height, rng.uniform(0.1, 0.9) * width
+    # Squares and triangles turn by at most MAX_TILT (upright-ish): their edge orientations are
+    # then a local cue, which a small model learns in minutes; bars turn freely.
+    tilt = math.pi if label in (1, 2, 5) else math.radians(MAX_TILT)
+    angle = rng.uniform(-tilt, tilt)
+    reach = 1.9 * radius + 1.0  # farthest any shape extends from its centre (the bar's corners)
+    window = (slice(max(0, int(centre_row - reach)), min(height, int(centre_row + reach) + 1)),
+              slice(max(0, int(centre_col - reach)), min(width, int(centre_col + reach) + 1)))
+    return window, _region(rng, grid[0][window] - centre_row, grid[1][window] - centre_col, radius, angle, label)
+
+
+def _region(rng: np.random.Generator, dy: np.ndarray, dx: np.ndarray, radius: float, angle: float,
+            label: int) -> np.ndarray:
+    """Boolean region of shape ``label`` at offsets ``(dy, dx)`` from its centre."""
+    # Shape-local coordinates (u along the shape's axis), so every shape can be rotated.
+    u = dx * math.cos(angle) + dy * math.sin(angle)
+    v = dy * math.cos(angle) - dx * math.sin(angle)
+    if label == 1:  # disc
+        return u * u + v * v <= radius**2
+    if label == 2:  # ring: a disc with a hole through which the background shows
+        r2 = u * u + v * v
+        return (r2 <= radius**2) & (r2 >= (rng.uniform(0.45, 0.65) * radius) ** 2)
+    if label == 3:  # square, sides scaled so its area is close to the disc's
+        half = 0.88 * radius
+        return (np.abs(u) <= half) & (np.abs(v) <= half)
+    if label == 4:  # equilateral triangle; circumradius enlarged for a comparable area
+        inradius = 0.5 * 1.4 * radius
+        phis = [-0.5 * math.pi + 2.0 * math.pi * k / 3.0 for k in range(3)]
+        return np.maximum.reduce([u * math.cos(p) + v * math.sin(p) for p in phis]) <= inradius
+    # bar: a long, thin rectangle
+    return (np.abs(u) <= 1.8 * radius) & (np.abs(v) <= rng.uniform(0.25, 0.4) * radius)
+
+
+def random_colours(rng: np.random.Generator) -> np.ndarray:
+    """A texture's two RGB colours in [0, 1] (2×3): a uniform base colour and a second one at most
+    ``TEXTURE_AMPLITUDE`` away per channel. The same distribution serves every class and the
+    background; the bounded amplitude keeps a surface's own pattern weaker than its outline."""
+    base = rng.uniform(0.0, 1.0, size=3)
+    second = np.clip(base + rng.uniform(-TEXTURE_AMPLITUDE, TEXTURE_AMPLITUDE, size=3), 0.0, 1.0)
+    return np.stack([base, second]).astype(np.float32)
+
+
+def contrasting_colours(rng: np.random.Generator, under: np.ndarray, min_distance: float = 0.35,
+                        tries: int = 8) -> np.ndarray:
+    """Random colours whose mean differs from ``under`` (what the shape covers) by ``min_distance``.
+
+    Without this a shape could vanish into the background by chance, and its pixels would be
+    unlearnable noise. The rule depends only on what lies below, never on the class.
+    """
+    colours = random_colours(rng)
+    for _ in range(tries):
+        if np.linalg.norm(colours.mean(axis=0) - under) >= min_distance:
+            break
+        colours = random_colours(rng)
+    return colours
+
+
+def texture(rng: np.random.Generator, grid: Grid, colours: np.ndarray) -> np.ndarray:
+    """An H×W×3 float texture mixing two colours by a random pattern.
+
+    Args:
+        rng: random generator.
+        grid: pixel coordinates of the area to fill.
+        colours: the two colours (2×3); a flat texture uses the first.
+
+    Returns:
+        The texture over ``grid``, float32 in [0, 1].
+    """
+    rows, cols = grid
+    kind = TEXTURES[int(rng.integers(len(TEXTURES)))]
+    if kind == "flat":
+        return np.broadcast_to(colours[0], rows.shape + (3,)).copy()
+    angle = rng.uniform(0.0, 2.0 * math.pi)
+    along = cols * math.cos(angle) + rows * math.sin(angle)
+    if kind == "gradient":
+        weight = (along - along.min()) / max(float(along.max() - along.min()), 1.0)
+    elif kind == "stripes":
+        weight = (np.sin(along * (2.0 * math.pi / rng.uniform(4.0, 12.0))) > 0).astype(np.float32)
+    elif kind == "checker":
+        across = rows * math.cos(angle) - cols * math.sin(angle)
+        period = rng.uniform(3.0, 10.0)
+        weight = ((np.floor(along / period) + np.floor(across / period)) % 2).astype(np.float32)
+    else:
+        weight = smooth_noise(rng, grid)
+    return colours[0] + weight[..., None] * (colours[1] - colours[0])
+
+
+def smooth_noise(rng: np.random.Generator, grid: Grid, components: int = 4) -> np.ndarray:
+    """Blobby noise in [0, 1]: a sum of random plane waves (cheap, smooth, no resampling)."""
+    rows, cols = grid
+    total = np.zeros(rows.shape, dtype=np.float32)
+    for _ in range(components):
+        angle, phase = rng.uniform(0.0, 2.0 * math.pi, size=2)
+        frequency = 2.0 * math.pi / rng.uniform(8.0, 32.0)
+        total += np.sin(frequency * (cols * math.cos(angle) + rows * math.sin(angle)) + phase)
+    return np.clip(0.5 + 0.5 * total / (2.0 * components) ** 0.5, 0.0, 1.0)
