@@ -149,6 +149,28 @@ def _cmd_check_data(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+        TimeRemainingColumn
+
+    from pixelwise.config import load_config
+    from pixelwise.engine.train import train
+
+    config = load_config(args.config, args.overrides)
+    columns = (TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
+               TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task("train", total=config.train.iterations, status="")
+
+        def on_step(iteration: int, loss: float) -> None:
+            progress.update(task, completed=iteration, status=f"loss {loss:.4f}")
+
+        result = train(config, resume=args.resume, device=args.device, on_step=on_step)
+    console.print(f"best mIoU {result.best_miou:.4f} after {result.iterations} iterations; "
+                  f"checkpoints, config and metrics.jsonl in {result.run_dir}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
     parser = argparse.ArgumentParser(prog="pixelwise", description="Semantic segmentation, real and inspectable.")
@@ -161,6 +183,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     encoders = commands.add_parser("encoders", help="list the encoders with their channels and strides")
     encoders.set_defaults(run=_cmd_encoders)
+
+    train = commands.add_parser("train", help="train a model from a YAML recipe (key=value overrides)")
+    train.add_argument("--config", help="recipe YAML file (default: the built-in defaults)")
+    train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. optim.lr=0.01 data.batch_size=4")
+    train.add_argument("--resume", action="store_true", help="continue exactly from OUTPUT_DIR/last.pt")
+    train.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    train.set_defaults(run=_cmd_train)
 
     demo = commands.add_parser("demo", help="build every model and run it on a synthetic image")
     demo.add_argument("--size", type=int, nargs=2, default=(253, 317), metavar=("H", "W"))
