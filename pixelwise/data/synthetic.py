@@ -29,7 +29,7 @@ CLASS_NAMES = ("background", "disc", "ring", "square", "triangle", "bar")
 PALETTE = ((0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48))
 DEFAULT_LENGTHS = {"train": 2000, "val": 200, "test": 200}
 TEXTURES = ("flat", "gradient", "stripes", "checker", "noise")
-RADIUS_RANGE = (0.1, 0.2)
+RADIUS_RANGE = (0.12, 0.24)
 MAX_TILT = 15.0  # degrees
 TEXTURE_AMPLITUDE = 0.35  # largest colour difference inside one texture, per channel  # shape size, as a fraction of the shorter image side
 
@@ -57,7 +57,7 @@ class SyntheticShapes(SegmentationDataset):
 
     def __init__(self, split: str = "train", size: tuple[int, int] | int = (128, 128), length: int | None = None,
                  num_classes: int = len(CLASS_NAMES), seed: int = 0, transform: JointTransform | None = None,
-                 root: str | None = None, shapes_per_image: tuple[int, int] = (2, 5), noise: float = 0.08) -> None:
+                 root: str | None = None, shapes_per_image: tuple[int, int] = (2, 4), noise: float = 0.08) -> None:
         if not 2 <= num_classes <= len(CLASS_NAMES):
             raise ValueError(f"num_classes must be between 2 and {len(CLASS_NAMES)}, got {num_classes}")
         self.split = split
@@ -150,12 +150,12 @@ def _region(rng: np.random.Generator, dy: np.ndarray, dx: np.ndarray, radius: fl
         return u * u + v * v <= radius**2
     if label == 2:  # ring: a disc with a hole through which the background shows
         r2 = u * u + v * v
-        return (r2 <= radius**2) & (r2 >= (rng.uniform(0.45, 0.65) * radius) ** 2)
+        return (r2 <= radius**2) & (r2 >= (rng.uniform(0.4, 0.55) * radius) ** 2)
     if label == 3:  # square, sides scaled so its area is close to the disc's
-        half = 0.88 * radius
+        half = 0.95 * radius
         return (np.abs(u) <= half) & (np.abs(v) <= half)
     if label == 4:  # equilateral triangle; circumradius enlarged for a comparable area
-        inradius = 0.5 * 1.4 * radius
+        inradius = 0.5 * 1.5 * radius
         phis = [-0.5 * math.pi + 2.0 * math.pi * k / 3.0 for k in range(3)]
         return np.maximum.reduce([u * math.cos(p) + v * math.sin(p) for p in phis]) <= inradius
     # bar: a long, thin rectangle
