@@ -74,13 +74,11 @@ class TrainConfig:
     """Length of the run, precision, checkpoints and logging."""
 
     iterations: int = 1000
-    time_budget_min: float | None = None  # sets iterations from the measured speed
     eval_every: int = 250
     checkpoint_every: int = 100
     amp: str | None = None  # None | bf16 | fp16
     channels_last: bool = False
     aux_weight: float = 0.4
-    sync_batchnorm: bool = False
     seed: int = 0
     output_dir: str = "runs/default"
 
