@@ -1,11 +1,11 @@
 """Data set formats by name: ``create_dataset("camvid", root=..., split="train")``."""
 from __future__ import annotations
 
-import difflib
 import inspect
 from typing import Callable
 
 from pixelwise.data.base import SegmentationDataset
+from pixelwise.naming import lookup
 
 DatasetFactory = Callable[..., SegmentationDataset]
 _FORMATS: dict[str, DatasetFactory] = {}
@@ -30,11 +30,7 @@ def list_datasets() -> list[str]:
 
 def dataset_factory(name: str) -> DatasetFactory:
     """The class (or factory) registered as ``name``; an unknown name raises with close matches."""
-    if name not in _FORMATS:
-        close = difflib.get_close_matches(name, _FORMATS, n=3)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"unknown data set format {name!r}.{hint} Available: {', '.join(list_datasets())}")
-    return _FORMATS[name]
+    return lookup(_FORMATS, name, "data set format")
 
 
 def create_dataset(name: str, **options) -> SegmentationDataset:

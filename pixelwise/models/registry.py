@@ -5,7 +5,6 @@ model name and a duplicate is an error, so every name maps to exactly one place 
 """
 from __future__ import annotations
 
-import difflib
 import inspect
 import os
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ from typing import Callable
 
 from pixelwise.encoders.weights import is_weights_file, load_file, load_into
 from pixelwise.models.base import SegmentationModel
+from pixelwise.naming import lookup
 
 Builder = Callable[..., SegmentationModel]
 
@@ -62,11 +62,7 @@ def list_models() -> list[str]:
 
 def model_info(name: str) -> ModelInfo:
     """The registry entry of ``name``; an unknown name raises with the closest matches."""
-    if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, _REGISTRY, n=3)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"unknown model {name!r}.{hint} Available: {', '.join(list_models())}")
-    return _REGISTRY[name]
+    return lookup(_REGISTRY, name, "model")
 
 
 def create_model(
