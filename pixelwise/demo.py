@@ -42,5 +42,5 @@ def run_demo(console: Console, height: int = 253, width: int = 317) -> int:
                       ("" if match else "[red]") + "×".join(map(str, row.output_shape)), f"{row.milliseconds:.0f}")
     console.print(table)
     verdict = "every model returned logits at the input size" if all_match else "[red]size mismatch[/]"
-    console.print(f"{verdict}; training, evaluation and prediction arrive with the next issues.")
+    console.print(f"{verdict}. Train one with: pixelwise train model.name=unet model.encoder=resnet18")
     return 0 if all_match else 1
