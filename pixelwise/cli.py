@@ -154,21 +154,88 @@ def _cmd_train(args: argparse.Namespace) -> int:
         TimeRemainingColumn
 
     from pixelwise.config import load_config
+    from pixelwise.engine.distributed import is_main_process
     from pixelwise.engine.train import train
 
-    config = load_config(args.config, args.overrides)
+    overrides = list(args.overrides)
+    if args.time_budget is not None:
+        overrides.append(f"train.time_budget_min={args.time_budget}")
+    config = load_config(args.config, overrides)
+    main_process = is_main_process()  # under torchrun only rank 0 reports
     columns = (TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task("train", total=config.train.iterations, status="")
+    with Progress(*columns, console=console, transient=False, disable=not main_process) as progress:
+        task = progress.add_task("train", total=None, status="")
 
         def on_step(iteration: int, loss: float) -> None:
             progress.update(task, completed=iteration, status=f"loss {loss:.4f}")
 
-        result = train(config, resume=args.resume, device=args.device, on_step=on_step)
-    console.print(f"best mIoU {result.best_miou:.4f} after {result.iterations} iterations; "
-                  f"checkpoints, config and metrics.jsonl in {result.run_dir}")
+        def on_total(total: int, plan) -> None:
+            progress.update(task, total=total)
+            if plan is not None and main_process:
+                progress.console.print(plan.describe(), markup=False, highlight=False)
+
+        result = train(config, resume=args.resume, device=args.device, on_step=on_step, on_total=on_total)
+    if main_process:
+        console.print(f"best mIoU {result.best_miou:.4f} after {result.iterations} iterations; checkpoints, config, "
+                      f"metrics.jsonl, tensorboard/ and {', '.join(p.name for p in result.plots)} in {result.run_dir}")
     return 0
+
+
+def _progress(label: str):
+    """A progress bar for per-image work, and its callback ``on_image(done, total)``."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    # Only on a terminal: in logs and pipes a bar is noise (and leaves a blank line behind).
+    progress = Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=console, transient=True, disable=not console.is_terminal)
+    task = progress.add_task(label, total=None)
+
+    def on_image(done: int, total: int) -> None:
+        progress.update(task, completed=done, total=total)
+    return progress, on_image
+
+
+def _inference_options(args: argparse.Namespace) -> dict[str, object]:
+    stride = None if args.stride is None else tuple(args.stride)
+    return {"mode": args.mode, "window": tuple(args.window), "stride": stride, "blend": args.blend,
+            "scales": tuple(args.scales), "flip": args.flip, "batch_size": args.batch_size, "device": args.device}
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from pixelwise.engine.evaluation import evaluate_checkpoint, print_evaluation
+
+    out_dir = args.out if args.out is not None else Path(args.checkpoint).parent / "evaluation"
+    progress, on_image = _progress("evaluate")
+    with progress:
+        result = evaluate_checkpoint(args.checkpoint, data_format=args.format, root=args.root, split=args.split,
+                                     data_options=_parse_model_args(args.data_options), out_dir=out_dir,
+                                     on_image=on_image, **_inference_options(args))
+    print_evaluation(result, console)
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from pixelwise.engine.predict import predict_files
+
+    progress, on_image = _progress("predict")
+    with progress:
+        threshold = {} if args.tile_threshold is None else {"tile_threshold_pixels": args.tile_threshold}
+        report = predict_files(args.checkpoint, args.inputs, args.out, save_probabilities=args.probabilities,
+                               skip_unreadable=args.skip_unreadable, on_image=on_image, **threshold,
+                               **_inference_options(args))
+    for image in report.images:
+        for note in image.notes:
+            console.print(f"{image.source}: {note}", markup=False, highlight=False)
+    for source, message in report.failures:
+        console.print(f"skipped: {message}", style="yellow", markup=False, highlight=False)  # names the file
+    written = "masks (NAME.png), overlays (NAME_overlay.png)" + (
+        ", probabilities (NAME_probs.npy)" if args.probabilities else "")
+    console.print(f"wrote {written} of {len(report.images)} images to {report.out_dir}", markup=False,
+                  highlight=False)
+    return 0 if report.ok else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -186,9 +253,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train a model from a YAML recipe (key=value overrides)")
     train.add_argument("--config", help="recipe YAML file (default: the built-in defaults)")
-    train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. optim.lr=0.01 data.batch_size=4")
+    # argparse reads positionals in one run: options such as --resume go before the overrides.
+    train.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                       help="e.g. optim.lr=0.01 data.batch_size=4 (after the --options)")
     train.add_argument("--resume", action="store_true", help="continue exactly from OUTPUT_DIR/last.pt")
-    train.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    train.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (under torchrun: cpu or cuda; "
+                                                       "each process takes cuda:LOCAL_RANK)")
+    train.add_argument("--time-budget", type=float, metavar="MIN",
+                       help="fit the run into MIN minutes (shortcut for train.time_budget_min=MIN)")
     train.set_defaults(run=_cmd_train)
 
     demo = commands.add_parser("demo", help="build every model and run it on a synthetic image")
@@ -236,7 +308,52 @@ def build_parser() -> argparse.ArgumentParser:
     shapes.add_argument("--num-classes", type=int, help="classes (default: the builder's: 21, or 1000 for torchvision)")
     shapes.add_argument("--json", action="store_true", help="print the trace as JSON")
     shapes.set_defaults(run=_cmd_shapes)
+
+    evaluate = commands.add_parser("evaluate", help="measure a checkpoint on a data set split: per-class IoU, "
+                                                    "metrics.json and a confusion-matrix plot")
+    evaluate.add_argument("--checkpoint", required=True, help="a run's best.pt or last.pt")
+    evaluate.add_argument("--format", help="data set format (default: the one recorded in the checkpoint)")
+    evaluate.add_argument("--root", help="data set folder (default: the recorded one)")
+    evaluate.add_argument("--split", help="split to evaluate (default: the recorded validation split)")
+    evaluate.add_argument("--data-options", nargs="*", default=[], metavar="KEY=VALUE",
+                          help="format options over the recorded ones, e.g. num_classes=5")
+    evaluate.add_argument("--out", help="folder for metrics.json and confusion_matrix.png "
+                                        "(default: evaluation/ beside the checkpoint)")
+    _add_inference_arguments(evaluate)
+    evaluate.set_defaults(run=_cmd_evaluate)
+
+    predict = commands.add_parser("predict", help="segment image files with a checkpoint: class-index PNGs "
+                                                  "(palette), overlays, optionally probabilities")
+    predict.add_argument("--checkpoint", required=True, help="a run's best.pt or last.pt")
+    predict.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
+    predict.add_argument("--out", required=True, help="output folder")
+    predict.add_argument("--probabilities", action="store_true",
+                         help="also write NAME_probs.npy: float16 softmax probabilities, classes × H × W")
+    predict.add_argument("--tile-threshold", type=int, metavar="PIXELS",
+                         help="predict images with more pixels than this window by window, with bounded memory "
+                              "(no test-time augmentation for those; default 16777216, i.e. 4096×4096)")
+    predict.add_argument("--skip-unreadable", action="store_true",
+                         help="skip unreadable images with a warning (exit code 1 at the end) instead of stopping")
+    _add_inference_arguments(predict)
+    predict.set_defaults(run=_cmd_predict)
     return parser
+
+
+def _add_inference_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``predict_logits`` shared by evaluate and predict."""
+    parser.add_argument("--mode", choices=("whole", "slide"), default="whole",
+                        help="whole image in one pass, or overlapping windows blended")
+    parser.add_argument("--window", type=int, nargs=2, default=(512, 512), metavar=("H", "W"),
+                        help="window size for --mode slide (and for tiled images)")
+    parser.add_argument("--stride", type=int, nargs=2, metavar=("H", "W"),
+                        help="largest step between windows (default: two thirds of the window)")
+    parser.add_argument("--blend", choices=("gaussian", "uniform"), default="gaussian",
+                        help="weighting of overlapping windows")
+    parser.add_argument("--scales", type=float, nargs="+", default=(1.0,), metavar="S",
+                        help="test-time augmentation: resize factors, e.g. 0.75 1 1.25")
+    parser.add_argument("--flip", action="store_true", help="test-time augmentation: also predict the flipped image")
+    parser.add_argument("--batch-size", type=int, default=4, help="windows per forward pass")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

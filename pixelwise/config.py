@@ -43,7 +43,7 @@ class DataConfig:
     val_split: str = "val"
     crop_size: list[int] = field(default_factory=lambda: [256, 256])
     scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])
-    batch_size: int = 8
+    batch_size: int = 8  # per process: under torchrun the global batch is batch_size × processes
     workers: int = 2
     options: dict = field(default_factory=dict)  # format-specific: num_classes, mask_colors, ...
 
@@ -81,6 +81,11 @@ class TrainConfig:
     aux_weight: float = 0.4
     seed: int = 0
     output_dir: str = "runs/default"
+    # Under torchrun: batch norms over the global batch (CUDA only; otherwise each process's share).
+    sync_batchnorm: bool = False
+    # Minutes of wall-clock time: the run measures its speed and sets the iteration count to fit
+    # (``iterations`` is then ignored); the chosen total is stored in checkpoints.
+    time_budget_min: float | None = None
 
 
 @dataclass

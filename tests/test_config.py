@@ -35,6 +35,12 @@ def test_int_is_accepted_where_a_float_is_expected() -> None:
     assert config.optim.lr == 1.0 and isinstance(config.optim.lr, float)
 
 
+def test_training_extras_default_off() -> None:
+    config = load_config(None, ["train.time_budget_min=30"])
+    assert config.train.time_budget_min == 30.0 and config.train.sync_batchnorm is False
+    assert load_config().train.time_budget_min is None
+
+
 def test_null_override_clears_an_optional_key() -> None:
     assert load_config(None, ["model.encoder=null"]).model.encoder is None
 
@@ -47,6 +53,8 @@ def test_null_override_clears_an_optional_key() -> None:
     (["train.channels_last=1"], "train.channels_last = 1 should be bool"),
     (["data.crop_size=[1, x]"], r"data.crop_size\[1\] = 'x' should be int"),
     (["train.amp=16"], "train.amp = 16 should be str or null"),
+    (["train.time_budget_min=soon"], "train.time_budget_min = 'soon' should be float or null"),
+    (["train.sync_batchnorm=yes please"], "train.sync_batchnorm = 'yes please' should be bool"),
     (["optim.lr"], "must look like section.key=value"),
 ])
 def test_unknown_keys_and_wrong_types_are_clear_errors(overrides: list[str], message: str) -> None:

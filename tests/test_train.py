@@ -1,13 +1,16 @@
 """Training runs on tiny synthetic data: exact resume, atomic checkpoints, divergence, sampling."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
 
 from pixelwise.config import load_config
+from pixelwise.engine.budget import MEASURED_STEPS, WARMUP_STEPS, iterations_for_budget
 from pixelwise.engine.checkpoint import load_checkpoint, save_checkpoint
+from pixelwise.engine.run_log import plot_curves, read_metrics
 from pixelwise.engine.sampling import ResumableBatchSampler
 from pixelwise.engine.train import TrainingDiverged, learning_rate, train
 
@@ -19,6 +22,24 @@ def _tiny(tmp_path: Path, *overrides: str) -> object:
         "data.workers=0", "train.iterations=6", "train.eval_every=3", "train.checkpoint_every=3",
         f"train.output_dir={tmp_path}", *overrides,
     ])
+
+
+def _small(tmp_path: Path, *overrides: str) -> object:
+    """A much faster recipe: the paper's U-Net at 4 channels and depth 2, no batch norm."""
+    return load_config(None, [
+        "model.name=unet", "model.encoder=null", "model.options={base_channels: 4, depth: 2, norm: null}",
+        "data.options={size: 32, length: 8}", "data.crop_size=[32, 32]", "data.batch_size=2", "data.workers=0",
+        "train.iterations=4", "train.eval_every=2", "train.checkpoint_every=2", f"train.output_dir={tmp_path}",
+        *overrides,
+    ])
+
+
+def _scalars(run_dir: Path, tag: str) -> list[tuple[int, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    return [(event.step, event.value) for event in events.Scalars(tag)]
 
 
 class _Interrupt(Exception):
@@ -44,6 +65,12 @@ def test_interrupted_and_resumed_run_reaches_the_same_weights(tmp_path: Path) ->
     actual = load_checkpoint(resumed.run_dir / "last.pt")["model"]
     for key, value in expected.items():
         assert torch.equal(actual[key], value), f"{key} differs after resuming"
+    # Steps 4 ran twice (before the interruption and after resuming) but are recorded once.
+    lines = [json.loads(line) for line in (resumed.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in lines if "loss" in r] == [1, 2, 3, 4, 5, 6]
+    straight_losses = [(r["iteration"], r["loss"]) for r in read_metrics(straight.run_dir / "metrics.jsonl")[0]]
+    assert [(r["iteration"], r["loss"]) for r in lines if "loss" in r] == straight_losses
+    assert [step for step, _ in _scalars(resumed.run_dir, "train/loss")] == [1, 2, 3, 4, 5, 6]
 
 
 def test_run_folder_holds_what_prediction_needs(tmp_path: Path) -> None:
@@ -128,3 +155,78 @@ def test_cli_trains_and_resumes(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert main(["train", "--resume", *overrides]) == 0  # already complete: resumes to the end at once
     assert main(["train", "optim.lrr=3"]) == 2
     assert "valid keys of optim" in capsys.readouterr().out
+
+
+def test_run_writes_tensorboard_events_and_plots(tmp_path: Path) -> None:
+    result = train(_small(tmp_path))
+    steps, evaluations = read_metrics(result.run_dir / "metrics.jsonl")
+    losses = _scalars(result.run_dir, "train/loss")
+    assert [step for step, _ in losses] == [1, 2, 3, 4]
+    assert [value for _, value in losses] == pytest.approx([s["loss"] for s in steps], rel=1e-6)
+    assert [step for step, _ in _scalars(result.run_dir, "train/lr")] == [1, 2, 3, 4]
+    miou = _scalars(result.run_dir, "val/mIoU")
+    assert miou == [(2, pytest.approx(evaluations[0]["eval"]["mean_iou"])),
+                    (4, pytest.approx(evaluations[1]["eval"]["mean_iou"]))]
+    assert len(_scalars(result.run_dir, "val/pixel_accuracy")) == 2
+    assert [p.name for p in result.plots] == ["loss.png", "miou.png"]
+    _assert_png(result.run_dir / "loss.png")
+    _assert_png(result.run_dir / "miou.png")
+
+
+def _assert_png(path: Path) -> None:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.width > 100 and image.height > 100
+        image.verify()
+
+
+def test_plot_curves_reads_the_whole_history_once(tmp_path: Path) -> None:
+    records = [{"iteration": 1, "loss": 2.0, "lr": 0.1, "step_s": 0.1},
+               {"iteration": 2, "loss": 9.0, "lr": 0.1, "step_s": 0.1},  # replaced by the resumed run's line
+               {"iteration": 2, "time_budget": {"total_iterations": 3}},
+               {"iteration": 2, "loss": 1.5, "lr": 0.1, "step_s": 0.1},
+               {"iteration": 2, "eval": {"mean_iou": 0.25}}]
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    steps, evaluations = read_metrics(path)
+    assert [(s["iteration"], s["loss"]) for s in steps] == [(1, 2.0), (2, 1.5)]
+    assert [e["eval"]["mean_iou"] for e in evaluations] == [0.25]
+    written = plot_curves(path, tmp_path / "plots")
+    assert [p.name for p in written] == ["loss.png", "miou.png"]
+    for png in written:
+        _assert_png(png)
+    path.write_text(json.dumps(records[0]) + "\n")
+    assert [p.name for p in plot_curves(path, tmp_path / "only_loss")] == ["loss.png"]
+
+
+def test_iterations_for_budget_pays_for_steps_and_evaluations() -> None:
+    # 100 s budget, 10 s spent, 8 s kept for the final evaluation: 82 s at 1 s per step plus
+    # an 8 s evaluation every 4 steps (2 s per step) buys 27 more steps.
+    assert iterations_for_budget(100.0, 10.0, 13, step_s=1.0, eval_s=8.0, eval_every=4) == 13 + 27
+    assert iterations_for_budget(100.0, 120.0, 13, step_s=1.0, eval_s=8.0, eval_every=4) == 13, "spent: stop"
+    assert iterations_for_budget(60.0, 0.0, 0, step_s=0.5, eval_s=0.0, eval_every=100) == 120
+
+
+def test_time_budget_sets_the_total_and_resume_keeps_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from pixelwise.cli import main
+
+    overrides = ["model.name=unet", "model.encoder=null", "model.options={base_channels: 4, depth: 2, norm: null}",
+                 "data.options={size: 32, length: 8}", "data.crop_size=[32, 32]", "data.batch_size=2",
+                 "data.workers=0", "train.eval_every=1000", "train.checkpoint_every=1000", "optim.lr=0.01",
+                 f"train.output_dir={tmp_path}"]
+    assert main(["train", "--time-budget", "0.05", *overrides]) == 0
+    assert "time budget 0.05 min:" in capsys.readouterr().out
+    state = load_checkpoint(tmp_path / "last.pt")
+    total = state["total_iterations"]
+    assert state["iteration"] == total == state["time_budget"]["total_iterations"]
+    assert total >= WARMUP_STEPS + MEASURED_STEPS
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    (plan,) = [r for r in lines if "time_budget" in r]
+    assert plan["iteration"] == WARMUP_STEPS + MEASURED_STEPS
+    rates = [r["lr"] for r in lines if "lr" in r]
+    assert len(rates) == total and rates[:plan["iteration"]] == [0.01] * plan["iteration"], "held while measuring"
+    if total > plan["iteration"] + 1:
+        assert rates[-1] < 0.01, "then the schedule decays over the chosen total"
+    assert main(["train", "--resume", "--time-budget", "10", *overrides]) == 0  # the stored total wins
+    assert load_checkpoint(tmp_path / "last.pt")["iteration"] == total

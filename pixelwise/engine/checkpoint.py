@@ -3,9 +3,18 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
+from torch import nn
+
+from pixelwise.data.classes import ClassInfo
+from pixelwise.models import create_model
+
+# What torch.save writes first: a zip archive (PyTorch >= 1.6) or a pickle (the legacy format).
+_CHECKPOINT_MAGIC = (b"PK\x03\x04", b"\x80")
+# What a checkpoint needs besides the weights to predict without its recipe (see train.checkpoint_state).
+_PREDICTION_KEYS = ("model_spec", "classes", "normalization")
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
@@ -48,6 +57,12 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist; train first, or check the run folder")
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    # An empty file falls through to torch.load: it is a write cut short, not the wrong file.
+    if head and not head.startswith(_CHECKPOINT_MAGIC):
+        raise ValueError(f"{str(path)!r} is not a pixelwise checkpoint (not a file written by torch.save); "
+                         f"pass a run's best.pt or last.pt")
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:  # noqa: BLE001 - truncated zip, pickle errors: all mean "unreadable"
@@ -56,3 +71,55 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(state, dict) or "model" not in state:
         raise ValueError(f"{str(path)!r} is not a pixelwise checkpoint (no 'model' entry)")
     return state
+
+
+class LoadedModel(NamedTuple):
+    """A model rebuilt from a checkpoint, with what prediction needs to go with it.
+
+    Attributes:
+        model: the network, in eval mode, on the requested device.
+        classes: class names, palette and ignore index the model was trained with.
+        normalization: ``{"mean": [...], "std": [...]}`` applied to images scaled to [0, 1].
+    """
+
+    model: nn.Module
+    classes: ClassInfo
+    normalization: dict[str, list[float]]
+
+
+def model_from_checkpoint(state: dict[str, Any], device: str | torch.device = "cpu",
+                          source: str = "checkpoint") -> LoadedModel:
+    """Rebuild the model of a loaded checkpoint (see :func:`load_checkpoint`), weights included.
+
+    Args:
+        state: the checkpoint's contents.
+        device: where the model goes.
+        source: how to name the checkpoint in error messages (its path).
+
+    Raises:
+        ValueError: the checkpoint lacks the model spec, classes or normalisation (a bare state
+            dict, or one not written by ``pixelwise train``).
+    """
+    missing = [key for key in _PREDICTION_KEYS if key not in state]
+    if missing:
+        raise ValueError(f"{source} holds weights but lacks {missing}, which rebuild the model without its recipe "
+                         f"(a bare state dict?); pass a run's best.pt or last.pt, or load bare weights with "
+                         f"create_model(name, weights=...)")
+    spec = state["model_spec"]
+    model = create_model(spec["name"], num_classes=spec["num_classes"], **spec["options"])
+    model.load_state_dict(state["model"])
+    normalization = {key: [float(v) for v in state["normalization"][key]] for key in ("mean", "std")}
+    return LoadedModel(model.to(device).eval(), ClassInfo.from_dict(state["classes"]), normalization)
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """Rebuild a trained model from its checkpoint alone (no recipe needed).
+
+    Args:
+        path: a checkpoint written by ``pixelwise train`` (``best.pt`` or ``last.pt``).
+        device: where the model goes.
+
+    Returns:
+        The model in eval mode, its classes and its input normalisation.
+    """
+    return model_from_checkpoint(load_checkpoint(path), device, repr(str(path)))

@@ -6,29 +6,50 @@ at any point. Every ``checkpoint_every`` iterations and at the end, ``last.pt`` 
 atomically with everything needed to continue exactly (weights, optimiser, iteration, random
 state; the data order is a function of the iteration, see :mod:`pixelwise.engine.sampling`)
 and to predict without the recipe (model spec, class names, palette, normalisation).
+
+Under ``torchrun`` the same function trains with ``DistributedDataParallel``
+(:mod:`pixelwise.engine.distributed`): ``data.batch_size`` is **per process**, so the global
+batch is ``batch_size × world_size``; process ``r`` takes slice ``r`` of every global batch, so
+N processes at batch b see exactly the samples (and augmentations) of one process at batch N·b.
+Gradients are averaged over the processes, each process evaluates its share of the validation
+set and the confusion matrices are summed, so every process sees the same metrics. Only rank 0
+writes files. With ``train.time_budget_min`` the run sizes itself to a wall-clock budget
+(:mod:`pixelwise.engine.budget`).
 """
 from __future__ import annotations
 
-import json
+import logging
 import math
+import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from pixelwise.config import Config, config_to_dict, save_config
 from pixelwise.data import ClassInfo, SegmentationDataset, create_dataset
 from pixelwise.data.transforms import IMAGENET_MEAN, IMAGENET_STD, train_transform, val_transform
+from pixelwise.engine.budget import EVAL_PROBE_IMAGES, BudgetClock, BudgetPlan
 from pixelwise.engine.checkpoint import load_checkpoint, save_checkpoint
-from pixelwise.engine.sampling import ResumableBatchSampler, SeededSamples
+from pixelwise.engine.distributed import (DistributedContext, broadcast_object, convert_sync_batchnorm,
+                                          distributed_session, gather_objects, mean_over_processes, sync_buffers,
+                                          unwrap, wrap_model)
+from pixelwise.engine.run_log import RunLog, plot_curves
+from pixelwise.engine.sampling import ResumableBatchSampler, SeededSamples, _mix
 from pixelwise.losses import create_loss, loss_with_aux
 from pixelwise.metrics import ConfusionMatrix
 from pixelwise.models import SegmentationModel, create_model
+
+logger = logging.getLogger(__name__)
+
+# The sampler's end while a time budget has not fixed the total yet: batches are a function of
+# the iteration alone, so an open-ended sampler yields the same batches as a bounded one.
+OPEN_ENDED = sys.maxsize
 
 
 class TrainingDiverged(RuntimeError):
@@ -43,6 +64,18 @@ class TrainResult:
     iterations: int
     best_miou: float
     last_metrics: dict | None
+    plots: list[Path] = field(default_factory=list)
+
+
+@dataclass
+class Progress:
+    """Where a run stands; checkpoints store it."""
+
+    iteration: int = 0
+    total: int | None = None  # None until a time budget fixes it
+    best_miou: float = -1.0
+    train_seconds: float = 0.0  # wall time trained, earlier sessions of a resumed run included
+    budget: dict | None = None  # the time budget's plan (BudgetPlan.to_dict()) once made
 
 
 def build_datasets(config: Config) -> tuple[SegmentationDataset, SegmentationDataset]:
@@ -89,11 +122,16 @@ def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
     raise ValueError(f"optim.name {config.optim.name!r} is not supported; choose 'sgd' or 'adamw'")
 
 
-def learning_rate(iteration: int, total: int, config: Config) -> float:
-    """Linear warm-up, then poly or cosine decay from ``optim.lr`` to ``schedule.min_lr``."""
+def learning_rate(iteration: int, total: int | None, config: Config) -> float:
+    """Linear warm-up, then poly or cosine decay from ``optim.lr`` to ``schedule.min_lr``.
+
+    ``total=None`` (a time budget still measuring) holds the schedule at its start.
+    """
     base, schedule = config.optim.lr, config.schedule
     if iteration < schedule.warmup_iters:
         return base * (iteration + 1) / schedule.warmup_iters
+    if total is None:
+        return base
     progress = (iteration - schedule.warmup_iters) / max(1, total - schedule.warmup_iters)
     if schedule.name == "poly":
         factor = (1 - progress) ** schedule.power
@@ -118,113 +156,278 @@ def autocast_context(amp: str | None, device: torch.device):
     return torch.autocast(device.type, dtype=dtypes[amp])
 
 
-@torch.inference_mode()
 def evaluate(model: nn.Module, dataset: SegmentationDataset, device: torch.device,
-             amp: str | None = None) -> ConfusionMatrix:
+             amp: str | None = None, context: DistributedContext | None = None) -> ConfusionMatrix:
     """Whole-image inference over ``dataset`` into a confusion matrix (one image at a time:
-    validation images may differ in size)."""
+    validation images may differ in size).
+
+    With a distributed ``context`` each process evaluates every ``world_size``-th image from its
+    rank on, and the matrices are summed over processes, so all of them return the same counts.
+    """
+    context = context or DistributedContext(device=device)
+    shard = range(context.rank, len(dataset), context.world_size)
+    matrix = _evaluate_images(unwrap(model), dataset, shard, device, amp)
+    return matrix.all_reduce() if context.distributed else matrix
+
+
+@torch.inference_mode()
+def _evaluate_images(model: nn.Module, dataset: SegmentationDataset, indices: range, device: torch.device,
+                     amp: str | None) -> ConfusionMatrix:
     classes = dataset.classes
     matrix = ConfusionMatrix(classes.num_classes, classes.ignore_index, device=device)
     model.eval()
-    for image, mask in DataLoader(dataset, batch_size=1, num_workers=0):
+    for image, mask in DataLoader(Subset(dataset, indices), batch_size=1, num_workers=0):
         with autocast_context(amp, device):
             logits = model(image.to(device))
         matrix.update_logits(mask.to(device), logits.float())
     return matrix
 
 
-def train_one_step(model: SegmentationModel, batch: tuple[Tensor, Tensor], loss_fn: nn.Module,
-                   optimizer: torch.optim.Optimizer, config: Config, device: torch.device) -> float:
-    """One optimisation step; returns the loss. Raises :class:`TrainingDiverged` on NaN/inf."""
+def train_one_step(model: nn.Module, batch: tuple[Tensor, Tensor], loss_fn: nn.Module,
+                   optimizer: torch.optim.Optimizer, config: Config, device: torch.device,
+                   context: DistributedContext | None = None) -> float:
+    """One optimisation step; returns the loss (averaged over processes when distributed).
+
+    Raises:
+        TrainingDiverged: on a NaN or infinite loss, on every process at once (the check uses
+            the averaged loss, so no process is left waiting for the others' gradients).
+    """
     images, masks = (t.to(device, non_blocking=True) for t in batch)
     model.train()
     with autocast_context(config.train.amp, device):
-        outputs = model(images, return_aux=model.has_aux)
+        outputs = model(images, return_aux=unwrap(model).has_aux)
     logits, aux = outputs if isinstance(outputs, tuple) else (outputs, None)
     loss = loss_with_aux(loss_fn, logits.float(), masks, None if aux is None else aux.float(),
                          config.train.aux_weight)
-    if not torch.isfinite(loss):
-        raise TrainingDiverged(f"the loss became {loss.item()}; lower optim.lr, add optim.clip_grad_norm, "
+    reported = mean_over_processes(loss.detach(), context or DistributedContext(device=device)).item()
+    if not math.isfinite(reported):
+        raise TrainingDiverged(f"the loss became {reported}; lower optim.lr, add optim.clip_grad_norm, "
                                f"or check the data (check-data). The last good checkpoint is kept.")
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    loss.backward()  # DistributedDataParallel averages the gradients over processes here
     if config.optim.clip_grad_norm is not None:
         nn.utils.clip_grad_norm_(model.parameters(), config.optim.clip_grad_norm)
     optimizer.step()
-    return loss.item()
+    return reported
 
 
 def checkpoint_state(model: nn.Module, optimizer: torch.optim.Optimizer, config: Config, classes: ClassInfo,
-                     iteration: int, total: int, best_miou: float) -> dict:
-    """Everything to resume exactly and to predict without the recipe."""
+                     progress: Progress, rng_states: list[Tensor] | None = None) -> dict:
+    """Everything to resume exactly and to predict without the recipe.
+
+    Args:
+        rng_states: every process's CPU random state, in rank order (default: this process's).
+    """
+    rng_states = rng_states or [torch.get_rng_state()]
     return {
-        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-        "iteration": iteration, "total_iterations": total, "best_miou": best_miou,
-        "rng": torch.get_rng_state(), "config": config_to_dict(config),
+        "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+        "iteration": progress.iteration, "total_iterations": progress.total, "best_miou": progress.best_miou,
+        "train_seconds": progress.train_seconds, "time_budget": progress.budget,
+        "rng": rng_states[0], "rng_per_rank": rng_states, "config": config_to_dict(config),
         "model_spec": model_spec(config, classes.num_classes), "classes": classes.to_dict(),
         "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
     }
 
 
 def train(config: Config, resume: bool = False, device: str | torch.device = "cpu",
-          on_step: Callable[[int, float], None] | None = None) -> TrainResult:
-    """Run (or resume) a training run described by ``config``.
+          on_step: Callable[[int, float], None] | None = None,
+          on_total: Callable[[int, BudgetPlan | None], None] | None = None) -> TrainResult:
+    """Run (or resume) a training run described by ``config``, in one process or under torchrun.
 
     Args:
         config: the recipe.
         resume: continue from ``<output_dir>/last.pt`` exactly where it stopped.
-        device: where to train.
+        device: where to train (``"cuda"`` becomes ``cuda:LOCAL_RANK`` under torchrun).
         on_step: called after every step with ``(iteration, loss)`` (progress display, tests).
+        on_total: called with ``(total iterations, None)`` once the total is known at the start,
+            and with ``(total, plan)`` when a time budget fixes it.
     """
-    device = torch.device(device)
+    with distributed_session(device) as context:
+        return _train(config, resume, context, on_step, on_total)
+
+
+def _train(config: Config, resume: bool, context: DistributedContext,
+           on_step: Callable[[int, float], None] | None,
+           on_total: Callable[[int, BudgetPlan | None], None] | None) -> TrainResult:
+    session_start = time.perf_counter()
     run_dir = Path(config.train.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if context.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.train.seed)
     train_set, val_set = build_datasets(config)
-    model = build_model(config, train_set.classes.num_classes).to(device)
+    model = _build_training_model(config, train_set.classes.num_classes, context)
+    optimizer = build_optimizer(config, model)
+    loss_fn = create_loss(config.loss, ignore_index=train_set.classes.ignore_index).to(context.device)
+    state = _load_resume_state(run_dir, context) if resume else None
+    progress = _restore(state, model, optimizer, config)
+    model = wrap_model(model, context)
+    if context.is_main:
+        save_config(config, run_dir / "config.yaml")
+    sampler = ResumableBatchSampler(len(train_set), config.data.batch_size, config.train.seed, progress.iteration,
+                                    OPEN_ENDED if progress.total is None else progress.total, context.rank, context.world_size)
+    batches = iter(DataLoader(SeededSamples(train_set), batch_sampler=sampler, num_workers=config.data.workers))
+    # After creating the loader's iterator, which draws a seed from the global generator:
+    # restoring first would leave a resumed run one draw apart from an uninterrupted one.
+    _restore_rng(state, config, context)
+    clock = _budget_clock(config, progress, session_start)
+    if progress.total is not None and on_total is not None:
+        on_total(progress.total, None)
+    run = _Run(config, context, model, optimizer, loss_fn, train_set.classes, val_set, run_dir, progress, clock,
+               session_start, on_step, on_total)
+    with RunLog(run_dir, context.is_main, progress.iteration if state is not None else None,
+                train_set.classes.names) as log:
+        last_metrics = run.loop(batches, log)
+    plots = plot_curves(run_dir / "metrics.jsonl", run_dir) if context.is_main else []
+    return TrainResult(run_dir, progress.iteration, progress.best_miou, last_metrics, plots)
+
+
+def _build_training_model(config: Config, num_classes: int, context: DistributedContext) -> nn.Module:
+    """The recipe's network on this process's device, with synchronised batch norms if asked."""
+    model = build_model(config, num_classes)
+    if config.train.sync_batchnorm:
+        model = convert_sync_batchnorm(model, context)
+    model = model.to(context.device)
     if config.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
         model.channels_last = True
-    optimizer = build_optimizer(config, model)
-    loss_fn = create_loss(config.loss, ignore_index=train_set.classes.ignore_index).to(device)
-    iteration, total, best_miou = 0, config.train.iterations, -1.0
-    state = load_checkpoint(run_dir / "last.pt") if resume else None
+    return model
+
+
+def _load_resume_state(run_dir: Path, context: DistributedContext) -> dict:
+    """``last.pt``, read by rank 0 and sent to the others (their nodes need not see the file)."""
+    state = load_checkpoint(run_dir / "last.pt") if context.is_main else None
+    return broadcast_object(state, context)
+
+
+def _restore(state: dict | None, model: nn.Module, optimizer: torch.optim.Optimizer, config: Config) -> Progress:
+    """Load a checkpoint's weights and optimiser state; where the run stands."""
+    if state is None:
+        total = None if config.train.time_budget_min is not None else config.train.iterations
+        return Progress(total=total)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    total = state["total_iterations"]
+    if total is None and config.train.time_budget_min is None:
+        total = config.train.iterations  # stopped while measuring for a budget that is now gone
+    return Progress(state["iteration"], total, state["best_miou"], state.get("train_seconds", 0.0),
+                    state.get("time_budget"))
+
+
+def _restore_rng(state: dict | None, config: Config, context: DistributedContext) -> None:
+    """This process's random state: the checkpoint's, or (fresh, distributed) one per rank."""
     if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        iteration, total, best_miou = state["iteration"], state["total_iterations"], state["best_miou"]
-    save_config(config, run_dir / "config.yaml")
-    sampler = ResumableBatchSampler(len(train_set), config.data.batch_size, config.train.seed, iteration, total)
-    batches = iter(DataLoader(SeededSamples(train_set), batch_sampler=sampler, num_workers=config.data.workers))
-    if state is not None:
-        # After creating the loader's iterator, which draws a seed from the global generator:
-        # restoring first would leave a resumed run one draw apart from an uninterrupted one.
-        torch.set_rng_state(state["rng"])
-    last_metrics = None
-    with open(run_dir / "metrics.jsonl", "a") as log:
+        saved = state.get("rng_per_rank") or [state["rng"]]
+        if len(saved) == context.world_size:
+            torch.set_rng_state(saved[context.rank])
+            return
+        logger.warning("resuming with %d processes from a checkpoint of %d: the global batch and the random "
+                       "state change, so the run continues but does not replay exactly", context.world_size,
+                       len(saved))
+    if context.distributed:
+        # Distinct dropout masks per process, as distinct as separate machines' would be.
+        torch.manual_seed(_mix(config.train.seed, context.rank, state["iteration"] if state else 0))
+
+
+def _budget_clock(config: Config, progress: Progress, session_start: float) -> BudgetClock | None:
+    """A clock timing the first iterations when a time budget has yet to fix the total."""
+    if progress.total is not None or config.train.time_budget_min is None:
+        return None
+    spent = progress.train_seconds + time.perf_counter() - session_start
+    return BudgetClock(config.train.time_budget_min, spent_s=spent)
+
+
+@dataclass
+class _Run:
+    """The loop's state and collaborators, so each part of an iteration is a short method."""
+
+    config: Config
+    context: DistributedContext
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    loss_fn: nn.Module
+    classes: ClassInfo
+    val_set: SegmentationDataset
+    run_dir: Path
+    progress: Progress
+    clock: BudgetClock | None
+    session_start: float
+    on_step: Callable[[int, float], None] | None
+    on_total: Callable[[int, BudgetPlan | None], None] | None
+    last_metrics: dict | None = None
+
+    def loop(self, batches, log: RunLog) -> dict | None:
+        """Train until the total; returns the last evaluation's summary."""
+        progress, config = self.progress, self.config
+        tick = time.perf_counter()
         for batch in batches:
-            lr = learning_rate(iteration, total, config)
-            for group in optimizer.param_groups:
+            lr = learning_rate(progress.iteration, progress.total, config)
+            for group in self.optimizer.param_groups:
                 group["lr"] = lr
             start = time.perf_counter()
-            loss = train_one_step(model, batch, loss_fn, optimizer, config, device)
-            iteration += 1
-            _log(log, {"iteration": iteration, "loss": loss, "lr": lr, "step_s": time.perf_counter() - start})
-            if on_step is not None:
-                on_step(iteration, loss)
-            if iteration % config.train.eval_every == 0 or iteration == total:
-                last_metrics = evaluate(model, val_set, device, config.train.amp).summary()
-                _log(log, {"iteration": iteration, "eval": last_metrics})
-                if last_metrics["mean_iou"] > best_miou:
-                    best_miou = last_metrics["mean_iou"]
-                    save_checkpoint(checkpoint_state(model, optimizer, config, train_set.classes, iteration, total,
-                                                     best_miou), run_dir / "best.pt")
-            if iteration % config.train.checkpoint_every == 0 or iteration == total:
-                save_checkpoint(checkpoint_state(model, optimizer, config, train_set.classes, iteration, total,
-                                                 best_miou), run_dir / "last.pt")
-    return TrainResult(run_dir, iteration, best_miou, last_metrics)
+            loss = train_one_step(self.model, batch, self.loss_fn, self.optimizer, config, self.context.device,
+                                  self.context)
+            progress.iteration += 1
+            log.step(progress.iteration, loss, lr, time.perf_counter() - start)
+            if self.on_step is not None:
+                self.on_step(progress.iteration, loss)
+            if self.clock is not None:
+                self._plan_budget(time.perf_counter() - tick, log)
+            self._evaluate_and_save(log)
+            if progress.total is not None and progress.iteration >= progress.total:
+                break  # a budget's total ends the open-ended sampler (which would load one more batch)
+            tick = time.perf_counter()
+        return self.last_metrics
 
+    def _plan_budget(self, iteration_s: float, log: RunLog) -> None:
+        """Time this iteration; once enough are timed, fix the total (rank 0 decides for all)."""
+        self.clock.observe(iteration_s)
+        if not self.clock.ready:
+            return
+        plan = None
+        if self.context.is_main:
+            plan = self.clock.plan(self.progress.iteration, self._probe_eval_seconds(), self.config.train.eval_every)
+        plan = broadcast_object(plan, self.context)
+        self.progress.total, self.progress.budget, self.clock = plan.total_iterations, plan.to_dict(), None
+        logger.info(plan.describe())
+        log.record({"iteration": self.progress.iteration, "time_budget": plan.to_dict()})
+        if self.on_total is not None:
+            self.on_total(plan.total_iterations, plan)
 
-def _log(handle, record: dict) -> None:
-    handle.write(json.dumps(record) + "\n")
-    handle.flush()
+    def _probe_eval_seconds(self) -> float:
+        """One evaluation's duration, extrapolated from a few of this process's validation images."""
+        shard = range(self.context.rank, len(self.val_set), self.context.world_size)
+        probe = shard[:EVAL_PROBE_IMAGES]
+        if len(probe) == 0:
+            return 0.0
+        start = time.perf_counter()
+        _evaluate_images(unwrap(self.model), self.val_set, probe, self.context.device, self.config.train.amp)
+        return (time.perf_counter() - start) * len(shard) / len(probe)
+
+    def _evaluate_and_save(self, log: RunLog) -> None:
+        """Evaluate and checkpoint when due (the same iterations on every process)."""
+        progress, train_config = self.progress, self.config.train
+        final = progress.total is not None and progress.iteration >= progress.total
+        saves = []
+        if progress.iteration % train_config.eval_every == 0 or final:
+            sync_buffers(self.model, self.context)  # evaluate rank 0's batch-norm statistics everywhere
+            self.last_metrics = evaluate(self.model, self.val_set, self.context.device, train_config.amp,
+                                         self.context).summary()
+            log.evaluation(progress.iteration, self.last_metrics)
+            if self.last_metrics["mean_iou"] > progress.best_miou:
+                progress.best_miou = self.last_metrics["mean_iou"]
+                saves.append("best.pt")
+        if progress.iteration % train_config.checkpoint_every == 0 or final:
+            saves.append("last.pt")
+        if saves:
+            self._save(saves)
+
+    def _save(self, names: list[str]) -> None:
+        """Write checkpoints from rank 0 (every process takes part in gathering the random states)."""
+        rng_states = gather_objects(torch.get_rng_state(), self.context)
+        self.progress.train_seconds += time.perf_counter() - self.session_start
+        self.session_start = time.perf_counter()
+        if not self.context.is_main:
+            return
+        state = checkpoint_state(self.model, self.optimizer, self.config, self.classes, self.progress, rng_states)
+        for name in names:
+            save_checkpoint(state, self.run_dir / name)

@@ -1,0 +1,173 @@
+"""Can the data pipeline keep a CPU training step fed? CamVid read + augmented through a DataLoader.
+
+Two measurements on CamVid train (367 frames, 480×360), with the training preset of
+:func:`pixelwise.data.transforms.train_transform` (random scale 0.5–2.0 relative to the image,
+360×480 crop padded with the ignore index, horizontal flip, colour jitter, normalisation):
+
+1. **Throughput**: samples per second out of a ``DataLoader`` (``--workers`` processes,
+   ``--batch-size``) with the main process idle, so the workers have the machine: what the
+   pipeline can deliver at most. The first batch (worker start-up) is not timed.
+2. **Share of a training step spent waiting for data**: a U-Net with a ResNet-18 encoder
+   (``pixelwise.create_model("unet", num_classes=11, encoder="resnet18")``), AdamW and
+   cross-entropy with ``ignore_index=255`` train for ``--steps`` steps; each step's wait for
+   the next batch and its compute (forward, backward, optimiser step) are timed separately,
+   after ``--warmup`` untimed steps. Workers and the training step share the cores, as in a
+   real run. Each worker runs one torch thread (torch's default) and sleeps once its prefetch
+   queue is full, so when the step is much slower than the pipeline the workers need only a
+   small share of the CPU (printed as "worker load") and the main process gets every core
+   (``--threads``, default ``cpu_count``); where the worker load is high, pass
+   ``--threads`` = cores minus workers.
+
+Target: data wait under 10% of a step. CamVid is read in place (``--root``, default
+``../shared/datasets/camvid`` next to the repository); without it the benchmark says so and
+exits cleanly.
+
+Usage:
+    python benchmarks/data.py [--steps 10] [--workers 2] [--batch-size 4] [--root PATH]
+
+Prints a table and writes ``benchmarks/results/data.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+from torch.utils.data import DataLoader
+
+import pixelwise
+from pixelwise.data import create_dataset
+from pixelwise.data.classes import IGNORE_INDEX
+from pixelwise.data.transforms import train_transform
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_ROOT = REPO.parent / "shared" / "datasets" / "camvid"
+RESULTS = REPO / "benchmarks" / "results" / "data.json"
+CROP = (360, 480)
+
+
+def make_loader(root: Path, workers: int, batch_size: int) -> DataLoader:
+    """CamVid train with the training preset, shuffled, seeded, workers kept between epochs."""
+    dataset = create_dataset("camvid", root=root, split="train",
+                             transform=train_transform(CROP, scale_range=(0.5, 2.0), hflip=0.5))
+    return DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers, drop_last=True,
+                      persistent_workers=workers > 0, generator=torch.Generator().manual_seed(0))
+
+
+def measure_throughput(loader: DataLoader, batches: int) -> dict:
+    """Samples per second over ``batches`` batches after the first (worker start-up excluded;
+    the few batches prefetched meanwhile count, a small overstatement over a whole epoch)."""
+    iterator = iter(loader)
+    next(iterator)
+    start = time.perf_counter()
+    count = 0
+    for _ in range(batches):
+        images, _ = next(iterator)
+        count += images.shape[0]
+    elapsed = time.perf_counter() - start
+    return {"batches": batches, "samples": count, "seconds": elapsed, "samples_per_s": count / elapsed}
+
+
+def endless(loader: DataLoader):
+    """Batches from ``loader``, epoch after epoch."""
+    while True:
+        yield from loader
+
+
+def measure_training(loader: DataLoader, model: nn.Module, steps: int, warmup: int) -> dict:
+    """Per-step milliseconds spent waiting for the next batch and computing on it."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    criterion = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
+    model.train()
+    batches = endless(loader)
+    waits, computes = [], []
+    for step in range(warmup + steps):
+        start = time.perf_counter()
+        images, masks = next(batches)
+        ready = time.perf_counter()
+        loss = criterion(model(images), masks)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        done = time.perf_counter()
+        if step >= warmup:
+            waits.append((ready - start) * 1e3)
+            computes.append((done - ready) * 1e3)
+    wait, compute = statistics.mean(waits), statistics.mean(computes)
+    return {"steps": steps, "warmup": warmup, "wait_ms_per_step": wait, "compute_ms_per_step": compute,
+            "wait_share": wait / (wait + compute), "wait_ms": waits, "compute_ms": computes,
+            "median_wait_ms": statistics.median(waits), "max_wait_ms": max(waits)}
+
+
+def print_table(throughput: dict, training: dict) -> None:
+    """One row: the figures the question asks for."""
+    header = f"{'samples/s':>10} {'data wait ms/step':>18} {'compute ms/step':>16} {'wait share':>11}"
+    print(header)
+    print("-" * len(header))
+    print(f"{throughput['samples_per_s']:>10.1f} {training['wait_ms_per_step']:>18.1f} "
+          f"{training['compute_ms_per_step']:>16.1f} {100 * training['wait_share']:>10.1f}%")
+    verdict = "meets" if training["wait_share"] < 0.10 else "misses"
+    print(f"data wait is {100 * training['wait_share']:.1f}% of a step: {verdict} the target (< 10%)")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="CamVid folder (train/, trainannot/)")
+    parser.add_argument("--steps", type=int, default=10, help="timed training steps")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed training steps first")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    parser.add_argument("--batch-size", type=int, default=4, help="samples per batch")
+    parser.add_argument("--read-batches", type=int, default=None,
+                        help="batches timed for the throughput (default: one epoch)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads of the main process (default: cpu_count)")
+    parser.add_argument("--upsample", default="transposed", help="decoder upsampler of the U-Net")
+    parser.add_argument("--output", type=Path, default=RESULTS, help="where to write the JSON")
+    return parser.parse_args()
+
+
+def main() -> int:
+    args = parse_args()
+    if not (args.root / "train").is_dir() or not (args.root / "trainannot").is_dir():
+        print(f"CamVid not found at {args.root} (needs train/ and trainannot/); skipping the data benchmark. "
+              "Pass --root to point at a copy.")
+        return 0
+    threads = args.threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    loader = make_loader(args.root, args.workers, args.batch_size)
+    print(f"CamVid train: {len(loader.dataset)} frames, crop {CROP[0]}×{CROP[1]}, batch {args.batch_size}, "
+          f"{args.workers} workers, {threads} main thread(s), {os.cpu_count()} CPUs")
+    throughput = measure_throughput(loader, min(args.read_batches or len(loader), len(loader)) - 1)
+    model = pixelwise.create_model("unet", num_classes=11, encoder="resnet18", upsample=args.upsample)
+    training = measure_training(loader, model, args.steps, args.warmup)
+    print_table(throughput, training)
+    # Seconds of worker time a step needs (at the idle-main-process rate), per second of step.
+    worker_load = args.batch_size / throughput["samples_per_s"] / (training["compute_ms_per_step"] / 1e3)
+    if args.workers:
+        print(f"worker load: about {100 * worker_load:.0f}% of the {args.workers} workers' time")
+    report = {
+        "question": "samples/s of CamVid train + augmentation, and the share of a training step spent waiting for data",
+        "device": "cpu", "processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+        "torch": torch.__version__, "torchvision": torchvision.__version__,
+        "dataset": "camvid train", "crop": list(CROP), "scale_range": [0.5, 2.0], "hflip": 0.5,
+        "workers": args.workers, "batch_size": args.batch_size, "main_threads": threads,
+        "model": {"name": "unet", "encoder": "resnet18", "upsample": args.upsample, "num_classes": 11},
+        "throughput": throughput, "training": training, "worker_load": worker_load, "target_wait_share": 0.10,
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

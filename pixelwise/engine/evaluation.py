@@ -1,0 +1,251 @@
+"""Evaluating a checkpoint: confusion matrix, per-class metrics, ``metrics.json`` and a plot.
+
+``evaluate_checkpoint(checkpoint)`` needs nothing but the checkpoint: the data set (format,
+root, options, validation split) comes from the recipe recorded in it, and any of these can be
+overridden (another format drops the recorded root and options: they belong to the recorded
+format). Inference runs whole-image, sliding-window and/or with test-time augmentation through
+:func:`~pixelwise.engine.inference.predict_logits`; whole-image inference with no augmentation
+is exactly what training's validation computes, so the numbers agree with the run's log.
+
+With ``out_dir``, writes ``metrics.json`` (the summary, per-class IoU / Dice / accuracy with
+class names, the confusion matrix, and the data and inference options used) and
+``confusion_matrix.png`` (rows normalised to sum to 1: row *i* shows where the ground-truth
+pixels of class *i* went).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from pixelwise.data import ClassInfo, SegmentationDataset, create_dataset
+from pixelwise.data.transforms import val_transform
+from pixelwise.engine.checkpoint import LoadedModel, load_checkpoint, model_from_checkpoint
+from pixelwise.engine.inference import Blend, Mode, Size
+from pixelwise.engine.predict import InferenceOptions, ProgressCallback
+from pixelwise.metrics import ConfusionMatrix
+
+
+@dataclass
+class EvaluationResult:
+    """What :func:`evaluate_checkpoint` measured and where it wrote it.
+
+    Attributes:
+        matrix: the confusion matrix (rows: ground truth, columns: prediction).
+        classes: the model's classes (names for the metrics).
+        checkpoint: the checkpoint evaluated.
+        data: the data set used: ``format``, ``root``, ``split``, ``options``, ``num_images``.
+        inference: how logits were computed.
+        iteration: the training iteration the checkpoint was saved at, when recorded.
+        files: the files written (empty without ``out_dir``).
+    """
+
+    matrix: ConfusionMatrix
+    classes: ClassInfo
+    checkpoint: str
+    data: dict[str, Any]
+    inference: InferenceOptions
+    iteration: int | None = None
+    files: list[Path] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        """Every metric, JSON-able (see :meth:`ConfusionMatrix.summary`)."""
+        return self.matrix.summary()
+
+    def per_class(self) -> list[dict]:
+        """One record per class: index, name, IoU, Dice, accuracy (None where undefined), pixels."""
+        stats = self.summary()
+        return [{"index": index, "name": name, "iou": stats["iou"][index], "dice": stats["dice"][index],
+                 "accuracy": stats["class_accuracy"][index], "gt_pixels": stats["gt_pixels"][index],
+                 "predicted_pixels": stats["predicted_pixels"][index]}
+                for index, name in enumerate(self.classes.names)]
+
+    def to_dict(self) -> dict:
+        """The contents of ``metrics.json``."""
+        stats = self.summary()
+        means = {key: value for key, value in stats.items() if not isinstance(value, list)}
+        return {"checkpoint": self.checkpoint, "iteration": self.iteration, "data": self.data,
+                "inference": self.inference.to_dict(), "summary": means, "per_class": self.per_class(),
+                "confusion_matrix": {**self.matrix.to_dict(), "class_names": list(self.classes.names),
+                                     "rows": "ground truth", "columns": "prediction"}}
+
+
+def resolve_data(recorded: dict[str, Any] | None, data_format: str | None = None, root: str | Path | None = None,
+                 split: str | None = None, data_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The data set to evaluate on: the checkpoint's recorded one, with overrides.
+
+    Args:
+        recorded: the checkpoint's ``config["data"]`` (``None`` when it has none).
+        data_format: another format; the recorded root and options are then dropped.
+        root: another data set folder.
+        split: the split (default: the recorded validation split, else ``"val"``).
+        data_options: format options, added over the recorded ones.
+
+    Returns:
+        ``format``, ``root``, ``split`` and ``options``.
+    """
+    recorded = recorded or {}
+    if data_format is None and "format" not in recorded:
+        raise ValueError("the checkpoint records no data set; pass the format and root (--format, --root)")
+    same_format = data_format is None or data_format == recorded.get("format")
+    data_format = data_format or recorded["format"]
+    if root is None and same_format:
+        root = recorded.get("root")
+    options = {**((recorded.get("options") or {}) if same_format else {}), **(data_options or {})}
+    split = split or recorded.get("val_split") or "val"
+    return {"format": data_format, "root": None if root is None else str(root), "split": split, "options": options}
+
+
+def _open_dataset(data: dict[str, Any], loaded: LoadedModel) -> SegmentationDataset:
+    """The data set, normalised as the model was trained, checked against the model's classes."""
+    normalization = loaded.normalization
+    extra = {"root": data["root"]} if data["root"] is not None else {}
+    dataset = create_dataset(data["format"], split=data["split"], transform=val_transform(**normalization),
+                             **extra, **data["options"])
+    if dataset.classes.num_classes != loaded.classes.num_classes:
+        raise ValueError(f"the data set ({data['format']}, split {data['split']!r}) has {dataset.classes.num_classes} "
+                         f"classes but the model predicts {loaded.classes.num_classes}")
+    if len(dataset) == 0:
+        raise ValueError(f"split {data['split']!r} of the {data['format']} data set holds no images")
+    return dataset
+
+
+def evaluate_checkpoint(checkpoint: str | Path, data_format: str | None = None, root: str | Path | None = None,
+                        split: str | None = None, data_options: dict[str, Any] | None = None,
+                        mode: Mode = "whole", window: Size = 512, stride: Size | None = None,
+                        blend: Blend = "gaussian", scales: Sequence[float] = (1.0,), flip: bool = False,
+                        batch_size: int = 4, device: str | torch.device = "cpu", out_dir: str | Path | None = None,
+                        on_image: ProgressCallback | None = None) -> EvaluationResult:
+    """Measure a checkpoint on a data set split; optionally write ``metrics.json`` and a plot.
+
+    Args:
+        checkpoint: a checkpoint written by ``pixelwise train``.
+        data_format: data set format (default: the recorded one); see :func:`resolve_data`.
+        root: data set folder (default: the recorded one, for the recorded format).
+        split: split to evaluate (default: the recorded validation split).
+        data_options: format options over the recorded ones.
+        mode: ``"whole"`` or ``"slide"``.
+        window: sliding-window size.
+        stride: largest step between windows (default: two thirds of the window).
+        blend: ``"gaussian"`` or ``"uniform"`` weighting of overlapping windows.
+        scales: test-time augmentation: factors each image is resized by.
+        flip: test-time augmentation: also predict the flipped image.
+        batch_size: windows per forward pass.
+        device: where the model runs.
+        out_dir: folder for ``metrics.json`` and ``confusion_matrix.png`` (``None``: no files).
+        on_image: progress callback ``on_image(done, total)``.
+    """
+    options = InferenceOptions.create(mode, window, stride, blend, scales, flip, batch_size)
+    state = load_checkpoint(checkpoint)
+    loaded = model_from_checkpoint(state, device, repr(str(checkpoint)))
+    data = resolve_data((state.get("config") or {}).get("data"), data_format, root, split, data_options)
+    dataset = _open_dataset(data, loaded)
+    data["num_images"] = len(dataset)
+    matrix = ConfusionMatrix(loaded.classes.num_classes, dataset.classes.ignore_index, device=device)
+    for index in range(len(dataset)):
+        image, mask = dataset[index]
+        logits = options.logits(loaded.model, image[None])
+        matrix.update_logits(mask[None].to(logits.device), logits)
+        if on_image is not None:
+            on_image(index + 1, len(dataset))
+    result = EvaluationResult(matrix, loaded.classes, str(checkpoint), data, options, state.get("iteration"))
+    if out_dir is not None:
+        result.files = write_evaluation(result, out_dir)
+    return result
+
+
+# Files -----------------------------------------------------------------------------------------
+
+def write_evaluation(result: EvaluationResult, out_dir: str | Path) -> list[Path]:
+    """Write ``metrics.json`` and ``confusion_matrix.png`` into ``out_dir``; returns their paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metrics = out_dir / "metrics.json"
+    # default=str: data options come from YAML and are JSON-able, but a path object must not crash the write
+    metrics.write_text(json.dumps(result.to_dict(), indent=2, default=str) + "\n")
+    figure = plot_confusion_matrix(result.matrix, result.classes.names, out_dir / "confusion_matrix.png",
+                                   title=f"{Path(result.checkpoint).name} on {result.data['format']} "
+                                         f"{result.data['split']} ({result.summary()['mean_iou']:.1%} mIoU)")
+    return [metrics, figure]
+
+
+def row_normalised(matrix: ConfusionMatrix) -> torch.Tensor:
+    """Each ground-truth row divided by its total (float64); rows of absent classes are NaN."""
+    counts = matrix.matrix.detach().cpu().double()
+    return counts / counts.sum(1, keepdim=True)  # 0/0 = NaN marks "no such pixels", not "all wrong"
+
+
+def plot_confusion_matrix(matrix: ConfusionMatrix, class_names: Sequence[str], path: str | Path,
+                          title: str = "confusion matrix") -> Path:
+    """Draw the row-normalised confusion matrix with class names on both axes, as a PNG.
+
+    Uses matplotlib's object API on an Agg canvas: no pyplot state, no display needed.
+    """
+    # Imported here: matplotlib is slow to import and only this function needs it.
+    from matplotlib import colormaps
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    values = row_normalised(matrix).numpy()
+    count = len(class_names)
+    side = min(40.0, 3.0 + 0.45 * count)  # inches: room for the names, capped for 150-class sets
+    font = max(4.0, min(10.0, 280 / max(count, 1)))
+    figure = Figure(figsize=(side + 1.5, side), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    cmap = colormaps["Blues"].with_extremes(bad="lightgrey")  # NaN rows (absent classes) in grey
+    shown = axes.imshow(values, cmap=cmap, vmin=0.0, vmax=1.0)
+    axes.set_xticks(range(count), class_names, rotation=45, ha="right", fontsize=font)
+    axes.set_yticks(range(count), class_names, fontsize=font)
+    axes.set_xlabel("prediction")
+    axes.set_ylabel("ground truth")
+    axes.set_title(title, fontsize=10)
+    if count <= 30:  # beyond that the numbers no longer fit in the cells
+        for row, col in np.argwhere(~np.isnan(values)):
+            value = values[row, col]
+            axes.text(col, row, f"{100 * value:.0f}", ha="center", va="center", fontsize=font * 0.8,
+                      color="white" if value > 0.5 else "black")
+    figure.colorbar(shown, ax=axes, label="fraction of the ground-truth class")
+    figure.savefig(path, dpi=100)
+    return Path(path)
+
+
+# Printing --------------------------------------------------------------------------------------
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
+def evaluation_table(result: EvaluationResult) -> Table:
+    """Per-class IoU, Dice, accuracy and pixel counts, then the means, as a rich table."""
+    data = result.data
+    table = Table(title=f"{Path(result.checkpoint).name} on {data['format']} {data['split']} "
+                        f"({data['num_images']} images, {result.inference.mode})")
+    for column in ("class", "IoU %", "Dice %", "Acc %", "gt px", "pred px"):
+        table.add_column(column, justify="left" if column == "class" else "right")
+    for row in result.per_class():
+        table.add_row(row["name"], _percent(row["iou"]), _percent(row["dice"]), _percent(row["accuracy"]),
+                      str(row["gt_pixels"]), str(row["predicted_pixels"]))
+    stats = result.summary()
+    table.add_section()
+    table.add_row("mean", _percent(stats["mean_iou"]), _percent(stats["mean_dice"]),
+                  _percent(stats["mean_class_accuracy"]), str(stats["num_pixels"]), "")
+    return table
+
+
+def print_evaluation(result: EvaluationResult, console: Console) -> None:
+    """Print the table, the summary and where the files went."""
+    stats = result.summary()
+    console.print(evaluation_table(result))
+    console.print(f"mIoU {_percent(stats['mean_iou'])}%, pixel accuracy {_percent(stats['pixel_accuracy'])}%, "
+                  f"mean class accuracy {_percent(stats['mean_class_accuracy'])}%, frequency-weighted IoU "
+                  f"{_percent(stats['frequency_weighted_iou'])}% over {stats['present_classes']} present classes "
+                  "('-': the class is absent)", markup=False, highlight=False)
+    for path in result.files:
+        console.print(f"wrote {path}", markup=False, highlight=False)
