@@ -97,6 +97,9 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     loss: str | dict = "ce"  # a name, or weights per loss: {ce: 1.0, dice: 0.5}
+    # Cross-entropy / focal class weights: null, median_frequency, inverse_frequency,
+    # inverse_sqrt_frequency (counted on the training split, unaugmented), or one number per class.
+    class_weights: str | list[float] | None = None
     train: TrainConfig = field(default_factory=TrainConfig)
 
 

@@ -230,3 +230,29 @@ def test_time_budget_sets_the_total_and_resume_keeps_it(tmp_path: Path, capsys: 
         assert rates[-1] < 0.01, "then the schedule decays over the chosen total"
     assert main(["train", "--resume", "--time-budget", "10", *overrides]) == 0  # the stored total wins
     assert load_checkpoint(tmp_path / "last.pt")["iteration"] == total
+
+
+def test_median_frequency_class_weights_are_counted_on_the_training_split(tmp_path: Path) -> None:
+    from pixelwise.data import create_dataset
+    from pixelwise.engine.train import class_weights
+    from pixelwise.losses import class_pixel_counts, median_frequency_weights
+
+    config = _tiny(tmp_path, "class_weights=median_frequency")
+    dataset = create_dataset("synthetic", split="train", size=[48, 48], length=12)
+    expected = median_frequency_weights(*class_pixel_counts(dataset, dataset.classes.num_classes))
+    weights = class_weights(config, dataset.classes)
+    assert torch.equal(weights, expected)
+    assert weights.min() < 1 < weights.max()  # background is frequent, shapes are rare
+
+
+def test_class_weights_must_match_the_classes(tmp_path: Path) -> None:
+    from pixelwise.data import create_dataset
+    from pixelwise.engine.train import class_weights
+
+    classes = create_dataset("synthetic", split="train", length=2).classes
+    with pytest.raises(ValueError, match="3 numbers for 6 classes"):
+        class_weights(_tiny(tmp_path, "class_weights=[1, 2, 3]"), classes)
+    with pytest.raises(ValueError, match="median_frequency"):
+        class_weights(_tiny(tmp_path, "class_weights=median"), classes)
+    run = train(_tiny(tmp_path, "class_weights=inverse_sqrt_frequency", "train.iterations=2"))
+    assert run.iterations == 2

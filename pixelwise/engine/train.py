@@ -41,7 +41,8 @@ from pixelwise.engine.distributed import (DistributedContext, broadcast_object, 
                                           unwrap, wrap_model)
 from pixelwise.engine.run_log import RunLog, plot_curves
 from pixelwise.engine.sampling import ResumableBatchSampler, SeededSamples, _mix
-from pixelwise.losses import create_loss, loss_with_aux
+from pixelwise.losses import (class_pixel_counts, create_loss, inverse_frequency_weights, loss_with_aux,
+                              median_frequency_weights)
 from pixelwise.metrics import ConfusionMatrix
 from pixelwise.models import SegmentationModel, create_model
 
@@ -88,6 +89,31 @@ def build_datasets(config: Config) -> tuple[SegmentationDataset, SegmentationDat
     train_set = create_dataset(data.format, split=data.train_split, transform=augment, **options)
     val_set = create_dataset(data.format, split=data.val_split, transform=val_transform(), **options)
     return train_set, val_set
+
+
+CLASS_WEIGHTINGS = ("median_frequency", "inverse_frequency", "inverse_sqrt_frequency")
+
+
+def class_weights(config: Config, classes: ClassInfo) -> Tensor | None:
+    """The loss's class weights: as listed in the recipe, or counted on the unaugmented training
+    split (random crops would change the counts)."""
+    spec = config.class_weights
+    if spec is None:
+        return None
+    if not isinstance(spec, str):
+        if len(spec) != classes.num_classes:
+            raise ValueError(f"class_weights lists {len(spec)} numbers for {classes.num_classes} classes")
+        return torch.tensor(spec, dtype=torch.float32)
+    if spec not in CLASS_WEIGHTINGS:
+        raise ValueError(f"class_weights {spec!r} is not supported; choose {', '.join(CLASS_WEIGHTINGS)}, "
+                         "a list of one number per class, or null")
+    data = config.data
+    options = {"root": data.root, **data.options} if data.root is not None else dict(data.options)
+    counts = class_pixel_counts(create_dataset(data.format, split=data.train_split, **options),
+                                classes.num_classes, classes.ignore_index)
+    if spec == "median_frequency":
+        return median_frequency_weights(*counts)
+    return inverse_frequency_weights(counts.class_pixels, power=1.0 if spec == "inverse_frequency" else 0.5)
 
 
 def build_model(config: Config, num_classes: int) -> SegmentationModel:
@@ -257,7 +283,8 @@ def _train(config: Config, resume: bool, context: DistributedContext,
     train_set, val_set = build_datasets(config)
     model = _build_training_model(config, train_set.classes.num_classes, context)
     optimizer = build_optimizer(config, model)
-    loss_fn = create_loss(config.loss, ignore_index=train_set.classes.ignore_index).to(context.device)
+    loss_fn = create_loss(config.loss, ignore_index=train_set.classes.ignore_index,
+                          class_weights=class_weights(config, train_set.classes)).to(context.device)
     state = _load_resume_state(run_dir, context) if resume else None
     progress = _restore(state, model, optimizer, config)
     model = wrap_model(model, context)

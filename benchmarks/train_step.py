@@ -1,0 +1,150 @@
+"""Does pixelwise's U-Net-ResNet18 train as fast as segmentation_models.pytorch's ``Unet("resnet18")``?
+
+Both networks are built from random initialisation for 11 classes (CamVid) and trained on the
+same batches: random images and masks from one seed, ``--batch-size`` × 3 × H × W with 5% of the
+mask pixels set to the ignore index. One training step is what ``pixelwise train`` does:
+forward, cross-entropy with ``ignore_index=255``, backward, AdamW step. Steps are interleaved
+(alternating who goes first) after untimed warm-up steps, so a noisy shared machine slows both
+sides alike; the median step time of each is reported as images per second, with the ratio
+ours / theirs (above 1.0: ours is faster).
+
+Two pixelwise variants: as built (``create_model("unet", encoder="resnet18")``: transposed-conv
+upsampling, the default) and with ``channels_last`` memory format (``train.channels_last`` in a
+recipe). smp is timed as built.
+
+Usage:
+    python benchmarks/train_step.py [--size 352 480] [--batch-size 4] [--steps 8] [--threads 2]
+
+Needs ``pip install -e '.[bench]'`` (segmentation-models-pytorch); prints a table and writes
+``benchmarks/results/train_step.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torchvision
+from torch import Tensor, nn
+
+import pixelwise
+
+RESULTS = Path(__file__).resolve().parent / "results" / "train_step.json"
+NUM_CLASSES = 11
+IGNORE_INDEX = 255
+
+
+def make_batch(batch_size: int, height: int, width: int, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """Normalised-looking images and 11-class masks with 5% ignore pixels."""
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randn(batch_size, 3, height, width, generator=generator)
+    masks = torch.randint(0, NUM_CLASSES, (batch_size, height, width), generator=generator)
+    masks[torch.rand(masks.shape, generator=generator) < 0.05] = IGNORE_INDEX
+    return images, masks
+
+
+def make_step(model: nn.Module, batch: tuple[Tensor, Tensor], channels_last: bool = False) -> Callable[[], float]:
+    """One training step of ``model`` on ``batch`` (AdamW, cross-entropy); returns the loss."""
+    images, masks = batch
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    criterion = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
+
+    def step() -> float:
+        loss = criterion(model(images), masks)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    return step
+
+
+def build_steps(batch: tuple[Tensor, Tensor]) -> dict[str, Callable[[], float]]:
+    """The variants, each with its own model and optimiser."""
+    import segmentation_models_pytorch as smp
+
+    torch.manual_seed(0)
+    ours = pixelwise.create_model("unet", num_classes=NUM_CLASSES, encoder="resnet18")
+    ours_cl = pixelwise.create_model("unet", num_classes=NUM_CLASSES, encoder="resnet18")
+    ours_cl.channels_last = True
+    theirs = smp.Unet("resnet18", encoder_weights=None, classes=NUM_CLASSES)
+    return {
+        "pixelwise unet resnet18": make_step(ours, batch),
+        "pixelwise unet resnet18 channels_last": make_step(ours_cl, batch, channels_last=True),
+        "smp Unet(resnet18)": make_step(theirs, batch),
+    }
+
+
+def compare(steps: dict[str, Callable[[], float]], repeats: int, warmup: int) -> dict[str, list[float]]:
+    """Seconds per step of every variant, interleaved, after ``warmup`` untimed rounds."""
+    for _ in range(warmup):
+        for step in steps.values():
+            step()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for repeat in range(repeats):
+        order = list(steps) if repeat % 2 == 0 else list(reversed(steps))
+        for name in order:
+            start = time.perf_counter()
+            steps[name]()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size", type=int, nargs=2, default=(352, 480), metavar=("H", "W"))
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=8, help="timed steps per variant")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per variant first")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    return parser.parse_args()
+
+
+def main() -> int:
+    args = parse_args()
+    try:
+        import segmentation_models_pytorch  # noqa: F401
+    except ImportError:
+        print("segmentation_models_pytorch is not installed: pip install -e '.[bench]'")
+        return 1
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    batch = make_batch(args.batch_size, *args.size)
+    print(f"batch {args.batch_size}×3×{args.size[0]}×{args.size[1]}, {NUM_CLASSES} classes, "
+          f"{torch.get_num_threads()} threads; {args.warmup} warm-up + {args.steps} timed steps each, interleaved")
+    times = compare(build_steps(batch), args.steps, args.warmup)
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    reference = medians["smp Unet(resnet18)"]
+    header = f"{'variant':<40} {'median s/step':>13} {'images/s':>9} {'ratio to smp':>13}"
+    print(header)
+    print("-" * len(header))
+    for name, median in medians.items():
+        print(f"{name:<40} {median:>13.3f} {args.batch_size / median:>9.2f} {reference / median:>13.3f}")
+    report = {
+        "question": "training throughput of pixelwise U-Net-ResNet18 against smp Unet('resnet18'), same batches",
+        "processor": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+        "torch": torch.__version__, "torchvision": torchvision.__version__,
+        "batch_size": args.batch_size, "size": list(args.size), "steps": args.steps, "warmup": args.warmup,
+        "seconds_per_step": times, "median_s": medians,
+        "images_per_s": {name: args.batch_size / median for name, median in medians.items()},
+        "ratio_to_smp": {name: reference / median for name, median in medians.items()},
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""The shipped recipes in configs/: each reads on its own and trains on real CamVid (when present)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pixelwise.config import load_config
+from pixelwise.engine.checkpoint import load_checkpoint
+from pixelwise.engine.train import train
+
+REPO = Path(__file__).resolve().parents[1]
+CAMVID = REPO.parent / "shared" / "datasets" / "camvid"
+RECIPES = sorted((REPO / "configs").glob("camvid_*.yaml"))
+
+
+def test_a_recipe_per_required_architecture() -> None:
+    names = {load_config(path).model.name for path in RECIPES}
+    assert {"unet", "deeplabv3plus", "fcn8s"} <= names
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda path: path.stem)
+def test_recipe_reads_and_fits_the_hour(recipe: Path) -> None:
+    config = load_config(recipe)
+    assert config.data.format == "camvid"
+    assert config.train.time_budget_min is not None and config.train.time_budget_min <= 60
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (CAMVID / "train").is_dir(), reason="CamVid not found at ../shared/datasets/camvid")
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda path: path.stem)
+def test_recipe_trains_two_steps_on_camvid(recipe: Path, tmp_path: Path) -> None:
+    # Real frames and the recipe's own loss, weights and model; small crops, two steps and a
+    # two-frame validation split (links into the real copy) keep it to seconds.
+    root = tmp_path / "camvid"
+    for split in ("train", "trainannot"):
+        (root / split).parent.mkdir(parents=True, exist_ok=True)
+        (root / split).symlink_to(CAMVID / split)
+    for split in ("val", "valannot"):
+        (root / split).mkdir()
+        for frame in sorted((CAMVID / split).iterdir())[:2]:
+            (root / split / frame.name).symlink_to(frame)
+    config = load_config(recipe, [f"data.root={root}", "data.crop_size=[64, 96]", "data.batch_size=2",
+                                  "data.workers=0", "train.time_budget_min=null", "train.iterations=2",
+                                  "train.eval_every=1000", f"train.output_dir={tmp_path / 'run'}"])
+    result = train(config)
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert result.iterations == 2 and state["model_spec"]["num_classes"] == 11
+    assert state["classes"]["names"][:3] == ["Sky", "Building", "Pole"]
