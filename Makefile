@@ -25,8 +25,13 @@ test-fast: venv
 demo: venv
 	$(BIN)/pixelwise demo
 
+# The benchmarks, each against its peer (segmentation_models.pytorch comes with the bench extra).
 bench: venv
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python benchmarks/inference.py
+	$(BIN)/python benchmarks/metrics.py
+	$(BIN)/python benchmarks/train_step.py
+	$(BIN)/python benchmarks/data.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -18,6 +18,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
     from pixelwise.models import list_models, model_info
     from pixelwise.models.zoo import count_parameters
 
+    if args.run_all:
+        return _run_zoo(*args.size)
     if args.name:
         info = model_info(args.name)
         console.print(f"[bold]{info.name}[/] ({info.family}) — create_model{inspect.signature(info.builder)}\n")
@@ -33,6 +35,26 @@ def _cmd_models(args: argparse.Namespace) -> int:
     console.print(table)
     console.print("Options and defaults of one model: pixelwise models NAME")
     return 0
+
+
+def _run_zoo(height: int, width: int) -> int:
+    """Every registered model on one image of an awkward size: logits come back at that size."""
+    from pixelwise.models.zoo import run_zoo, smooth_test_image
+
+    console.print(f"Running every registered model on one synthetic {height}×{width} image (CPU, eval mode)…")
+    table = Table(title="pixelwise model zoo")
+    for column in ("model", "family", "encoder", "parameters", "input", "output", "ms"):
+        table.add_column(column, justify="right" if column in ("parameters", "ms") else "left")
+    all_match = True
+    for row in run_zoo(smooth_test_image(height, width)):
+        match = row.output_shape[-2:] == row.input_shape[-2:]
+        all_match &= match
+        table.add_row(row.name, row.family, row.encoder, f"{row.parameters / 1e6:.1f}M",
+                      "×".join(map(str, row.input_shape)),
+                      ("" if match else "[red]") + "×".join(map(str, row.output_shape)), f"{row.milliseconds:.0f}")
+    console.print(table)
+    console.print("every model returned logits at the input size" if all_match else "[red]size mismatch[/]")
+    return 0 if all_match else 1
 
 
 def _cmd_encoders(args: argparse.Namespace) -> int:
@@ -51,7 +73,7 @@ def _cmd_encoders(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from pixelwise.demo import run_demo
 
-    return run_demo(console, height=args.size[0], width=args.size[1])
+    return run_demo(console, out_dir=args.out, overrides=args.overrides)
 
 
 def _parse_model_args(pairs: Sequence[str]) -> dict[str, object]:
@@ -155,7 +177,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     from pixelwise.config import load_config
     from pixelwise.engine.distributed import is_main_process
-    from pixelwise.engine.train import train
+    from pixelwise.engine.train import learning_rate, train
 
     overrides = list(args.overrides)
     if args.time_budget is not None:
@@ -168,7 +190,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         task = progress.add_task("train", total=None, status="")
 
         def on_step(iteration: int, loss: float) -> None:
-            progress.update(task, completed=iteration, status=f"loss {loss:.4f}")
+            total = progress.tasks[0].total
+            lr = "" if total is None else f" · lr {learning_rate(iteration - 1, int(total), config):.2e}"
+            speed = progress.tasks[0].speed
+            rate = "" if speed is None else f" · {speed * 60:.1f} it/min"
+            progress.update(task, completed=iteration, status=f"loss {loss:.4f}{lr}{rate}")
 
         def on_total(total: int, plan) -> None:
             progress.update(task, total=total)
@@ -246,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     models = commands.add_parser("models", help="list the registered models, or show one model's options")
     models.add_argument("name", nargs="?", help="a model name: show its options and defaults")
     models.add_argument("--num-classes", type=int, default=21)
+    models.add_argument("--run", dest="run_all", action="store_true", help="run every model once on a synthetic image")
+    models.add_argument("--size", type=int, nargs=2, default=(253, 317), metavar=("H", "W"),
+                        help="image size for --run")
     models.set_defaults(run=_cmd_models)
 
     encoders = commands.add_parser("encoders", help="list the encoders with their channels and strides")
@@ -263,8 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="fit the run into MIN minutes (shortcut for train.time_budget_min=MIN)")
     train.set_defaults(run=_cmd_train)
 
-    demo = commands.add_parser("demo", help="build every model and run it on a synthetic image")
-    demo.add_argument("--size", type=int, nargs=2, default=(253, 317), metavar=("H", "W"))
+    demo = commands.add_parser("demo", help="train, evaluate and predict on the built-in synthetic data (minutes, CPU)")
+    demo.add_argument("--out", default="runs/demo", help="run folder (default: runs/demo)")
+    demo.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides, e.g. train.iterations=500")
     demo.set_defaults(run=_cmd_demo)
 
     convolutionalize = commands.add_parser(

@@ -1,6 +1,7 @@
 """Facts about the registered models, for listings: parameters, output shapes, timings."""
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -44,3 +45,14 @@ def run_zoo(image: torch.Tensor, num_classes: int = 21, names: list[str] | None 
                            sum(p.numel() for p in model.parameters()), tuple(image.shape),
                            tuple(logits.shape), elapsed))
     return rows
+
+
+def smooth_test_image(height: int, width: int, seed: int = 0) -> torch.Tensor:
+    """A smooth, deterministic test image ``(1, 3, H, W)``: gradients, a disc and a bar."""
+    generator = torch.Generator().manual_seed(seed)
+    ys = torch.linspace(-1, 1, height)[:, None].expand(height, width)
+    xs = torch.linspace(-1, 1, width)[None, :].expand(height, width)
+    disc = ((xs - 0.3) ** 2 + (ys + 0.2) ** 2 < 0.2).float()
+    bar = ((ys - 0.5).abs() < 0.1).float() * (xs < 0.4).float()
+    image = torch.stack([0.5 + 0.5 * xs * disc, bar - 0.5 * ys, torch.cos(math.pi * xs * ys)])
+    return (image + 0.05 * torch.randn(image.shape, generator=generator)).unsqueeze(0)
