@@ -30,9 +30,9 @@ DEMO_RECIPE: tuple[str, ...] = (
     "model.name=unet", "model.encoder=null", "model.options={base_channels: 16, depth: 3}",
     "data.format=synthetic", f"data.options={SYNTHETIC}", "data.crop_size=[64, 64]", "data.scale_range=[1.0, 1.0]",
     "data.batch_size=8", "data.workers=1",
-    "optim.name=adamw", "optim.lr=0.003", "optim.weight_decay=0.0001",
+    "optim.name=adamw", "optim.lr=0.002", "optim.weight_decay=0.0001",
     "schedule.name=cosine", "schedule.warmup_iters=30",
-    "train.iterations=1500", "train.eval_every=250", "train.checkpoint_every=250",
+    "train.iterations=1200", "train.eval_every=300", "train.checkpoint_every=300",
 )
 
 

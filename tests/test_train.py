@@ -232,6 +232,29 @@ def test_time_budget_sets_the_total_and_resume_keeps_it(tmp_path: Path, capsys: 
     assert load_checkpoint(tmp_path / "last.pt")["iteration"] == total
 
 
+def test_time_budget_is_refitted_when_the_machine_slows_down(tmp_path: Path) -> None:
+    import time
+
+    config = load_config(None, [
+        "model.name=unet", "model.encoder=null", "model.options={base_channels: 4, depth: 2, norm: null}",
+        "data.options={size: 32, length: 8}", "data.crop_size=[32, 32]", "data.batch_size=2", "data.workers=0",
+        "train.eval_every=5", "train.checkpoint_every=1000", "train.time_budget_min=0.1",
+        f"train.output_dir={tmp_path}"])
+    measured = WARMUP_STEPS + MEASURED_STEPS
+
+    def slow_after_planning(iteration: int, loss: float) -> None:
+        if iteration > measured:
+            time.sleep(0.05)  # several times a tiny step: the first plan no longer fits
+
+    result = train(config, on_step=slow_after_planning)
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    (plan,) = [r["time_budget"] for r in lines if "time_budget" in r]
+    revisions = [r["time_budget_revised"] for r in lines if "time_budget_revised" in r]
+    assert revisions and revisions[-1]["total_iterations"] < plan["total_iterations"]
+    assert result.iterations == revisions[-1]["total_iterations"]
+    assert load_checkpoint(tmp_path / "last.pt")["total_iterations"] == result.iterations
+
+
 def test_median_frequency_class_weights_are_counted_on_the_training_split(tmp_path: Path) -> None:
     from pixelwise.data import create_dataset
     from pixelwise.engine.train import class_weights

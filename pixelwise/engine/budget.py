@@ -8,9 +8,11 @@ total iteration count that fits what is left of the budget, counting the periodi
 then the base rate), which is where it would be in any long schedule; afterwards poly or cosine
 decay runs over the chosen total.
 
-The choice depends on timing, so it is made once: it is logged to ``metrics.jsonl``, and every
-checkpoint stores it, so a resumed run keeps the same total and schedule (a run interrupted
-before the choice measures again, counting the time it had already spent).
+Speed drifts on a shared machine, so after every evaluation the total is fitted again to the
+mean of the last :data:`RECENT_STEPS` iterations and the evaluation's real duration, and the
+schedule follows the new length. Each choice is logged to ``metrics.jsonl`` and stored in every
+checkpoint, so a resumed run continues from the last total (a run interrupted before the first
+choice measures again, counting the time it had already spent).
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from dataclasses import asdict, dataclass
 WARMUP_STEPS = 3
 MEASURED_STEPS = 10
 EVAL_PROBE_IMAGES = 4  # validation images timed to estimate one evaluation
+RECENT_STEPS = 50  # iterations averaged when each evaluation re-fits the total to the budget
 
 
 @dataclass

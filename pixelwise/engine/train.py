@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Subset
 from pixelwise.config import Config, config_to_dict, save_config
 from pixelwise.data import ClassInfo, SegmentationDataset, create_dataset
 from pixelwise.data.transforms import IMAGENET_MEAN, IMAGENET_STD, train_transform, val_transform
-from pixelwise.engine.budget import EVAL_PROBE_IMAGES, BudgetClock, BudgetPlan
+from pixelwise.engine.budget import EVAL_PROBE_IMAGES, RECENT_STEPS, BudgetClock, BudgetPlan, iterations_for_budget
 from pixelwise.engine.checkpoint import load_checkpoint, save_checkpoint
 from pixelwise.engine.distributed import (DistributedContext, broadcast_object, convert_sync_batchnorm,
                                           distributed_session, gather_objects, mean_over_processes, sync_buffers,
@@ -291,7 +291,8 @@ def _train(config: Config, resume: bool, context: DistributedContext,
     if context.is_main:
         save_config(config, run_dir / "config.yaml")
     sampler = ResumableBatchSampler(len(train_set), config.data.batch_size, config.train.seed, progress.iteration,
-                                    OPEN_ENDED if progress.total is None else progress.total, context.rank, context.world_size)
+                                    OPEN_ENDED if config.train.time_budget_min is not None else progress.total,
+                                    context.rank, context.world_size)  # a budget's total may be revised
     batches = iter(DataLoader(SeededSamples(train_set), batch_sampler=sampler, num_workers=config.data.workers))
     # After creating the loader's iterator, which draws a seed from the global generator:
     # restoring first would leave a resumed run one draw apart from an uninterrupted one.
@@ -381,12 +382,15 @@ class _Run:
     on_step: Callable[[int, float], None] | None
     on_total: Callable[[int, BudgetPlan | None], None] | None
     last_metrics: dict | None = None
+    recent_steps: list[float] = field(default_factory=list)  # iteration times since the budget's plan
 
     def loop(self, batches, log: RunLog) -> dict | None:
         """Train until the total; returns the last evaluation's summary."""
         progress, config = self.progress, self.config
         tick = time.perf_counter()
         for batch in batches:
+            if progress.total is not None and progress.iteration >= progress.total:
+                break  # resumed at the end of a budgeted run (its sampler is open-ended)
             lr = learning_rate(progress.iteration, progress.total, config)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
@@ -397,8 +401,11 @@ class _Run:
             log.step(progress.iteration, loss, lr, time.perf_counter() - start)
             if self.on_step is not None:
                 self.on_step(progress.iteration, loss)
+            iteration_s = time.perf_counter() - tick
             if self.clock is not None:
-                self._plan_budget(time.perf_counter() - tick, log)
+                self._plan_budget(iteration_s, log)
+            elif progress.budget is not None:
+                self.recent_steps = [*self.recent_steps[1 - RECENT_STEPS:], iteration_s]
             self._evaluate_and_save(log)
             if progress.total is not None and progress.iteration >= progress.total:
                 break  # a budget's total ends the open-ended sampler (which would load one more batch)
@@ -420,6 +427,28 @@ class _Run:
         if self.on_total is not None:
             self.on_total(plan.total_iterations, plan)
 
+    def _revise_budget(self, eval_s: float, log: RunLog) -> None:
+        """Re-fit the total to the speed measured since the plan (rank 0 decides for all): a
+        machine that slows down after the first timed steps would otherwise overrun the budget,
+        one that speeds up would leave it unused. The schedule follows the new length."""
+        if not self.recent_steps:
+            return
+        plan = None
+        if self.context.is_main:
+            elapsed = self.progress.train_seconds + time.perf_counter() - self.session_start
+            step_s = sum(self.recent_steps) / len(self.recent_steps)
+            minutes = self.config.train.time_budget_min or self.progress.budget["minutes"]
+            total = iterations_for_budget(minutes * 60.0, elapsed, self.progress.iteration, step_s, eval_s,
+                                          self.config.train.eval_every)
+            plan = BudgetPlan(minutes, step_s, eval_s, elapsed, self.progress.iteration, total)
+        plan = broadcast_object(plan, self.context)
+        if plan.total_iterations != self.progress.total:
+            logger.info("revised: %s", plan.describe())
+            log.record({"iteration": self.progress.iteration, "time_budget_revised": plan.to_dict()})
+            if self.on_total is not None:
+                self.on_total(plan.total_iterations, plan)
+        self.progress.total, self.progress.budget = plan.total_iterations, plan.to_dict()
+
     def _probe_eval_seconds(self) -> float:
         """One evaluation's duration, extrapolated from a few of this process's validation images."""
         shard = range(self.context.rank, len(self.val_set), self.context.world_size)
@@ -436,6 +465,7 @@ class _Run:
         final = progress.total is not None and progress.iteration >= progress.total
         saves = []
         if progress.iteration % train_config.eval_every == 0 or final:
+            start = time.perf_counter()
             sync_buffers(self.model, self.context)  # evaluate rank 0's batch-norm statistics everywhere
             self.last_metrics = evaluate(self.model, self.val_set, self.context.device, train_config.amp,
                                          self.context).summary()
@@ -443,6 +473,9 @@ class _Run:
             if self.last_metrics["mean_iou"] > progress.best_miou:
                 progress.best_miou = self.last_metrics["mean_iou"]
                 saves.append("best.pt")
+            if progress.budget is not None and not final:
+                self._revise_budget(time.perf_counter() - start, log)
+                final = progress.iteration >= progress.total
         if progress.iteration % train_config.checkpoint_every == 0 or final:
             saves.append("last.pt")
         if saves:
