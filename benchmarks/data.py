@@ -30,7 +30,6 @@ Prints a table and writes ``benchmarks/results/data.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -47,6 +46,7 @@ import pixelwise
 from pixelwise.data import create_dataset
 from pixelwise.data.classes import IGNORE_INDEX
 from pixelwise.data.transforms import train_transform
+from report import write_report  # benchmarks/report.py: run as scripts, this folder is on sys.path
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_ROOT = REPO.parent / "shared" / "datasets" / "camvid"
@@ -163,9 +163,7 @@ def main() -> int:
         "model": {"name": "unet", "encoder": "resnet18", "upsample": args.upsample, "num_classes": 11},
         "throughput": throughput, "training": training, "worker_load": worker_load, "target_wait_share": 0.10,
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.output}")
+    write_report(report, args.output)
     return 0
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import platform
 import statistics
 import time
@@ -36,6 +35,7 @@ from torchvision.models import segmentation as tv_segmentation
 
 from pixelwise.engine import optimize_for_inference
 from pixelwise.models.torchvision_compat import deeplabv3_resnet50, fcn_resnet50
+from report import write_report  # benchmarks/report.py: run as scripts, this folder is on sys.path
 
 PAIRS: dict[str, tuple[Callable[..., nn.Module], Callable[..., nn.Module]]] = {
     "fcn_resnet50": (fcn_resnet50, tv_segmentation.fcn_resnet50),
@@ -138,9 +138,7 @@ def main() -> None:
         "repeats": args.repeats, "warmup": args.warmup, "statistic": "median",
         "results": results,
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.output}")
+    write_report(report, args.output)
 
 
 if __name__ == "__main__":

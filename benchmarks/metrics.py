@@ -32,7 +32,6 @@ Prints a table and writes ``benchmarks/results/metrics.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
@@ -46,6 +45,7 @@ from torch import Tensor
 from torchmetrics.classification import MulticlassJaccardIndex
 
 from pixelwise.metrics import ConfusionMatrix
+from report import write_report  # benchmarks/report.py: run as scripts, this folder is on sys.path
 
 NUM_CLASSES = 19
 IGNORE = 255
@@ -179,9 +179,7 @@ def main() -> None:
         "repeats": args.repeats, "warmup": args.warmup, "statistic": "median",
         "baseline": BASELINE, "results": rows,
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.output}")
+    write_report(report, args.output)
 
 
 if __name__ == "__main__":

@@ -50,6 +50,7 @@ from torch import Tensor
 import pixelwise
 from pixelwise.engine import optimize_for_inference
 from pixelwise.engine.inference import predict_tiled
+from report import write_report  # benchmarks/report.py: run as scripts, this folder is on sys.path
 
 RESULTS = Path(__file__).resolve().parent / "results" / "sliding_window.json"
 MMAP_THRESHOLD = 128 * 1024  # glibc's default starting value, kept fixed
@@ -156,9 +157,7 @@ def main() -> None:
         "blend": "gaussian", "malloc_mmap_threshold": mmap_threshold, "device": "cpu", "threads": args.threads,
         "processor": platform.processor() or platform.machine(), "torch": torch.__version__, "results": rows,
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.output}")
+    write_report(report, args.output)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ Needs ``pip install -e '.[bench]'`` (segmentation-models-pytorch); prints a tabl
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
@@ -34,6 +33,7 @@ import torchvision
 from torch import Tensor, nn
 
 import pixelwise
+from report import write_report  # benchmarks/report.py: run as scripts, this folder is on sys.path
 
 RESULTS = Path(__file__).resolve().parent / "results" / "train_step.json"
 NUM_CLASSES = 11
@@ -140,9 +140,7 @@ def main() -> int:
         "images_per_s": {name: args.batch_size / median for name, median in medians.items()},
         "ratio_to_smp": {name: reference / median for name, median in medians.items()},
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.output}")
+    write_report(report, args.output)
     return 0
 
 
