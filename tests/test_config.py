@@ -47,7 +47,7 @@ def test_null_override_clears_an_optional_key() -> None:
 
 @pytest.mark.parametrize(("overrides", "message"), [
     (["optim.lrr=0.1"], "unknown key 'optim.lrr'; valid keys of optim: name, lr, weight_decay"),
-    (["trian.iterations=5"], "unknown key 'trian'; valid keys: model, data, optim, schedule, loss, train"),
+    (["trian.iterations=5"], "unknown key 'trian'; valid keys: model, data, optim, schedule, loss, class_weights, train"),
     (["optim.lr=fast"], "optim.lr = 'fast' should be float"),
     (["train.iterations=1.5"], "train.iterations = 1.5 should be int"),
     (["train.channels_last=1"], "train.channels_last = 1 should be bool"),
