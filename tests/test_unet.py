@@ -239,3 +239,40 @@ def test_paper_network_refuses_encoder_only_options() -> None:
         create_model("unet", encoder_weights="imagenet")
     with pytest.raises(ValueError, match="output_stride"):
         create_model("unet", output_stride=16)
+
+
+# The paper's network with same padding --------------------------------------------------------
+
+
+@pytest.mark.parametrize("upsample", UPSAMPLE_KINDS)
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_same_padded_unet_gives_logits_at_any_input_size(upsample: str, size: tuple[int, int]) -> None:
+    model = unet(num_classes=3, upsample=upsample, base_channels=4, depth=3, padding="same").train()
+    logits = model(torch.randn(2, 3, *size))
+    assert logits.shape == (2, 3, *size)
+    assert torch.isfinite(logits).all()
+
+
+def test_same_padding_keeps_the_papers_weights_and_runs_on_the_image_alone() -> None:
+    valid = unet(num_classes=3, base_channels=4, depth=2, padding="valid")
+    same = unet(num_classes=3, base_channels=4, depth=2, padding="same")
+    # The same parameters: a checkpoint of one loads into the other.
+    same.load_state_dict(valid.state_dict())
+    convs = [m for m in same.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)]
+    assert convs and all(conv.padding == (1, 1) for conv in convs)
+    assert same.size_divisor == 4 and valid.size_divisor == 1
+    # At a multiple of 2^depth the core sees exactly the image: its logits are the forward's.
+    same.eval()
+    x = torch.randn(1, 3, 32, 40)
+    with torch.no_grad():
+        torch.testing.assert_close(same(x), same.forward_core(x))
+    assert_every_parameter_has_a_finite_gradient(same, torch.randn(2, 3, 20, 28))
+
+
+def test_padding_choices_are_checked() -> None:
+    with pytest.raises(ValueError, match="padding must be one of"):
+        unet(num_classes=3, base_channels=4, padding="reflect")
+    with pytest.raises(ValueError, match="always uses same-padded"):
+        create_model("unet", encoder="resnet18", padding="valid")
+    assert isinstance(create_model("unet", encoder="resnet18", decoder_channels=SMALL_DECODER, padding="same"),
+                      EncoderUNet)
