@@ -26,13 +26,17 @@ from pixelwise.engine.train import TrainResult, train
 TARGET_MIOU = 0.80  # what the demo promises on held-out images
 SYNTHETIC = {"size": 64}
 # The recipe: small enough to train in minutes on two cores, large enough to learn shapes.
+# Same-padded convolutions compute on the 64×64 image itself (the paper's valid ones mirror it out
+# to 156×156 first): 0.07 s a step instead of 0.21, so 3000 steps fit where 1200 did, and the
+# shape classes, learnt late, get there (measured: held-out mIoU 0.73 after 1200 valid-padded
+# steps, 0.90 after 3000 same-padded ones).
 DEMO_RECIPE: tuple[str, ...] = (
-    "model.name=unet", "model.encoder=null", "model.options={base_channels: 16, depth: 3}",
+    "model.name=unet", "model.encoder=null", "model.options={base_channels: 16, depth: 3, padding: same}",
     "data.format=synthetic", f"data.options={SYNTHETIC}", "data.crop_size=[64, 64]", "data.scale_range=[1.0, 1.0]",
     "data.batch_size=8", "data.workers=1",
     "optim.name=adamw", "optim.lr=0.002", "optim.weight_decay=0.0001",
     "schedule.name=cosine", "schedule.warmup_iters=30",
-    "train.iterations=1200", "train.eval_every=300", "train.checkpoint_every=300",
+    "train.iterations=3000", "train.eval_every=500", "train.checkpoint_every=500",
 )
 
 

@@ -33,7 +33,13 @@ TEXTURES = ("flat", "gradient", "stripes", "checker", "noise")
 # Shapes take the low-frequency textures only: stripes and checkers inside a shape draw edges as
 # strong as its outline, which multiplies the training a model needs to find the outline.
 SHAPE_TEXTURES = ("flat", "gradient", "noise")
-RADIUS_RANGE = (0.12, 0.24)  # shape size, as a fraction of the shorter image side
+# Many small shapes rather than a few large ones: every image then holds four to seven examples
+# of the classes to tell apart, and shape discrimination is learnt in hundreds of steps instead
+# of thousands (measured: a small U-Net at 900 steps, 0.37 mIoU with 2-4 shapes of radius
+# 0.09-0.16, 0.80 with 4-7 of radius 0.08-0.13).
+RADIUS_RANGE = (0.08, 0.13)  # shape size, as a fraction of the shorter image side
+CENTRE_RANGE = (0.12, 0.88)  # where shape centres fall, as a fraction of the image side
+SHAPES_PER_IMAGE = (4, 7)
 TEXTURE_AMPLITUDE = 0.35  # largest colour difference inside one texture, per channel
 BACKGROUND_MUTING = 0.7  # how far background colours are pulled towards grey (see muted())
 MIN_CONTRAST = 0.35  # smallest RGB distance between a shape's mean colour and what it covers
@@ -65,7 +71,7 @@ class SyntheticShapes(SegmentationDataset):
 
     def __init__(self, split: str = "train", size: tuple[int, int] | int = (128, 128), length: int | None = None,
                  num_classes: int = len(CLASS_NAMES), seed: int = 0, transform: JointTransform | None = None,
-                 root: str | None = None, shapes_per_image: tuple[int, int] = (2, 4), noise: float = 0.08,
+                 root: str | None = None, shapes_per_image: tuple[int, int] = SHAPES_PER_IMAGE, noise: float = 0.08,
                  max_tilt: float = 15.0) -> None:
         if not 2 <= num_classes <= len(CLASS_NAMES):
             raise ValueError(f"num_classes must be between 2 and {len(CLASS_NAMES)}, got {num_classes}")
@@ -144,7 +150,7 @@ def shape_region(rng: np.random.Generator, grid: Grid, label: int,
     """
     height, width = grid[0].shape
     radius = rng.uniform(*RADIUS_RANGE) * min(height, width)
-    centre_row, centre_col = rng.uniform(0.1, 0.9) * height, rng.uniform(0.1, 0.9) * width
+    centre_row, centre_col = rng.uniform(*CENTRE_RANGE) * height, rng.uniform(*CENTRE_RANGE) * width
     # Upright-ish squares and triangles make edge orientation a local cue, learnt in minutes;
     # fully rotated ones must be told apart by their corners alone, which takes far longer.
     tilt = math.pi if label in (1, 2, 5) else math.radians(max_tilt)
