@@ -54,18 +54,17 @@ class TransposedUpsample(nn.Module):
         super().__init__()
         self.scale = scale
         kernel = bilinear_kernel(scale)
-        self.conv = nn.ConvTranspose2d(in_channels, out_channels, kernel.shape[-1], stride=scale, bias=False)
+        # One replicated pixel each side (see forward) makes the border taps interpolate like
+        # F.interpolate; the conv's own padding then crops exactly that pad (s) and the kernel's
+        # half-overhang (s // 2) from every side, so no sliced copy of the output is made.
+        self.conv = nn.ConvTranspose2d(in_channels, out_channels, kernel.shape[-1], stride=scale,
+                                       padding=scale + scale // 2, bias=False)
         with torch.no_grad():
             # weight is (in, out, k, k): bilinear taps scaled by a channel projection.
             self.conv.weight.copy_(_projection(in_channels, out_channels).t()[:, :, None, None] * kernel)
 
     def forward(self, x: Tensor) -> Tensor:
-        height, width = x.shape[-2:]
-        # One replicated pixel each side makes the border taps interpolate like F.interpolate;
-        # the crop then undoes that pad (s) and the kernel's own half-overhang (s // 2).
-        y = self.conv(F.pad(x, (1, 1, 1, 1), mode="replicate"))
-        start = self.scale + self.scale // 2
-        return y[..., start:start + height * self.scale, start:start + width * self.scale]
+        return self.conv(F.pad(x, (1, 1, 1, 1), mode="replicate"))
 
 
 class ResizeConv(nn.Module):
