@@ -130,3 +130,32 @@ def test_every_builder_is_typed_and_documented() -> None:
         untyped = [p for p in signature.parameters.values() if p.annotation is inspect.Parameter.empty]
         assert not untyped, f"{name}: untyped parameters {untyped}"
         assert "num_classes" in signature.parameters
+
+
+@pytest.mark.parametrize("name", ["unet", "deeplabv3plus"])
+def test_input_scale_runs_the_network_on_the_resized_image_and_answers_at_full_size(name: str) -> None:
+    options = {"encoder": "resnet18"}
+    scaled = pixelwise.create_model(name, num_classes=NUM_CLASSES, input_scale=0.5, **options).eval()
+    plain = pixelwise.create_model(name, num_classes=NUM_CLASSES, **options).eval()
+    plain.load_state_dict(scaled.state_dict())
+    x = torch.randn(2, 3, 67, 90)
+    with torch.no_grad():
+        logits = scaled(x)
+        shrunk = torch.nn.functional.interpolate(x, size=(34, 45), mode="bilinear", antialias=True)
+        expected = torch.nn.functional.interpolate(plain(shrunk), size=(67, 90), mode="bilinear")
+    assert logits.shape == (2, NUM_CLASSES, 67, 90)
+    torch.testing.assert_close(logits, expected)
+
+
+def test_input_scale_trains_with_aux_logits_at_full_size() -> None:
+    model = pixelwise.create_model("deeplabv3", num_classes=NUM_CLASSES, encoder="resnet18", aux=True,
+                                   input_scale=0.25)
+    logits, aux = model(torch.randn(2, 3, 64, 96), return_aux=True)
+    assert logits.shape == aux.shape == (2, NUM_CLASSES, 64, 96)
+    (logits.sum() + aux.sum()).backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_input_scale_out_of_range_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match=r"input_scale must be in \(0, 4\], got 0"):
+        pixelwise.create_model("unet", num_classes=2, input_scale=0)

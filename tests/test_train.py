@@ -9,7 +9,7 @@ import torch
 
 from pixelwise.config import load_config
 from pixelwise.engine.budget import MEASURED_STEPS, WARMUP_STEPS, iterations_for_budget
-from pixelwise.engine.checkpoint import load_checkpoint, save_checkpoint
+from pixelwise.engine.checkpoint import load_checkpoint, load_model, save_checkpoint
 from pixelwise.engine.run_log import plot_curves, read_metrics
 from pixelwise.engine.sampling import ResumableBatchSampler
 from pixelwise.engine.train import TrainingDiverged, learning_rate, train
@@ -279,3 +279,11 @@ def test_class_weights_must_match_the_classes(tmp_path: Path) -> None:
         class_weights(_tiny(tmp_path, "class_weights=median"), classes)
     run = train(_tiny(tmp_path, "class_weights=inverse_sqrt_frequency", "train.iterations=2"))
     assert run.iterations == 2
+
+
+def test_input_scale_from_the_recipe_travels_with_the_checkpoint(tmp_path: Path) -> None:
+    train(_small(tmp_path, "model.options={base_channels: 4, depth: 2, norm: null, input_scale: 0.5}",
+                 "train.iterations=2"))
+    loaded = load_model(tmp_path / "last.pt")
+    assert loaded.model.input_scale == 0.5
+    assert loaded.model(torch.randn(1, 3, 30, 42)).shape == (1, loaded.model.num_classes, 30, 42)

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 from torchvision import models as tvm
 
-from pixelwise.encoders.base import Encoder, dilate_for_output_stride, dilate_stage
+from pixelwise.encoders.base import Encoder, dilate_for_output_stride
 from pixelwise.layers.convert import linear_to_conv2d_weight
 
 

@@ -41,11 +41,11 @@ from typing import Callable, Iterator, Literal, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
 from pixelwise.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from pixelwise.layers.resize import resize_bilinear, scaled_size
 
 Mode = Literal["whole", "slide"]
 Blend = Literal["gaussian", "uniform"]
@@ -360,14 +360,6 @@ def _predict_view(model: nn.Module, images: Tensor, mode: Mode, window: Size, st
     raise ValueError(f"mode must be 'whole' or 'slide', got {mode!r}")
 
 
-def _resize(x: Tensor, size: Sequence[int]) -> Tensor:
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
-
-
-def _scaled_size(size: Sequence[int], scale: float) -> tuple[int, int]:
-    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
 
 
 def predict_logits(model: nn.Module, image: Tensor, mode: Mode = "whole", window: Size = (512, 512),
@@ -406,10 +398,10 @@ def predict_logits(model: nn.Module, image: Tensor, mode: Mode = "whole", window
             return _predict_view(model, image, mode, window, stride, blend, batch_size)
         mean_probs = None
         for scale, flipped in views:
-            view = _resize(image, _scaled_size(size, scale))
+            view = resize_bilinear(image, scaled_size(size, scale))
             view = view.flip(-1) if flipped else view
             logits = _predict_view(model, view, mode, window, stride, blend, batch_size)
-            probs = _resize(logits.flip(-1) if flipped else logits, size).softmax(1)
+            probs = resize_bilinear(logits.flip(-1) if flipped else logits, size).softmax(1)
             mean_probs = probs if mean_probs is None else mean_probs.add_(probs)
         # Clamped so a class no view gives any probability stays finite (-87, not -inf).
         return mean_probs.div_(len(views)).clamp_min_(torch.finfo(mean_probs.dtype).tiny).log_()

@@ -1,7 +1,8 @@
-"""Small reusable modules: conv-norm-act, separable conv, ASPP, upsamplers, padding."""
+"""Small reusable modules: conv-norm-act, separable conv, ASPP, upsamplers, padding, resizing."""
 from pixelwise.layers.aspp import ASPP, ASPPPooling, aspp_rates
 from pixelwise.layers.conv import ConvNormAct, LayerSpec, SeparableConv2d, make_act, make_conv_block, make_norm
 from pixelwise.layers.padding import mirror_pad, pad_to_multiple
+from pixelwise.layers.resize import resize_bilinear, scaled_size
 from pixelwise.layers.upsample import (
     UPSAMPLE_KINDS,
     PixelShuffleUpsample,
@@ -14,7 +15,7 @@ from pixelwise.layers.upsample import (
 
 __all__ = [
     "ASPP", "ASPPPooling", "aspp_rates", "ConvNormAct", "LayerSpec", "SeparableConv2d", "make_act",
-    "make_conv_block", "make_norm", "mirror_pad", "pad_to_multiple", "UPSAMPLE_KINDS",
+    "make_conv_block", "make_norm", "mirror_pad", "pad_to_multiple", "resize_bilinear", "scaled_size", "UPSAMPLE_KINDS",
     "PixelShuffleUpsample", "ResizeConv", "TransposedUpsample", "bilinear_kernel", "icnr_",
     "make_upsampler",
 ]

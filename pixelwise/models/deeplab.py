@@ -19,11 +19,10 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pixelwise.encoders import Encoder, EncoderWeights, create_encoder
-from pixelwise.layers import ASPP, ConvNormAct, aspp_rates, make_conv_block, make_upsampler
+from pixelwise.layers import ASPP, ConvNormAct, aspp_rates, make_conv_block, make_upsampler, resize_bilinear
 from pixelwise.models.base import SegmentationModel
 from pixelwise.models.registry import register_model
 
@@ -102,11 +101,6 @@ class DeepLabV3PlusDecoder(nn.Module):
         return self.fuse(torch.cat([self.upsample(high_level), self.reduce(low_level)], dim=1))
 
 
-def _resize_to(x: Tensor, size: Sequence[int]) -> Tensor:
-    """Bilinear resize to ``size`` (torchvision's rule; used for the training-only aux logits)."""
-    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
-
-
 def low_level_index(encoder: Encoder, stride: int = LOW_LEVEL_STRIDE) -> int:
     """Index of the deepest encoder feature at ``stride`` (the decoder's skip connection).
 
@@ -166,7 +160,7 @@ class DeepLabV3(SegmentationModel):
     def forward_padded(self, x: Tensor, return_aux: bool) -> tuple[Tensor, Tensor | None]:
         features = self.encoder(x)
         logits = self.upsample(self.head(features[-1]))
-        aux = _resize_to(self.aux_classifier(features[-2]), x.shape[-2:]) if return_aux else None
+        aux = resize_bilinear(self.aux_classifier(features[-2]), x.shape[-2:]) if return_aux else None
         return logits, aux
 
 
@@ -201,7 +195,7 @@ class DeepLabV3Plus(SegmentationModel):
         features = self.encoder(x)
         decoded = self.decoder(self.aspp(features[-1]), features[self.low_level_index])
         logits = self.upsample(self.classifier(decoded))
-        aux = _resize_to(self.aux_classifier(features[-2]), x.shape[-2:]) if return_aux else None
+        aux = resize_bilinear(self.aux_classifier(features[-2]), x.shape[-2:]) if return_aux else None
         return logits, aux
 
 

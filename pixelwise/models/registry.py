@@ -72,6 +72,7 @@ def create_model(
     upsample: str | None = None,
     weights: str | os.PathLike[str] | None = None,
     encoder_weights: str | os.PathLike[str] | None = None,
+    input_scale: float = 1.0,
     **kwargs,
 ) -> SegmentationModel:
     """Build a registered model.
@@ -85,11 +86,15 @@ def create_model(
         weights: ``None``; ``"imagenet"`` (shorthand for ``encoder_weights="imagenet"``); or a
             local file holding the whole model's state dict (or a checkpoint with a ``"model"`` key).
         encoder_weights: ``None``, ``"imagenet"`` or a local file for the encoder alone.
+        input_scale: run the network on the input resized by this factor and resize its logits
+            back (0.5: about a quarter of the compute, logits still at the input's size).
         **kwargs: builder-specific options; see ``model_info(name).parameters``.
     """
     info = model_info(name)
     if num_classes < 1:
         raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+    if not 0 < input_scale <= 4:
+        raise ValueError(f"input_scale must be in (0, 4], got {input_scale}")
     if weights == "imagenet":
         weights, encoder_weights = None, "imagenet"
     # None for these three means "the builder's default"; any other option passes as given
@@ -100,6 +105,7 @@ def create_model(
     if unknown:
         raise ValueError(f"model {name!r} does not take {unknown}; it takes {info.parameters}")
     model = info.builder(num_classes=num_classes, **options)
+    model.input_scale = float(input_scale)
     if weights is not None:
         if not is_weights_file(weights):
             raise ValueError(f"weights must be None, 'imagenet' or a file path, got {weights!r}")
