@@ -360,8 +360,6 @@ def _predict_view(model: nn.Module, images: Tensor, mode: Mode, window: Size, st
     raise ValueError(f"mode must be 'whole' or 'slide', got {mode!r}")
 
 
-
-
 def predict_logits(model: nn.Module, image: Tensor, mode: Mode = "whole", window: Size = (512, 512),
                    stride: Size = (341, 341), blend: Blend = "gaussian", batch_size: int = 4,
                    scales: Sequence[float] = (1.0,), flip: bool = False) -> Tensor:
