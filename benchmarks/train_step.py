@@ -10,10 +10,11 @@ ours / theirs (above 1.0: ours is faster).
 
 Two pixelwise variants: as built (``create_model("unet", encoder="resnet18")``: transposed-conv
 upsampling, the default) and with ``channels_last`` memory format (``train.channels_last`` in a
-recipe). smp is timed as built.
+recipe). smp is timed as built. With ``--bf16`` both networks are also timed under CPU bf16
+autocast (``train.amp: bf16``), and those rows are compared with smp under bf16.
 
 Usage:
-    python benchmarks/train_step.py [--size 352 480] [--batch-size 4] [--steps 8] [--threads 2]
+    python benchmarks/train_step.py [--size 352 480] [--batch-size 4] [--steps 8] [--threads 2] [--bf16]
 
 Needs ``pip install -e '.[bench]'`` (segmentation-models-pytorch); prints a table and writes
 ``benchmarks/results/train_step.json``.
@@ -49,8 +50,12 @@ def make_batch(batch_size: int, height: int, width: int, seed: int = 0) -> tuple
     return images, masks
 
 
-def make_step(model: nn.Module, batch: tuple[Tensor, Tensor], channels_last: bool = False) -> Callable[[], float]:
-    """One training step of ``model`` on ``batch`` (AdamW, cross-entropy); returns the loss."""
+def make_step(model: nn.Module, batch: tuple[Tensor, Tensor], channels_last: bool = False,
+              bf16: bool = False) -> Callable[[], float]:
+    """One training step of ``model`` on ``batch`` (AdamW, cross-entropy); returns the loss.
+
+    ``bf16`` runs the forward pass under CPU bf16 autocast, as ``train.amp: bf16`` does.
+    """
     images, masks = batch
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -60,7 +65,9 @@ def make_step(model: nn.Module, batch: tuple[Tensor, Tensor], channels_last: boo
     criterion = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
 
     def step() -> float:
-        loss = criterion(model(images), masks)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = model(images)
+        loss = criterion(logits.float(), masks)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -69,20 +76,30 @@ def make_step(model: nn.Module, batch: tuple[Tensor, Tensor], channels_last: boo
     return step
 
 
-def build_steps(batch: tuple[Tensor, Tensor]) -> dict[str, Callable[[], float]]:
-    """The variants, each with its own model and optimiser."""
+def build_steps(batch: tuple[Tensor, Tensor], bf16: bool) -> dict[str, Callable[[], float]]:
+    """The variants, each with its own model and optimiser; ``bf16`` adds both networks under
+    bf16 autocast."""
     import segmentation_models_pytorch as smp
 
     torch.manual_seed(0)
-    ours = pixelwise.create_model("unet", num_classes=NUM_CLASSES, encoder="resnet18")
-    ours_cl = pixelwise.create_model("unet", num_classes=NUM_CLASSES, encoder="resnet18")
+
+    def ours() -> nn.Module:
+        return pixelwise.create_model("unet", num_classes=NUM_CLASSES, encoder="resnet18")
+
+    def theirs() -> nn.Module:
+        return smp.Unet("resnet18", encoder_weights=None, classes=NUM_CLASSES)
+
+    ours_cl = ours()
     ours_cl.channels_last = True
-    theirs = smp.Unet("resnet18", encoder_weights=None, classes=NUM_CLASSES)
-    return {
-        "pixelwise unet resnet18": make_step(ours, batch),
+    steps = {
+        "pixelwise unet resnet18": make_step(ours(), batch),
         "pixelwise unet resnet18 channels_last": make_step(ours_cl, batch, channels_last=True),
-        "smp Unet(resnet18)": make_step(theirs, batch),
+        "smp Unet(resnet18)": make_step(theirs(), batch),
     }
+    if bf16:
+        steps["pixelwise unet resnet18 bf16"] = make_step(ours(), batch, bf16=True)
+        steps["smp Unet(resnet18) bf16"] = make_step(theirs(), batch, bf16=True)
+    return steps
 
 
 def compare(steps: dict[str, Callable[[], float]], repeats: int, warmup: int) -> dict[str, list[float]]:
@@ -107,6 +124,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=8, help="timed steps per variant")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per variant first")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--bf16", action="store_true", help="also time both networks under bf16 autocast")
     parser.add_argument("--output", type=Path, default=RESULTS)
     return parser.parse_args()
 
@@ -123,14 +141,17 @@ def main() -> int:
     batch = make_batch(args.batch_size, *args.size)
     print(f"batch {args.batch_size}×3×{args.size[0]}×{args.size[1]}, {NUM_CLASSES} classes, "
           f"{torch.get_num_threads()} threads; {args.warmup} warm-up + {args.steps} timed steps each, interleaved")
-    times = compare(build_steps(batch), args.steps, args.warmup)
+    times = compare(build_steps(batch, args.bf16), args.steps, args.warmup)
     medians = {name: statistics.median(values) for name, values in times.items()}
-    reference = medians["smp Unet(resnet18)"]
+
+    def reference(name: str) -> float:  # smp at the same precision
+        return medians["smp Unet(resnet18) bf16" if name.endswith("bf16") else "smp Unet(resnet18)"]
+
     header = f"{'variant':<40} {'median s/step':>13} {'images/s':>9} {'ratio to smp':>13}"
     print(header)
     print("-" * len(header))
     for name, median in medians.items():
-        print(f"{name:<40} {median:>13.3f} {args.batch_size / median:>9.2f} {reference / median:>13.3f}")
+        print(f"{name:<40} {median:>13.3f} {args.batch_size / median:>9.2f} {reference(name) / median:>13.3f}")
     report = {
         "question": "training throughput of pixelwise U-Net-ResNet18 against smp Unet('resnet18'), same batches",
         "processor": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
@@ -138,7 +159,7 @@ def main() -> int:
         "batch_size": args.batch_size, "size": list(args.size), "steps": args.steps, "warmup": args.warmup,
         "seconds_per_step": times, "median_s": medians,
         "images_per_s": {name: args.batch_size / median for name, median in medians.items()},
-        "ratio_to_smp": {name: reference / median for name, median in medians.items()},
+        "ratio_to_smp": {name: reference(name) / median for name, median in medians.items()},
     }
     write_report(report, args.output)
     return 0

@@ -130,3 +130,11 @@ def test_mirror_pad_reflects_beyond_the_image_size() -> None:
     # A small pad is exactly PyTorch's reflect padding.
     square = torch.randn(1, 1, 6, 6)
     torch.testing.assert_close(mirror_pad(square, 2, 3, 1, 4), F.pad(square, (1, 4, 2, 3), mode="reflect"))
+
+
+def test_conv_norm_act_starts_from_he_initialisation() -> None:
+    torch.manual_seed(0)
+    block = ConvNormAct(64, 128, 3)
+    fan_out = 128 * 3 * 3
+    assert block[0].bias is None
+    assert block[0].weight.std().item() == pytest.approx((2 / fan_out) ** 0.5, rel=0.05)
