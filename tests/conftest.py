@@ -17,7 +17,7 @@ def _seed() -> None:
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory):
     """``best.pt`` of a 4-step run on 64×64 synthetic images (a few seconds on one core), shared by
-    the evaluation and prediction tests. lr 0.01 leaves the model predicting several classes, so
+    the evaluation and prediction tests. lr 0.003 leaves the model predicting several classes, so
     comparisons of predictions are not trivially met by a constant map. Its scenes are pinned to
     two to four shapes (not the data set's default), so what the tests compare does not move
     when the synthetic defaults do."""
@@ -28,7 +28,7 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory):
     train(load_config(None, [
         "model.name=unet", "model.encoder=resnet18", "model.options={decoder_channels: [32, 16, 16, 8, 8]}",
         "data.format=synthetic", "data.options={size: 64, length: 8, shapes_per_image: [2, 4]}", "data.crop_size=[48, 48]",
-        "data.batch_size=2", "data.workers=0", "optim.lr=0.01", "train.iterations=4", "train.eval_every=4",
+        "data.batch_size=2", "data.workers=0", "optim.lr=0.003", "train.iterations=4", "train.eval_every=4",
         "train.checkpoint_every=4", f"train.output_dir={run_dir}",
     ]))
     return run_dir / "best.pt"

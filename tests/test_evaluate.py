@@ -17,7 +17,7 @@ from pixelwise.engine.evaluation import evaluate_checkpoint, resolve_data, row_n
 from pixelwise.engine.train import evaluate
 
 # What the tiny_checkpoint fixture (conftest.py) trained on.
-VAL_SET = {"size": 64, "length": 8}
+VAL_SET = {"size": 64, "length": 8, "shapes_per_image": [2, 4]}  # as the tiny checkpoint records (conftest.py)
 
 
 def _valid_png(path: Path) -> tuple[int, int]:
