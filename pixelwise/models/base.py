@@ -87,4 +87,3 @@ class SegmentationModel(nn.Module):
             )
         if x.shape[-2] < 1 or x.shape[-1] < 1:
             raise ValueError(f"image height and width must be at least 1, got shape {tuple(x.shape)}")
-
