@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pixelwise.data.classes import IGNORE_INDEX
+from pixelwise.layers.resize import resize_bilinear
 
 ClassSelection = str | Sequence[int]
 WeightsLike = Tensor | Sequence[float] | np.ndarray
@@ -449,9 +450,7 @@ def loss_with_aux(loss_fn: nn.Module, logits: Tensor, target: Tensor, aux_logits
     loss = loss_fn(logits, target)
     if aux_logits is None:
         return loss
-    if aux_logits.shape[2:] != target.shape[1:]:
-        aux_logits = F.interpolate(aux_logits, size=target.shape[1:], mode="bilinear", align_corners=False)
-    return loss + aux_weight * loss_fn(aux_logits, target)
+    return loss + aux_weight * loss_fn(resize_bilinear(aux_logits, target.shape[1:]), target)
 
 
 # --------------------------------------------------------------------------- class weights from data

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pixelwise.layers.conv import ConvNormAct, LayerSpec, SeparableConv2d
+from pixelwise.layers.resize import resize_bilinear
 
 
 class ASPPPooling(nn.Sequential):
@@ -35,7 +36,7 @@ class ASPPPooling(nn.Sequential):
                                  training=False, eps=module.eps)
             else:
                 x = module(x)
-        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        return resize_bilinear(x, size)
 
 
 class ASPP(nn.Module):

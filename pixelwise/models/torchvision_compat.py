@@ -15,10 +15,10 @@ same reason they do not pad (``size_divisor = 1``): torchvision runs on the inpu
 """
 from __future__ import annotations
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pixelwise.encoders import EncoderWeights, ResNetEncoder, create_encoder
+from pixelwise.layers import resize_bilinear
 from pixelwise.models.base import SegmentationModel
 from pixelwise.models.deeplab import DeepLabHead, FCNHead
 from pixelwise.models.registry import register_model
@@ -66,7 +66,7 @@ class TorchvisionSegmentation(SegmentationModel):
 
 
 def _resize_like_torchvision(logits: Tensor, image: Tensor) -> Tensor:
-    return F.interpolate(logits, size=image.shape[-2:], mode="bilinear", align_corners=False)
+    return resize_bilinear(logits, image.shape[-2:])
 
 
 def _resnet50_backbone(encoder_weights: EncoderWeights) -> ResNetEncoder:
