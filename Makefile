@@ -32,6 +32,7 @@ bench: venv
 	$(BIN)/python benchmarks/metrics.py
 	$(BIN)/python benchmarks/train_step.py
 	$(BIN)/python benchmarks/data.py
+	$(BIN)/python benchmarks/runtime.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -225,7 +225,16 @@ def _progress(label: str):
 def _inference_options(args: argparse.Namespace) -> dict[str, object]:
     stride = None if args.stride is None else tuple(args.stride)
     return {"mode": args.mode, "window": tuple(args.window), "stride": stride, "blend": args.blend,
-            "scales": tuple(args.scales), "flip": args.flip, "batch_size": args.batch_size, "device": args.device}
+            "scales": tuple(args.scales), "flip": args.flip, "batch_size": args.batch_size, "device": args.device,
+            "runtime": args.runtime, "precision": args.precision}
+
+
+def _model_source(args: argparse.Namespace) -> str:
+    """``--checkpoint`` or ``--model`` (an exported ONNX file), exactly one of them."""
+    if (args.checkpoint is None) == (args.model is None):
+        raise ValueError("pass a checkpoint (--checkpoint run/best.pt) or an exported model (--model model.onnx), "
+                         "one of the two")
+    return args.checkpoint or args.model
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -233,10 +242,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     from pixelwise.engine.evaluation import evaluate_checkpoint, print_evaluation
 
-    out_dir = args.out if args.out is not None else Path(args.checkpoint).parent / "evaluation"
+    source = _model_source(args)
+    out_dir = args.out if args.out is not None else Path(source).parent / "evaluation"
     progress, on_image = _progress("evaluate")
     with progress:
-        result = evaluate_checkpoint(args.checkpoint, data_format=args.format, root=args.root, split=args.split,
+        result = evaluate_checkpoint(source, data_format=args.format, root=args.root, split=args.split,
                                      data_options=_parse_model_args(args.data_options), out_dir=out_dir,
                                      on_image=on_image, **_inference_options(args))
     print_evaluation(result, console)
@@ -249,7 +259,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     progress, on_image = _progress("predict")
     with progress:
         threshold = {} if args.tile_threshold is None else {"tile_threshold_pixels": args.tile_threshold}
-        report = predict_files(args.checkpoint, args.inputs, args.out, save_probabilities=args.probabilities,
+        report = predict_files(_model_source(args), args.inputs, args.out, save_probabilities=args.probabilities,
                                skip_unreadable=args.skip_unreadable, on_image=on_image, **threshold,
                                **_inference_options(args))
     for image in report.images:
@@ -262,6 +272,32 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     console.print(f"wrote {written} of {len(report.images)} images to {report.out_dir}", markup=False,
                   highlight=False)
     return 0 if report.ok else 1
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from pixelwise.export import Int8Options, export_checkpoint
+
+    if (args.calibrate is not None) != args.int8:
+        raise ValueError("--int8 needs --calibrate FORMAT:ROOT:SPLIT (real images to calibrate on), and "
+                         "--calibrate is only for --int8")
+    int8 = None if not args.int8 else Int8Options(args.calibrate, args.calibration_images, args.calibration_method,
+                                                  args.reduce_range, args.val_split, args.val_images,
+                                                  args.min_agreement)
+    if int8 is not None and args.format != "onnx":
+        raise ValueError("--int8 quantises an ONNX graph; use --format onnx")
+    real_images = []
+    if args.parity_images:
+        from pixelwise.data.io import decode_image
+
+        real_images = [decode_image(path)[0] for path in args.parity_images]
+
+    def say(line: str) -> None:
+        console.print(line, markup=False, highlight=False)
+
+    report = export_checkpoint(args.checkpoint, args.out, args.format, parity=not args.no_parity,
+                               real_images=real_images, int8=int8, on_line=say)
+    console.print(f"wrote {report.path} ({report.format}, {report.precision})", markup=False, highlight=False)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -341,7 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("evaluate", help="measure a checkpoint on a data set split: per-class IoU, "
                                                     "metrics.json and a confusion-matrix plot")
-    evaluate.add_argument("--checkpoint", required=True, help="a run's best.pt or last.pt")
+    evaluate.add_argument("--checkpoint", help="a run's best.pt or last.pt")
+    evaluate.add_argument("--model", help="an exported model (model.onnx, fp32 or int8) instead of a checkpoint")
     evaluate.add_argument("--format", help="data set format (default: the one recorded in the checkpoint)")
     evaluate.add_argument("--root", help="data set folder (default: the recorded one)")
     evaluate.add_argument("--split", help="split to evaluate (default: the recorded validation split)")
@@ -354,7 +391,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = commands.add_parser("predict", help="segment image files with a checkpoint: class-index PNGs "
                                                   "(palette), overlays, optionally probabilities")
-    predict.add_argument("--checkpoint", required=True, help="a run's best.pt or last.pt")
+    predict.add_argument("--checkpoint", help="a run's best.pt or last.pt")
+    predict.add_argument("--model", help="an exported model (model.onnx, fp32 or int8) instead of a checkpoint: "
+                                         "it carries its classes, palette and normalisation")
     predict.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
     predict.add_argument("--out", required=True, help="output folder")
     predict.add_argument("--probabilities", action="store_true",
@@ -366,6 +405,30 @@ def build_parser() -> argparse.ArgumentParser:
                          help="skip unreadable images with a warning (exit code 1 at the end) instead of stopping")
     _add_inference_arguments(predict)
     predict.set_defaults(run=_cmd_predict)
+
+    export = commands.add_parser("export", help="export a checkpoint to ONNX (fp32 or int8), TorchScript or "
+                                                "safetensors, checked against PyTorch")
+    export.add_argument("--checkpoint", required=True, help="a run's best.pt or last.pt")
+    export.add_argument("--format", choices=("onnx", "torchscript", "safetensors"), default="onnx")
+    export.add_argument("--out", required=True, help="the file to write, e.g. model.onnx")
+    export.add_argument("--no-parity", action="store_true", help="skip the parity check against eager PyTorch")
+    export.add_argument("--parity-images", nargs="+", metavar="IMAGE",
+                        help="real images for the parity check (default: the first recorded validation image)")
+    export.add_argument("--int8", action="store_true", help="quantise to int8 (ONNX Runtime static, QDQ, "
+                                                           "per-channel weights); needs --calibrate")
+    export.add_argument("--calibrate", metavar="FORMAT:ROOT:SPLIT",
+                        help="calibration images, e.g. camvid:../shared/datasets/camvid:train")
+    export.add_argument("--calibration-images", type=int, default=32, metavar="N",
+                        help="calibration images, spread over the split (default 32)")
+    export.add_argument("--calibration-method", choices=("minmax", "entropy", "percentile"), default="minmax")
+    export.add_argument("--reduce-range", action="store_true",
+                        help="7-bit weights, for CPUs without VNNI (default off: VNNI does not saturate)")
+    export.add_argument("--val-split", default="val",
+                        help="split of the calibration data set on which fp32 and int8 mIoU are compared")
+    export.add_argument("--val-images", type=int, metavar="N", help="compare on the first N images only")
+    export.add_argument("--min-agreement", type=float, default=0.9, metavar="FRACTION",
+                        help="int8 parity: smallest argmax agreement with the fp32 model on real images (0.9)")
+    export.set_defaults(run=_cmd_export)
     return parser
 
 
@@ -384,6 +447,12 @@ def _add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--flip", action="store_true", help="test-time augmentation: also predict the flipped image")
     parser.add_argument("--batch-size", type=int, default=4, help="windows per forward pass")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    parser.add_argument("--runtime", choices=("torch", "torch-optimized", "onnxruntime"),
+                        help="what runs the network: eager PyTorch (default for checkpoints), PyTorch with batch "
+                             "norms folded and channels-last, or ONNX Runtime (the default, and only, for --model)")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "fp16", "int8"),
+                        help="PyTorch autocast precision (default: what the run validated with); an ONNX file "
+                             "computes in its own (fp32 or int8)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -34,7 +34,7 @@ def test_api_writes_metrics_equal_to_training_evaluation(tiny_checkpoint: Path, 
     assert result.files == [tmp_path / "metrics.json", tmp_path / "confusion_matrix.png"]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
 
-    model, classes, normalization = load_model(tiny_checkpoint)
+    model, classes, normalization, _ = load_model(tiny_checkpoint)
     val_set = create_dataset("synthetic", split="val", transform=val_transform(**normalization), **VAL_SET)
     expected = evaluate(model, val_set, torch.device("cpu")).summary()
     assert metrics["summary"]["mean_iou"] == expected["mean_iou"]

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 import pixelwise
 from pixelwise.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from pixelwise.engine.inference import (
+    InferenceOptions,
     TiledStats,
     importance_map,
     predict_large_image,
@@ -153,7 +154,7 @@ def test_tta_averages_the_probabilities_of_every_view_mapped_back() -> None:
     tta = predict_logits(model, image, scales=(0.5, 1.25), flip=True)
     probs = []
     with torch.no_grad():
-        for size in ((18, 26), (46, 66)):  # round(37·s), round(53·s)
+        for size in ((19, 27), (46, 66)):  # 37·s and 53·s rounded half up (scaled_size)
             view = nn.functional.interpolate(image, size=size, mode="bilinear", align_corners=False)
             for logits in (model(view), model(view.flip(-1)).flip(-1)):
                 back = nn.functional.interpolate(logits, size=(37, 53), mode="bilinear", align_corners=False)
@@ -173,11 +174,12 @@ def test_tiled_prediction_matches_sliding_window_argmax(band: int | None, batch_
     image = np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8)
     expected = predict_logits(model, _normalise(image), mode="slide", window=128, stride=96,
                               batch_size=batch_size).argmax(1)[0]
-    labels = predict_large_image(model, image, num_classes=3, window=128, stride=96, batch_size=batch_size, band=band)
+    options = InferenceOptions.create(window=128, stride=96, batch_size=batch_size)
+    labels = predict_large_image(model, image, num_classes=3, options=options, band=band)
     assert labels.dtype == np.uint8 and labels.shape == (300, 400)
     np.testing.assert_array_equal(labels, expected.numpy())
     if band is None:
-        pil_labels = predict_large_image(model, Image.fromarray(image), 3, 128, 96, batch_size=batch_size)
+        pil_labels = predict_large_image(model, Image.fromarray(image), 3, options)
         np.testing.assert_array_equal(pil_labels, labels)
 
 
@@ -242,7 +244,7 @@ def test_bands_bound_blending_memory_whatever_the_image_size() -> None:
 def test_large_image_with_a_pointwise_model() -> None:
     model = _pointwise(num_classes=4)
     image = np.random.default_rng(1).integers(0, 256, (2000, 2000, 3), dtype=np.uint8)
-    labels = predict_large_image(model, image, num_classes=4, window=512, stride=384)
+    labels = predict_large_image(model, image, num_classes=4, options=InferenceOptions.create(window=512, stride=384))
     with torch.no_grad():
         expected = model(_normalise(image)).argmax(1)[0].numpy()
     # Blended logits differ from the direct ones by rounding only: that can flip an exact tie.

@@ -77,14 +77,18 @@ class LoadedModel(NamedTuple):
     """A model rebuilt from a checkpoint, with what prediction needs to go with it.
 
     Attributes:
-        model: the network, in eval mode, on the requested device.
+        model: what runs the network: the module, in eval mode, on the requested device, or a
+            runtime (:mod:`pixelwise.runtimes`) built from it or from an exported file.
         classes: class names, palette and ignore index the model was trained with.
         normalization: ``{"mean": [...], "std": [...]}`` applied to images scaled to [0, 1].
+        inference: the inference options the run validated with (``precision`` among them), or
+            ``None`` for checkpoints that predate the record.
     """
 
-    model: nn.Module
+    model: Any
     classes: ClassInfo
     normalization: dict[str, list[float]]
+    inference: dict[str, Any] | None = None
 
 
 def model_from_checkpoint(state: dict[str, Any], device: str | torch.device = "cpu",
@@ -109,7 +113,8 @@ def model_from_checkpoint(state: dict[str, Any], device: str | torch.device = "c
     model = create_model(spec["name"], num_classes=spec["num_classes"], **spec["options"])
     model.load_state_dict(state["model"])
     normalization = {key: [float(v) for v in state["normalization"][key]] for key in ("mean", "std")}
-    return LoadedModel(model.to(device).eval(), ClassInfo.from_dict(state["classes"]), normalization)
+    return LoadedModel(model.to(device).eval(), ClassInfo.from_dict(state["classes"]), normalization,
+                       state.get("inference"))
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:

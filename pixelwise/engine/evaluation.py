@@ -4,8 +4,11 @@
 root, options, validation split) comes from the recipe recorded in it, and any of these can be
 overridden (another format drops the recorded root and options: they belong to the recorded
 format). Inference runs whole-image, sliding-window and/or with test-time augmentation through
-:func:`~pixelwise.engine.inference.predict_logits`; whole-image inference with no augmentation
-is exactly what training's validation computes, so the numbers agree with the run's log.
+:func:`~pixelwise.engine.inference.predict_logits`, the path training's validation takes too;
+with the defaults (whole image, no augmentation, the precision the run validated with, which the
+checkpoint records) it computes what validation computed, so the numbers agree with the run's
+log. ``--runtime`` / ``--precision`` measure the same checkpoint in another runtime (optimised
+PyTorch, bf16, ONNX Runtime), and an exported ``.onnx`` file (fp32 or int8) is evaluated alike.
 
 With ``out_dir``, writes ``metrics.json`` (the summary, per-class IoU / Dice / accuracy with
 class names, the confusion matrix, and the data and inference options used) and
@@ -26,9 +29,10 @@ from rich.table import Table
 
 from pixelwise.data import ClassInfo, SegmentationDataset, create_dataset
 from pixelwise.data.transforms import val_transform
-from pixelwise.engine.checkpoint import LoadedModel, load_checkpoint, model_from_checkpoint
-from pixelwise.engine.inference import Blend, Mode, Size
-from pixelwise.engine.predict import InferenceOptions, ProgressCallback
+from pixelwise.engine.checkpoint import LoadedModel, load_checkpoint
+from pixelwise.engine.inference import Blend, InferenceOptions, Mode, Size
+from pixelwise.engine.loading import is_onnx, load_predictor
+from pixelwise.engine.predict import ProgressCallback
 from pixelwise.metrics import ConfusionMatrix
 
 
@@ -42,6 +46,7 @@ class EvaluationResult:
         checkpoint: the checkpoint evaluated.
         data: the data set used: ``format``, ``root``, ``split``, ``options``, ``num_images``.
         inference: how logits were computed.
+        runtime: what ran the network: ``runtime`` and ``precision``.
         iteration: the training iteration the checkpoint was saved at, when recorded.
         files: the files written (empty without ``out_dir``).
     """
@@ -53,6 +58,7 @@ class EvaluationResult:
     inference: InferenceOptions
     iteration: int | None = None
     files: list[Path] = field(default_factory=list)
+    runtime: dict[str, str] = field(default_factory=dict)
 
     def summary(self) -> dict:
         """Every metric, JSON-able (see :meth:`ConfusionMatrix.summary`)."""
@@ -71,7 +77,7 @@ class EvaluationResult:
         stats = self.summary()
         means = {key: value for key, value in stats.items() if not isinstance(value, list)}
         return {"checkpoint": self.checkpoint, "iteration": self.iteration, "data": self.data,
-                "inference": self.inference.to_dict(), "summary": means, "per_class": self.per_class(),
+                "inference": {**self.inference.to_dict(), **self.runtime}, "summary": means, "per_class": self.per_class(),
                 "confusion_matrix": {**self.matrix.to_dict(), "class_names": list(self.classes.names),
                                      "rows": "ground truth", "columns": "prediction"}}
 
@@ -120,12 +126,15 @@ def evaluate_checkpoint(checkpoint: str | Path, data_format: str | None = None, 
                         split: str | None = None, data_options: dict[str, Any] | None = None,
                         mode: Mode = "whole", window: Size = 512, stride: Size | None = None,
                         blend: Blend = "gaussian", scales: Sequence[float] = (1.0,), flip: bool = False,
-                        batch_size: int = 4, device: str | torch.device = "cpu", out_dir: str | Path | None = None,
+                        batch_size: int = 4, device: str | torch.device = "cpu", runtime: str | None = None,
+                        precision: str | None = None, out_dir: str | Path | None = None,
                         on_image: ProgressCallback | None = None) -> EvaluationResult:
-    """Measure a checkpoint on a data set split; optionally write ``metrics.json`` and a plot.
+    """Measure a checkpoint (or an exported ONNX file) on a data set split; optionally write
+    ``metrics.json`` and a plot.
 
     Args:
-        checkpoint: a checkpoint written by ``pixelwise train``.
+        checkpoint: a checkpoint written by ``pixelwise train``, or an ``.onnx`` file written by
+            ``pixelwise export`` (then ``data_format`` and ``root`` are needed).
         data_format: data set format (default: the recorded one); see :func:`resolve_data`.
         root: data set folder (default: the recorded one, for the recorded format).
         split: split to evaluate (default: the recorded validation split).
@@ -138,26 +147,46 @@ def evaluate_checkpoint(checkpoint: str | Path, data_format: str | None = None, 
         flip: test-time augmentation: also predict the flipped image.
         batch_size: windows per forward pass.
         device: where the model runs.
+        runtime: ``"torch"``, ``"torch-optimized"`` or ``"onnxruntime"``
+            (see :func:`~pixelwise.engine.loading.load_predictor`).
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (default: the precision the run
+            validated with, so the result reproduces the logged mIoU).
         out_dir: folder for ``metrics.json`` and ``confusion_matrix.png`` (``None``: no files).
         on_image: progress callback ``on_image(done, total)``.
     """
     options = InferenceOptions.create(mode, window, stride, blend, scales, flip, batch_size)
-    state = load_checkpoint(checkpoint)
-    loaded = model_from_checkpoint(state, device, repr(str(checkpoint)))
-    data = resolve_data((state.get("config") or {}).get("data"), data_format, root, split, data_options)
+    state = None if is_onnx(checkpoint) else load_checkpoint(checkpoint)
+    loaded = load_predictor(checkpoint, runtime, precision, device, state=state)
+    recorded = (state.get("config") or {}).get("data") if state is not None else None
+    data = resolve_data(recorded, data_format, root, split, data_options)
+    result = evaluate_loaded(loaded, data, options, device, on_image)
+    result.checkpoint, result.iteration = str(checkpoint), None if state is None else state.get("iteration")
+    if out_dir is not None:
+        result.files = write_evaluation(result, out_dir)
+    return result
+
+
+def evaluate_loaded(loaded: LoadedModel, data: dict[str, Any], options: InferenceOptions,
+                    device: str | torch.device = "cpu", on_image: ProgressCallback | None = None,
+                    limit: int | None = None) -> EvaluationResult:
+    """Measure a loaded model (any runtime) on a data set split (see :func:`resolve_data`).
+
+    Args:
+        limit: evaluate only the first ``limit`` images.
+    """
     dataset = _open_dataset(data, loaded)
-    data["num_images"] = len(dataset)
+    count = len(dataset) if limit is None else min(limit, len(dataset))
+    data = {**data, "num_images": count}
     matrix = ConfusionMatrix(loaded.classes.num_classes, dataset.classes.ignore_index, device=device)
-    for index in range(len(dataset)):
+    for index in range(count):
         image, mask = dataset[index]
         logits = options.logits(loaded.model, image[None])
         matrix.update_logits(mask[None].to(logits.device), logits)
         if on_image is not None:
-            on_image(index + 1, len(dataset))
-    result = EvaluationResult(matrix, loaded.classes, str(checkpoint), data, options, state.get("iteration"))
-    if out_dir is not None:
-        result.files = write_evaluation(result, out_dir)
-    return result
+            on_image(index + 1, count)
+    runtime = {"runtime": getattr(loaded.model, "name", "torch"),
+               "precision": getattr(loaded.model, "precision", options.precision or "fp32")}
+    return EvaluationResult(matrix, loaded.classes, "", data, options, None, runtime=runtime)
 
 
 # Files -----------------------------------------------------------------------------------------
@@ -226,7 +255,8 @@ def evaluation_table(result: EvaluationResult) -> Table:
     """Per-class IoU, Dice, accuracy and pixel counts, then the means, as a rich table."""
     data = result.data
     table = Table(title=f"{Path(result.checkpoint).name} on {data['format']} {data['split']} "
-                        f"({data['num_images']} images, {result.inference.mode})")
+                        f"({data['num_images']} images, {result.inference.mode}, "
+                        f"{' '.join(result.runtime.values())})")
     for column in ("class", "IoU %", "Dice %", "Acc %", "gt px", "pred px"):
         table.add_column(column, justify="left" if column == "class" else "right")
     for row in result.per_class():

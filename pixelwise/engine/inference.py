@@ -35,17 +35,19 @@ prediction (``softmax`` gives the mean back), so callers treat one view and many
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Callable, Iterator, Literal, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor, nn
+from torchvision.transforms.v2 import functional as TF
 
 from pixelwise.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from pixelwise.layers.resize import resize_bilinear, scaled_size
+from pixelwise.runtimes.base import Runtime, check_precision
+from pixelwise.runtimes.torch_runtime import TorchRuntime
 
 Mode = Literal["whole", "slide"]
 Blend = Literal["gaussian", "uniform"]
@@ -55,6 +57,11 @@ RegionReader = Callable[[int, int, int, int], Tensor]
 BlockSink = Callable[[int, int, Tensor], None]
 """``emit(top, left, block)``: a finished block of the output, ``(channels, height, width)``."""
 LabelSink = np.ndarray | Callable[[int, int, np.ndarray], None]
+Predictor = Runtime | nn.Module
+"""What runs the network: a :class:`~pixelwise.runtimes.Runtime`, or a PyTorch module."""
+Normalization = Mapping[str, Sequence[float]]
+"""``{"mean": [...], "std": [...]}`` per channel, applied to images scaled to [0, 1]."""
+IMAGENET_NORMALIZATION: Normalization = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
 
 
 # Window geometry ------------------------------------------------------------------------------
@@ -253,43 +260,41 @@ class TiledStats:
     largest_read: tuple[int, int] = field(default=(0, 0))
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    parameter = next(model.parameters(), None)
-    return parameter.device if parameter is not None else torch.device("cpu")
+def as_runtime(model: Predictor, precision: str | None = None) -> Runtime:
+    """What runs the network: a module is wrapped in a :class:`~pixelwise.runtimes.TorchRuntime`
+    (eval mode, no autograd, autocast at ``precision``); a runtime is used as it is.
+
+    Raises:
+        ValueError: a runtime asked for a precision other than its own.
+    """
+    if isinstance(model, nn.Module):
+        return TorchRuntime(model, precision or "fp32")
+    if precision is not None and precision != model.precision:
+        raise ValueError(f"the {model.name} runtime computes in {model.precision}, not {precision}; "
+                         f"build the runtime with the precision you want")
+    return model
 
 
-@contextmanager
-def _evaluating(model: nn.Module) -> Iterator[None]:
-    """Eval mode and no autograd, restoring the model's training flag afterwards."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            yield
-    finally:
-        model.train(was_training)
-
-
-def _forward(model: nn.Module, batch: Tensor, num_classes: int | None) -> Tensor:
-    logits = model(batch).float()  # blend in float32 even for a half-precision model
+def _forward(runtime: Runtime, batch: Tensor, num_classes: int | None) -> Tensor:
+    logits = runtime(batch).float()  # blend in float32 whatever the network computes in
     if logits.shape[-2:] != batch.shape[-2:] or (num_classes is not None and logits.shape[1] != num_classes):
         raise ValueError(f"model returned logits of shape {tuple(logits.shape)} for input {tuple(batch.shape)}; "
                          f"expected (N, {num_classes or 'classes'}, H, W) at the input size")
     return logits
 
 
-def run_windows(model: nn.Module, read_region: RegionReader, image_size: Size, emit: BlockSink,
+@torch.inference_mode()
+def run_windows(model: Predictor, read_region: RegionReader, image_size: Size, emit: BlockSink,
                 window: Size = 512, stride: Size = 341, blend: Blend = "gaussian", batch_size: int = 4,
                 num_classes: int | None = None, band: int | None = None) -> TiledStats:
     """Slide a window over an image, blend the overlapping logits, emit finished blocks.
 
-    The model must already be in eval mode, under ``torch.inference_mode()``.
-
     Args:
-        model: maps ``(N, channels, h, w)`` to logits ``(N, classes, h, w)``.
+        model: a runtime, or a module (run in fp32), mapping ``(N, channels, h, w)`` to logits
+            ``(N, classes, h, w)``.
         read_region: the image, a region at a time (only window-sized regions are asked for).
         image_size: ``(height, width)`` of the image.
-        emit: receives each finished block of blended logits (float32, on the model's device),
+        emit: receives each finished block of blended logits (float32, on the runtime's device),
             every pixel exactly once.
         window: window size.
         stride: largest step between windows.
@@ -302,29 +307,29 @@ def run_windows(model: nn.Module, read_region: RegionReader, image_size: Size, e
     """
     if batch_size < 1 or (band is not None and band < 1):
         raise ValueError(f"batch_size and band must be positive, got {batch_size} and {band}")
+    runtime = as_runtime(model)
     height, width = _pair(image_size)
     (window_h, window_w), (stride_h, stride_w) = _pair(window), _pair(stride)
     rows, cols = _Axis.build(height, window_h, stride_h), _Axis.build(width, window_w, stride_w)
-    weights = importance_map((rows.window, cols.window), blend).to(_model_device(model))
+    weights = importance_map((rows.window, cols.window), blend).to(runtime.device)
     windows = sliding_windows((height, width), window, stride)
     stats = TiledStats(largest_read=windows[0][2:])
     for cells in _bands(rows, cols, band):
         blender = _CellBlender(rows, cols, cells, weights, emit)
-        _run_band(model, read_region, [w for w in windows if blender.touches(*w[:2])], blender, batch_size,
+        _run_band(runtime, read_region, [w for w in windows if blender.touches(*w[:2])], blender, batch_size,
                   num_classes, stats)
         stats.bands += 1
         stats.peak_blend_bytes = max(stats.peak_blend_bytes, blender.peak_bytes)
     return stats
 
 
-def _run_band(model: nn.Module, read_region: RegionReader, windows: list[tuple[int, int, int, int]],
+def _run_band(runtime: Runtime, read_region: RegionReader, windows: list[tuple[int, int, int, int]],
               blender: _CellBlender, batch_size: int, num_classes: int | None, stats: TiledStats) -> None:
-    """Run the windows touching one band through the model, a batch at a time, and blend them."""
-    device = _model_device(model)
+    """Run the windows touching one band through the network, a batch at a time, and blend them."""
     for start in range(0, len(windows), batch_size):
         chunk = windows[start:start + batch_size]
-        batch = torch.stack([read_region(*region) for region in chunk]).to(device)
-        for (top, left, _, _), logits in zip(chunk, _forward(model, batch, num_classes)):
+        batch = torch.stack([read_region(*region) for region in chunk]).to(runtime.device)
+        for (top, left, _, _), logits in zip(chunk, _forward(runtime, batch, num_classes)):
             blender.add(top, left, logits)
         stats.windows += len(chunk)
         stats.forwards += 1
@@ -332,7 +337,7 @@ def _run_band(model: nn.Module, read_region: RegionReader, windows: list[tuple[i
 
 # Whole-image and sliding-window logits, with test-time augmentation ---------------------------
 
-def _slide(model: nn.Module, images: Tensor, window: Size, stride: Size, blend: Blend, batch_size: int) -> Tensor:
+def _slide(runtime: Runtime, images: Tensor, window: Size, stride: Size, blend: Blend, batch_size: int) -> Tensor:
     """Sliding-window logits of each image of a batch."""
     outputs = []
     for image in images:
@@ -346,30 +351,32 @@ def _slide(model: nn.Module, images: Tensor, window: Size, stride: Size, blend: 
         def read(top: int, left: int, height: int, width: int) -> Tensor:
             return image[:, top:top + height, left:left + width]
 
-        run_windows(model, read, image.shape[-2:], paste, window, stride, blend, batch_size)
+        run_windows(runtime, read, image.shape[-2:], paste, window, stride, blend, batch_size)
         outputs.append(canvas[0])
     return torch.stack(outputs)
 
 
-def _predict_view(model: nn.Module, images: Tensor, mode: Mode, window: Size, stride: Size, blend: Blend,
+def _predict_view(runtime: Runtime, images: Tensor, mode: Mode, window: Size, stride: Size, blend: Blend,
                   batch_size: int) -> Tensor:
     if mode == "whole":
-        return _forward(model, images, None)
+        return _forward(runtime, images, None)
     if mode == "slide":
-        return _slide(model, images, window, stride, blend, batch_size)
+        return _slide(runtime, images, window, stride, blend, batch_size)
     raise ValueError(f"mode must be 'whole' or 'slide', got {mode!r}")
 
 
-def predict_logits(model: nn.Module, image: Tensor, mode: Mode = "whole", window: Size = (512, 512),
+@torch.inference_mode()
+def predict_logits(model: Predictor, image: Tensor, mode: Mode = "whole", window: Size = (512, 512),
                    stride: Size = (341, 341), blend: Blend = "gaussian", batch_size: int = 4,
-                   scales: Sequence[float] = (1.0,), flip: bool = False) -> Tensor:
+                   scales: Sequence[float] = (1.0,), flip: bool = False, precision: str | None = None) -> Tensor:
     """Logits of a batch of images at their size: whole, sliding window, multi-scale and flip.
 
-    Runs in eval mode (the model's training flag is restored afterwards) under
-    ``torch.inference_mode()``, on the model's device.
+    Runs under ``torch.inference_mode()``; a module runs in eval mode (its training flag is
+    restored afterwards), on its device.
 
     Args:
-        model: maps ``(N, channels, H, W)`` to logits ``(N, classes, H, W)``.
+        model: a runtime, or a module mapping ``(N, channels, H, W)`` to logits
+            ``(N, classes, H, W)``.
         image: normalised images ``(N, channels, H, W)``.
         mode: ``"whole"`` (one forward pass) or ``"slide"`` (overlapping windows, blended).
         window: window size for ``"slide"``, in pixels of the (rescaled) image.
@@ -378,34 +385,103 @@ def predict_logits(model: nn.Module, image: Tensor, mode: Mode = "whole", window
         batch_size: windows per forward pass for ``"slide"``.
         scales: factors the image is resized by before prediction (test-time augmentation).
         flip: also predict the horizontally flipped image at each scale.
+        precision: autocast precision of a module (``None``: fp32; see :func:`as_runtime`).
 
     Returns:
-        Logits ``(N, classes, H, W)`` on the model's device: the model's own for a single view
-        (``scales=(1.0,)``, no flip); for several views, the log of their mean softmax
-        probability.
+        Logits ``(N, classes, H, W)`` (float32) on the runtime's device: the network's own for a
+        single view (``scales=(1.0,)``, no flip); for several views, the log of their mean
+        softmax probability.
     """
     if image.dim() != 4:
         raise ValueError(f"expected images (N, C, H, W), got shape {tuple(image.shape)}")
     if not scales:
         raise ValueError("scales must name at least one scale")
+    runtime = as_runtime(model, precision)
     size = image.shape[-2:]
-    with _evaluating(model):
-        image = image.to(_model_device(model))
-        views = [(scale, flipped) for scale in scales for flipped in ((False, True) if flip else (False,))]
-        if len(views) == 1 and views[0][0] == 1.0:
-            return _predict_view(model, image, mode, window, stride, blend, batch_size)
-        mean_probs = None
-        for scale, flipped in views:
-            view = resize_bilinear(image, scaled_size(size, scale))
-            view = view.flip(-1) if flipped else view
-            logits = _predict_view(model, view, mode, window, stride, blend, batch_size)
-            probs = resize_bilinear(logits.flip(-1) if flipped else logits, size).softmax(1)
-            mean_probs = probs if mean_probs is None else mean_probs.add_(probs)
-        # Clamped so a class no view gives any probability stays finite (-87, not -inf).
-        return mean_probs.div_(len(views)).clamp_min_(torch.finfo(mean_probs.dtype).tiny).log_()
+    image = image.to(runtime.device)
+    views = [(scale, flipped) for scale in scales for flipped in ((False, True) if flip else (False,))]
+    if len(views) == 1 and views[0][0] == 1.0:
+        return _predict_view(runtime, image, mode, window, stride, blend, batch_size)
+    mean_probs = None
+    for scale, flipped in views:
+        view = resize_bilinear(image, scaled_size(size, scale))
+        view = view.flip(-1) if flipped else view
+        logits = _predict_view(runtime, view, mode, window, stride, blend, batch_size)
+        probs = resize_bilinear(logits.flip(-1) if flipped else logits, size).softmax(1)
+        mean_probs = probs if mean_probs is None else mean_probs.add_(probs)
+    # Clamped so a class no view gives any probability stays finite (-87, not -inf).
+    return mean_probs.div_(len(views)).clamp_min_(torch.finfo(mean_probs.dtype).tiny).log_()
+
+
+# The options every caller shares -------------------------------------------------------------
+
+def default_stride(window: Size) -> tuple[int, int]:
+    """Two thirds of the window on each side (341 for 512): every pixel away from the border is
+    seen by at least two windows, so blending has a centre to prefer over an edge."""
+    height, width = _pair(window)
+    return max(1, round(height * 2 / 3)), max(1, round(width * 2 / 3))
+
+
+@dataclass(frozen=True)
+class InferenceOptions:
+    """How logits are computed, shared by training validation, evaluation, prediction and the
+    service (see :func:`predict_logits`).
+
+    Build with :meth:`create`, which checks every value before any work starts. ``precision``
+    is the autocast precision of a PyTorch model (``None``: fp32, or a runtime's own).
+    """
+
+    mode: Mode = "whole"
+    window: tuple[int, int] = (512, 512)
+    stride: tuple[int, int] = (341, 341)
+    blend: Blend = "gaussian"
+    scales: tuple[float, ...] = (1.0,)
+    flip: bool = False
+    batch_size: int = 4
+    precision: str | None = None
+
+    @classmethod
+    def create(cls, mode: Mode = "whole", window: Size = 512, stride: Size | None = None,
+               blend: Blend = "gaussian", scales: Sequence[float] = (1.0,), flip: bool = False,
+               batch_size: int = 4, precision: str | None = None) -> InferenceOptions:
+        """Checked options; ``stride=None`` is :func:`default_stride` of the window."""
+        if mode not in ("whole", "slide"):
+            raise ValueError(f"mode must be 'whole' or 'slide', got {mode!r}")
+        if blend not in ("gaussian", "uniform"):
+            raise ValueError(f"blend must be 'gaussian' or 'uniform', got {blend!r}")
+        if not scales or any(scale <= 0 for scale in scales):
+            raise ValueError(f"scales must be one or more positive factors, got {list(scales)}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if precision is not None:
+            check_precision(precision)
+        window = _pair(window)
+        stride = default_stride(window) if stride is None else _pair(stride)
+        for side, step in zip(window, stride):
+            window_starts(side, side, step)  # raises unless 1 <= stride <= window
+        return cls(mode, window, stride, blend, tuple(float(s) for s in scales), bool(flip), batch_size, precision)
+
+    @property
+    def augmented(self) -> bool:
+        """Whether test-time augmentation (several scales, or flips) is on."""
+        return self.flip or self.scales != (1.0,)
+
+    def logits(self, model: Predictor, images: Tensor) -> Tensor:
+        """Logits ``(N, classes, H, W)`` of normalised images ``(N, 3, H, W)``."""
+        return predict_logits(model, images, self.mode, self.window, self.stride, self.blend, self.batch_size,
+                              self.scales, self.flip, self.precision)
+
+    def to_dict(self) -> dict:
+        """JSON-able form, for metrics files and checkpoints."""
+        return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}
 
 
 # Images larger than memory --------------------------------------------------------------------
+
+def label_dtype(num_classes: int) -> type:
+    """The dtype of class-index maps: uint8 up to 256 classes, else int32."""
+    return np.uint8 if num_classes <= 256 else np.int32
+
 
 def _label_writer(sink: LabelSink, image_size: tuple[int, int]) -> Callable[[int, int, np.ndarray], None]:
     if callable(sink):
@@ -418,7 +494,7 @@ def _label_writer(sink: LabelSink, image_size: tuple[int, int]) -> Callable[[int
     return write
 
 
-def predict_tiled(model: nn.Module, read_region: RegionReader, image_size: Size, num_classes: int,
+def predict_tiled(model: Predictor, read_region: RegionReader, image_size: Size, num_classes: int,
                   window: Size = (512, 512), stride: Size = (341, 341), blend: Blend = "gaussian",
                   batch_size: int = 4, write_labels: LabelSink | None = None,
                   write_probs: Callable[[int, int, Tensor], None] | None = None, band: int | None = 4096,
@@ -433,7 +509,8 @@ def predict_tiled(model: nn.Module, read_region: RegionReader, image_size: Size,
     stride and blend.
 
     Args:
-        model: maps ``(N, channels, h, w)`` to logits ``(N, num_classes, h, w)``.
+        model: a runtime, or a module (run in fp32), mapping ``(N, channels, h, w)`` to logits
+            ``(N, num_classes, h, w)``.
         read_region: ``read_region(top, left, height, width)`` gives the normalised image there,
             ``(channels, height, width)``: from a file, a memory map, or generated.
         image_size: ``(height, width)``.
@@ -444,7 +521,7 @@ def predict_tiled(model: nn.Module, read_region: RegionReader, image_size: Size,
         batch_size: windows per forward pass.
         write_labels: where class indices go: an array ``(height, width)`` (a ``np.memmap``
             keeps even the output out of memory), or ``write_labels(top, left, labels)``
-            called with each finished block ``(h, w)`` (uint8 up to 256 classes, else int32).
+            called with each finished block ``(h, w)`` (see :func:`label_dtype`).
         write_probs: called as ``write_probs(top, left, probs)`` with each finished block's
             softmax probabilities ``(num_classes, h, w)`` on the CPU.
         band: about the longest strip of overlaps held, in pixels across the image's shorter
@@ -455,67 +532,79 @@ def predict_tiled(model: nn.Module, read_region: RegionReader, image_size: Size,
         Counts of the work done and the memory held for blending.
     """
     height, width = _pair(image_size)
-    label_dtype = np.uint8 if num_classes <= 256 else np.int32
+    dtype = label_dtype(num_classes)
     write = _label_writer(write_labels, (height, width)) if write_labels is not None else None
 
     def emit(top: int, left: int, logits: Tensor) -> None:
         if write is not None:
-            write(top, left, logits.argmax(0).cpu().numpy().astype(label_dtype))
+            write(top, left, logits.argmax(0).cpu().numpy().astype(dtype))
         if write_probs is not None:
             write_probs(top, left, logits.softmax(0).cpu())
 
-    with _evaluating(model):
-        return run_windows(model, read_region, (height, width), emit, window, stride, blend, batch_size,
-                           num_classes, band)
+    return run_windows(model, read_region, (height, width), emit, window, stride, blend, batch_size, num_classes,
+                       band)
 
 
-def _normalising_reader(image: np.ndarray, normalize: tuple[Sequence[float], Sequence[float]] | None,
-                        ) -> RegionReader:
-    """Reads regions of a ``(H, W, C)`` uint8 array as normalised float tensors, one at a time."""
-    channels = image.shape[2]
-    mean, std = normalize if normalize is not None else ((0.0,) * channels, (1.0,) * channels)
-    mean_t, std_t = (torch.tensor(values, dtype=torch.float32).view(-1, 1, 1) for values in (mean, std))
-
-    def read(top: int, left: int, height: int, width: int) -> Tensor:
-        tile = torch.from_numpy(np.ascontiguousarray(image[top:top + height, left:left + width]))
-        return (tile.permute(2, 0, 1).float() / 255 - mean_t) / std_t
-    return read
-
-
-def predict_large_image(model: nn.Module, image: np.ndarray | Image.Image, num_classes: int,
-                        window: Size = (512, 512), stride: Size = (341, 341),
-                        normalize: tuple[Sequence[float], Sequence[float]] | None = (IMAGENET_MEAN, IMAGENET_STD),
-                        blend: Blend = "gaussian", batch_size: int = 4, band: int | None = 4096,
-                        out: np.ndarray | None = None) -> np.ndarray:
-    """Class indices of a large ``(H, W, 3)`` uint8 image, predicted with bounded memory.
-
-    Each window is normalised as it is read; no float copy of the image is ever made, and no
-    full-image logits (see :func:`predict_tiled`).
+def normalize_image(pixels: np.ndarray, normalization: Normalization | None = None) -> Tensor:
+    """``(H, W, C)`` uint8 pixels → float ``(C, H, W)`` scaled to [0, 1] and normalised: the
+    operations of the validation transform (:func:`~pixelwise.data.transforms.val_transform`),
+    so prediction sees what evaluation saw.
 
     Args:
-        model: maps normalised ``(N, 3, h, w)`` images to logits ``(N, num_classes, h, w)``.
+        pixels: the image (or a window of it).
+        normalization: ``{"mean": [...], "std": [...]}`` per channel; ``None``: only scaled.
+    """
+    # A copy: decoded images are read-only arrays, which torch.from_numpy warns about; the uint8
+    # copy of one window (or image) costs a quarter of the float tensor made from it anyway.
+    image = TF.to_dtype(torch.from_numpy(np.array(pixels, copy=True)).permute(2, 0, 1), torch.float32, scale=True)
+    if normalization is None:
+        return image
+    return TF.normalize(image, list(normalization["mean"]), list(normalization["std"]))
+
+
+def predict_large_image(model: Predictor, image: np.ndarray | Image.Image, num_classes: int,
+                        options: InferenceOptions | None = None,
+                        normalization: Normalization | None = IMAGENET_NORMALIZATION, band: int | None = 4096,
+                        out: np.ndarray | None = None, probabilities: np.ndarray | None = None) -> np.ndarray:
+    """Class indices of a large ``(H, W, 3)`` uint8 image, predicted window by window with
+    bounded memory: the one large-image route of prediction and the service.
+
+    Each window is normalised as it is read; no float copy of the image is ever made, and no
+    full-image logits (see :func:`predict_tiled`). The options' mode and test-time augmentation
+    do not apply (a window at a time is the point).
+
+    Args:
+        model: a runtime, or a module (run at the options' precision).
         image: the image, ``(H, W, 3)`` uint8; a ``np.memmap`` keeps it on disk.
         num_classes: number of classes the model predicts.
-        window: window size.
-        stride: largest step between windows (at most the window).
-        normalize: ``(mean, std)`` per channel, applied after scaling to [0, 1]; ``None``
-            only scales.
-        blend: ``"gaussian"`` or ``"uniform"`` weighting of overlapping windows.
-        batch_size: windows per forward pass.
+        options: window, stride, blend, batch size and precision (default: 512 windows).
+        normalization: ``{"mean": [...], "std": [...]}`` per channel, applied after scaling to
+            [0, 1]; ``None`` only scales.
         band: the longest strip of overlaps held, see :func:`predict_tiled`.
         out: array ``(H, W)`` to write into (for example a ``np.memmap``); by default a new
-            uint8 array (int32 above 256 classes).
+            array of :func:`label_dtype`.
+        probabilities: an array ``(C, H, W)`` (a memory map, typically) to fill with the softmax
+            probabilities, block by block.
 
     Returns:
         The class-index map ``(H, W)``.
     """
+    options = options or InferenceOptions.create()
     if isinstance(image, Image.Image):
         image = np.asarray(image.convert("RGB"))
     if image.ndim != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected a (H, W, C) uint8 image, got shape {image.shape} and dtype {image.dtype}")
     size = image.shape[:2]
     if out is None:
-        out = np.empty(size, dtype=np.uint8 if num_classes <= 256 else np.int32)
-    predict_tiled(model, _normalising_reader(image, normalize), size, num_classes, window, stride, blend,
-                  batch_size, write_labels=out, band=band)
+        out = np.empty(size, dtype=label_dtype(num_classes))
+
+    def read(top: int, left: int, height: int, width: int) -> Tensor:
+        return normalize_image(image[top:top + height, left:left + width], normalization)
+
+    def write_probs(top: int, left: int, block: Tensor) -> None:
+        probabilities[:, top:top + block.shape[1], left:left + block.shape[2]] = block.numpy()
+
+    predict_tiled(as_runtime(model, options.precision), read, size, num_classes, options.window, options.stride,
+                  options.blend, options.batch_size, write_labels=out,
+                  write_probs=write_probs if probabilities is not None else None, band=band)
     return out

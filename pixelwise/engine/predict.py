@@ -23,7 +23,7 @@ overlays line up with what the user sees.
 command line then exits with status 1 at the end.
 
 **Large images.** An image of more than ``tile_threshold_pixels`` pixels is predicted window by
-window (:func:`~pixelwise.engine.inference.predict_tiled`, whatever ``mode``, with the given
+window (:func:`~pixelwise.engine.inference.predict_large_image`, whatever ``mode``, with the given
 window, stride and blend): the model never sees more than a window, and neither full-image
 logits nor a float copy of the image are formed. Test-time augmentation is not applied to such
 images (the report's notes say so); probabilities, when asked for, go straight into a
@@ -40,14 +40,22 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 from PIL import Image
-from torch import Tensor, nn
-from torchvision.transforms.v2 import functional as TF
+from torch import Tensor
 
 from pixelwise.data.classes import ClassInfo
 from pixelwise.data.formats import IMAGE_EXTENSIONS
 from pixelwise.data.io import DataError, decode_image
-from pixelwise.engine.checkpoint import LoadedModel, load_model
-from pixelwise.engine.inference import Blend, Mode, Size, predict_logits, predict_tiled, window_starts
+from pixelwise.engine.checkpoint import LoadedModel
+from pixelwise.engine.inference import (
+    Blend,
+    InferenceOptions,
+    Mode,
+    Size,
+    label_dtype,
+    normalize_image,
+    predict_large_image,
+)
+from pixelwise.engine.loading import load_predictor
 
 DEFAULT_TILE_THRESHOLD = 4096 * 4096
 """Pixels above which an image is predicted tile by tile. At 16.8 megapixels a whole-image pass
@@ -55,68 +63,6 @@ holds 1.4 GB of float32 logits for 21 classes alone, and several times that in a
 
 ProgressCallback = Callable[[int, int], None]
 """``on_image(done, total)``, called after each image."""
-
-
-# Inference options -----------------------------------------------------------------------------
-
-def _pair(value: Size) -> tuple[int, int]:
-    return (int(value), int(value)) if isinstance(value, int) else (int(value[0]), int(value[1]))
-
-
-def default_stride(window: Size) -> tuple[int, int]:
-    """Two thirds of the window on each side (341 for 512): every pixel away from the border is
-    seen by at least two windows, so blending has a centre to prefer over an edge."""
-    height, width = _pair(window)
-    return max(1, round(height * 2 / 3)), max(1, round(width * 2 / 3))
-
-
-@dataclass(frozen=True)
-class InferenceOptions:
-    """How logits are computed, shared by evaluation and prediction (see :func:`predict_logits`).
-
-    Build with :meth:`create`, which checks every value before any work starts.
-    """
-
-    mode: Mode = "whole"
-    window: tuple[int, int] = (512, 512)
-    stride: tuple[int, int] = (341, 341)
-    blend: Blend = "gaussian"
-    scales: tuple[float, ...] = (1.0,)
-    flip: bool = False
-    batch_size: int = 4
-
-    @classmethod
-    def create(cls, mode: Mode = "whole", window: Size = 512, stride: Size | None = None,
-               blend: Blend = "gaussian", scales: Sequence[float] = (1.0,), flip: bool = False,
-               batch_size: int = 4) -> InferenceOptions:
-        """Checked options; ``stride=None`` is :func:`default_stride` of the window."""
-        if mode not in ("whole", "slide"):
-            raise ValueError(f"mode must be 'whole' or 'slide', got {mode!r}")
-        if blend not in ("gaussian", "uniform"):
-            raise ValueError(f"blend must be 'gaussian' or 'uniform', got {blend!r}")
-        if not scales or any(scale <= 0 for scale in scales):
-            raise ValueError(f"scales must be one or more positive factors, got {list(scales)}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        window = _pair(window)
-        stride = default_stride(window) if stride is None else _pair(stride)
-        for side, step in zip(window, stride):
-            window_starts(side, side, step)  # raises unless 1 <= stride <= window
-        return cls(mode, window, stride, blend, tuple(float(s) for s in scales), bool(flip), batch_size)
-
-    @property
-    def augmented(self) -> bool:
-        """Whether test-time augmentation (several scales, or flips) is on."""
-        return self.flip or self.scales != (1.0,)
-
-    def logits(self, model: nn.Module, images: Tensor) -> Tensor:
-        """Logits ``(N, classes, H, W)`` of normalised images ``(N, 3, H, W)``."""
-        return predict_logits(model, images, self.mode, self.window, self.stride, self.blend, self.batch_size,
-                              self.scales, self.flip)
-
-    def to_dict(self) -> dict:
-        """JSON-able form, for metrics files."""
-        return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}
 
 
 # Inputs ----------------------------------------------------------------------------------------
@@ -217,53 +163,13 @@ def overlay(pixels: np.ndarray, labels: np.ndarray, classes: ClassInfo, alpha: f
 
 # Predicting one image --------------------------------------------------------------------------
 
-def _normalised(pixels: np.ndarray, normalization: dict[str, list[float]]) -> Tensor:
-    """``(H, W, 3)`` uint8 → normalised float ``(3, H, W)``, with the operations of the
-    validation transform (``val_transform``), so prediction sees what evaluation saw."""
-    # A copy: decoded images are read-only arrays, which torch.from_numpy warns about; the uint8
-    # copy of one window (or image) costs a quarter of the float tensor made from it anyway.
-    image = torch.from_numpy(np.array(pixels, copy=True)).permute(2, 0, 1)
-    return TF.normalize(TF.to_dtype(image, torch.float32, scale=True), normalization["mean"], normalization["std"])
-
-
-def _label_dtype(num_classes: int) -> type:
-    return np.uint8 if num_classes <= 256 else np.int32
-
-
 def predict_whole(loaded: LoadedModel, pixels: np.ndarray, options: InferenceOptions,
                   ) -> tuple[np.ndarray, Tensor]:
     """Class indices ``(H, W)`` and softmax probabilities ``(C, H, W)`` (CPU) of one image,
     with the options' mode and test-time augmentation."""
-    logits = options.logits(loaded.model, _normalised(pixels, loaded.normalization)[None])[0]
-    labels = logits.argmax(0).cpu().numpy().astype(_label_dtype(loaded.classes.num_classes))
+    logits = options.logits(loaded.model, normalize_image(pixels, loaded.normalization)[None])[0]
+    labels = logits.argmax(0).cpu().numpy().astype(label_dtype(loaded.classes.num_classes))
     return labels, logits.softmax(0).cpu()
-
-
-def predict_large(loaded: LoadedModel, pixels: np.ndarray, options: InferenceOptions,
-                  probabilities: np.ndarray | None = None) -> np.ndarray:
-    """Class indices ``(H, W)`` of one image, window by window with bounded memory.
-
-    Args:
-        loaded: the model and its normalisation.
-        pixels: the image ``(H, W, 3)`` uint8.
-        options: window, stride, blend and batch size (mode and augmentation do not apply).
-        probabilities: an array ``(C, H, W)`` (a memory map, typically) to fill with the softmax
-            probabilities, block by block.
-    """
-    height, width = pixels.shape[:2]
-    num_classes = loaded.classes.num_classes
-
-    def read(top: int, left: int, rows: int, cols: int) -> Tensor:
-        return _normalised(pixels[top:top + rows, left:left + cols], loaded.normalization)
-
-    def write_probs(top: int, left: int, block: Tensor) -> None:
-        probabilities[:, top:top + block.shape[1], left:left + block.shape[2]] = block.numpy()
-
-    labels = np.empty((height, width), dtype=_label_dtype(num_classes))
-    predict_tiled(loaded.model, read, (height, width), num_classes, options.window, options.stride, options.blend,
-                  options.batch_size, write_labels=labels,
-                  write_probs=write_probs if probabilities is not None else None)
-    return labels
 
 
 # Predicting files ------------------------------------------------------------------------------
@@ -329,7 +235,8 @@ def _predict_one(loaded: LoadedModel, source: Path, out_dir: Path, options: Infe
             notes.append("test-time augmentation (scales, flip) is not applied to tiled images")
         probs = None if probs_path is None else np.lib.format.open_memmap(
             probs_path, mode="w+", dtype=probability_dtype, shape=(loaded.classes.num_classes, height, width))
-        labels = predict_large(loaded, pixels, options, probs)
+        labels = predict_large_image(loaded.model, pixels, loaded.classes.num_classes, options,
+                                     loaded.normalization, probabilities=probs)
         if probs is not None:
             probs.flush()
             del probs  # closes the memory map
@@ -346,7 +253,8 @@ def _predict_one(loaded: LoadedModel, source: Path, out_dir: Path, options: Infe
 def predict_files(checkpoint: str | Path | LoadedModel, inputs: Sequence[str | Path], out_dir: str | Path,
                   mode: Mode = "whole", window: Size = 512, stride: Size | None = None, blend: Blend = "gaussian",
                   scales: Sequence[float] = (1.0,), flip: bool = False, batch_size: int = 4,
-                  device: str | torch.device = "cpu", save_probabilities: bool = False,
+                  device: str | torch.device = "cpu", runtime: str | None = None, precision: str | None = None,
+                  save_probabilities: bool = False,
                   probability_dtype: str = "float16", tile_threshold_pixels: int = DEFAULT_TILE_THRESHOLD,
                   overlay_alpha: float = 0.5, skip_unreadable: bool = False,
                   on_image: ProgressCallback | None = None) -> PredictionReport:
@@ -355,8 +263,8 @@ def predict_files(checkpoint: str | Path | LoadedModel, inputs: Sequence[str | P
     See the module docstring for the outputs, inputs, errors and large images.
 
     Args:
-        checkpoint: a checkpoint written by ``pixelwise train``, or a model already loaded
-            with :func:`~pixelwise.engine.checkpoint.load_model`.
+        checkpoint: a checkpoint written by ``pixelwise train``, an ONNX file written by
+            ``pixelwise export``, or a model already loaded (:func:`~pixelwise.engine.loading.load_predictor`).
         inputs: image files, folders and glob patterns.
         out_dir: the output folder (created).
         mode: ``"whole"`` (one forward pass per image) or ``"slide"`` (overlapping windows).
@@ -367,6 +275,9 @@ def predict_files(checkpoint: str | Path | LoadedModel, inputs: Sequence[str | P
         flip: test-time augmentation: also predict the horizontally flipped image.
         batch_size: windows per forward pass.
         device: where the model runs (ignored when ``checkpoint`` is a loaded model).
+        runtime: ``"torch"``, ``"torch-optimized"`` or ``"onnxruntime"`` (see
+            :func:`~pixelwise.engine.loading.load_predictor`).
+        precision: ``"fp32"``, ``"bf16"``, ``"fp16"`` (default: what the run validated with).
         save_probabilities: also write ``<stem>_probs.npy``.
         probability_dtype: ``"float16"`` (half the disk) or ``"float32"``.
         tile_threshold_pixels: images with more pixels than this are predicted tile by tile.
@@ -385,7 +296,8 @@ def predict_files(checkpoint: str | Path | LoadedModel, inputs: Sequence[str | P
     images = expand_inputs(inputs)
     out_dir = Path(out_dir)
     _check_outputs(images, out_dir)
-    loaded = checkpoint if isinstance(checkpoint, LoadedModel) else load_model(checkpoint, device)
+    loaded = checkpoint if isinstance(checkpoint, LoadedModel) else load_predictor(checkpoint, runtime, precision,
+                                                                                     device)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = PredictionReport(out_dir)
     for done, source in enumerate(images, start=1):

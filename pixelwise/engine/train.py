@@ -22,7 +22,6 @@ import logging
 import math
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -36,6 +35,7 @@ from pixelwise.data import ClassInfo, SegmentationDataset, create_dataset
 from pixelwise.data.transforms import IMAGENET_MEAN, IMAGENET_STD, train_transform, val_transform
 from pixelwise.engine.budget import EVAL_PROBE_IMAGES, RECENT_STEPS, BudgetClock, BudgetPlan, iterations_for_budget
 from pixelwise.engine.checkpoint import load_checkpoint, save_checkpoint
+from pixelwise.engine.inference import InferenceOptions
 from pixelwise.engine.distributed import (DistributedContext, broadcast_object, convert_sync_batchnorm,
                                           distributed_session, gather_objects, mean_over_processes, sync_buffers,
                                           unwrap, wrap_model)
@@ -45,6 +45,7 @@ from pixelwise.losses import (class_pixel_counts, create_loss, inverse_frequency
                               median_frequency_weights)
 from pixelwise.metrics import ConfusionMatrix
 from pixelwise.models import SegmentationModel, create_model
+from pixelwise.runtimes import autocast_context
 
 logger = logging.getLogger(__name__)
 
@@ -170,18 +171,6 @@ def learning_rate(iteration: int, total: int | None, config: Config) -> float:
     return schedule.min_lr + (base - schedule.min_lr) * factor
 
 
-def autocast_context(amp: str | None, device: torch.device):
-    """bf16 autocast on CPU or CUDA, fp16 on CUDA only; ``None`` for full precision."""
-    if amp is None:
-        return nullcontext()
-    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
-    if amp not in dtypes:
-        raise ValueError(f"train.amp {amp!r} is not supported; choose bf16, fp16 or null")
-    if amp == "fp16" and device.type != "cuda":
-        raise ValueError("train.amp=fp16 needs a CUDA device; on CPU use train.amp=bf16")
-    return torch.autocast(device.type, dtype=dtypes[amp])
-
-
 def evaluate(model: nn.Module, dataset: SegmentationDataset, device: torch.device,
              amp: str | None = None, context: DistributedContext | None = None) -> ConfusionMatrix:
     """Whole-image inference over ``dataset`` into a confusion matrix (one image at a time:
@@ -196,16 +185,20 @@ def evaluate(model: nn.Module, dataset: SegmentationDataset, device: torch.devic
     return matrix.all_reduce() if context.distributed else matrix
 
 
-@torch.inference_mode()
+def validation_inference(amp: str | None) -> InferenceOptions:
+    """How validation computes logits (whole image, the training precision); checkpoints record
+    it, so ``pixelwise evaluate`` computes the same."""
+    return InferenceOptions.create(precision=amp or "fp32")
+
+
 def _evaluate_images(model: nn.Module, dataset: SegmentationDataset, indices: range, device: torch.device,
                      amp: str | None) -> ConfusionMatrix:
     classes = dataset.classes
     matrix = ConfusionMatrix(classes.num_classes, classes.ignore_index, device=device)
-    model.eval()
+    options = validation_inference(amp)
     for image, mask in DataLoader(Subset(dataset, indices), batch_size=1, num_workers=0):
-        with autocast_context(amp, device):
-            logits = model(image.to(device))
-        matrix.update_logits(mask.to(device), logits.float())
+        logits = options.logits(model, image.to(device))
+        matrix.update_logits(mask.to(device), logits)
     return matrix
 
 
@@ -252,6 +245,7 @@ def checkpoint_state(model: nn.Module, optimizer: torch.optim.Optimizer, config:
         "rng": rng_states[0], "rng_per_rank": rng_states, "config": config_to_dict(config),
         "model_spec": model_spec(config, classes.num_classes), "classes": classes.to_dict(),
         "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+        "inference": validation_inference(config.train.amp).to_dict(),
     }
 
 

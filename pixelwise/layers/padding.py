@@ -1,6 +1,7 @@
 """Padding helpers that let every model accept any input size."""
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -10,14 +11,24 @@ def pad_to_multiple(x: Tensor, divisor: int, min_size: int = 1) -> Tensor:
     and at least ``min_size``.
 
     The top-left stays in place, so cropping ``[..., :H, :W]`` of an output at the padded
-    size gives back the original region.
+    size gives back the original region. The sizes are shape arithmetic (``torch.sym_max``, no
+    branch on them while exporting), so an exported model pads every input size as eager does.
     """
     height, width = x.shape[-2:]
-    pad_h = max(height + (-height % divisor), min_size) - height
-    pad_w = max(width + (-width % divisor), min_size) - width
+    pad_h, pad_w = _pad_amount(height, divisor, min_size), _pad_amount(width, divisor, min_size)
+    if torch.compiler.is_exporting() or torch.jit.is_tracing():
+        return F.pad(x, (0, pad_w, 0, pad_h))  # no branch on the size: the graph pads every size
     if pad_h == 0 and pad_w == 0:
         return x
     return F.pad(x, (0, pad_w, 0, pad_h))
+
+
+def _pad_amount(size: int, divisor: int, min_size: int) -> int:
+    """``max(size rounded up to the divisor, min_size) - size``, as shape arithmetic: a SymInt
+    under ``torch.export``, a traced tensor under ``torch.jit.trace``."""
+    if isinstance(size, Tensor):
+        return torch.maximum(-size % divisor, min_size - size)
+    return torch.sym_max(-size % divisor, min_size - size)
 
 
 def mirror_pad(x: Tensor, top: int, bottom: int, left: int, right: int) -> Tensor:

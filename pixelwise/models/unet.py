@@ -159,12 +159,14 @@ class ExpandingBlock(nn.Module):
         self.up = make_upsampler(upsample, in_channels, out_channels, 2)
         # The skip has out_channels too: concatenation restores in_channels.
         self.convs = DoubleConv(in_channels, out_channels, norm, padding)
+        self.crop_skip = padding == 0  # size-keeping convolutions leave nothing to crop
 
     def forward(self, x: Tensor, skip: Tensor) -> Tensor:
         x = self.up(x)
-        # Valid convolutions left the skip larger than the upsampled map; the border it has in
-        # excess has no counterpart below, so the paper keeps only the centre.
-        skip = center_crop(skip, x.shape[-2], x.shape[-1])
+        if self.crop_skip:
+            # Valid convolutions left the skip larger than the upsampled map; the border it has
+            # in excess has no counterpart below, so the paper keeps only the centre.
+            skip = center_crop(skip, x.shape[-2], x.shape[-1])
         return self.convs(torch.cat([skip, x], dim=1))
 
 

@@ -1,0 +1,524 @@
+"""Export a trained model to ONNX (fp32 or int8) or TorchScript, with a parity check.
+
+**Dynamic sizes.** The ONNX graph is exported with ``torch.export`` with symbolic batch, height
+and width, from an example of an awkward size (no multiple of any stride), so the models'
+internal pad-and-crop becomes shape arithmetic in the graph: the file predicts any ``N×3×H×W``
+at the input's size, as the PyTorch model does.
+
+**Self-contained.** The file carries what prediction needs in its ``metadata_props``: class
+names, palette and ignore index, normalisation, the model spec, the precision, the recorded
+inference options and the pixelwise version, so ``pixelwise predict --model F.onnx`` needs no
+checkpoint and no recipe (:func:`load_onnx`).
+
+**Parity.** After export, ONNX Runtime runs the file beside eager PyTorch on random and real
+images at three sizes; the maximum logit difference and the argmax agreement are reported. fp32
+must agree within ``1e-3`` of the logits' scale: both sides compute the same float32 arithmetic
+in different orders (oneDNN against MLAS kernels, fused against separate batch norms), which
+leaves differences of order 1e-6 of the scale per layer; a wrong graph (a constant-folded size,
+a dropped branch) is off by the scale itself. int8 is judged by argmax agreement and, with a
+calibration data set, by the mIoU it keeps. A failing parity is an error, and the file is not
+left behind: everything is written to a temporary name and renamed only once it passed.
+
+**int8.** ONNX Runtime's static quantisation in QDQ form with per-channel weights, calibrated on
+real images of a data set (see :func:`quantize_int8`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from pixelwise.data.classes import ClassInfo
+from pixelwise.engine.checkpoint import LoadedModel, load_checkpoint, model_from_checkpoint
+from pixelwise.engine.inference import InferenceOptions, normalize_image
+from pixelwise.runtimes.onnx_runtime import OnnxRuntime
+
+OPSET = 18
+EXAMPLE_SIZE = (67, 93)
+"""Height and width of the example input the graph is traced with: odd and no multiple of any
+stride, so no size-dependent branch is taken that only even or aligned sizes would take."""
+PARITY_SIZES = ((253, 317), (97, 131), (33, 47))
+FP32_TOLERANCE = 1e-3
+"""Largest accepted max |logit difference| of an fp32 export, relative to the logits' scale."""
+METADATA_KEYS = ("model_spec", "classes", "normalization", "inference")
+FORMATS = ("onnx", "torchscript", "safetensors")
+
+
+class ExportError(RuntimeError):
+    """The model could not be exported, or the export does not compute what the model does."""
+
+
+# Metadata ------------------------------------------------------------------------------------
+
+def export_metadata(state: dict[str, Any], precision: str) -> dict[str, str]:
+    """The ``metadata_props`` of an exported file: the checkpoint's prediction metadata as JSON."""
+    metadata = {f"pixelwise.{key}": json.dumps(state[key]) for key in METADATA_KEYS if state.get(key) is not None}
+    metadata["pixelwise.version"] = version("pixelwise")
+    metadata["pixelwise.precision"] = precision
+    return metadata
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The pixelwise metadata of an exported ONNX file.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file is not ONNX, or carries no pixelwise metadata.
+    """
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ONNX model {str(path)!r} does not exist; export one with pixelwise export")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except DecodeError as error:
+        raise ValueError(f"{str(path)!r} is not an ONNX model (it does not parse: {error}); "
+                         f"export one with pixelwise export --format onnx") from error
+    props = {prop.key: prop.value for prop in model.metadata_props}
+    missing = [key for key in ("model_spec", "classes", "normalization") if f"pixelwise.{key}" not in props]
+    if missing:
+        raise ValueError(f"{str(path)!r} is an ONNX model without pixelwise metadata (missing {missing}); "
+                         f"export it with pixelwise export, which records classes, palette and normalisation")
+    metadata = {key: json.loads(props[f"pixelwise.{key}"]) for key in METADATA_KEYS if f"pixelwise.{key}" in props}
+    metadata["version"] = props.get("pixelwise.version")
+    metadata["precision"] = props.get("pixelwise.precision", "fp32")
+    return metadata
+
+
+def load_onnx(path: str | Path, threads: int | None = None) -> LoadedModel:
+    """An exported ONNX file as a runtime, with its classes and normalisation: everything
+    prediction needs, no checkpoint."""
+    metadata = read_metadata(path)
+    normalization = {key: [float(v) for v in metadata["normalization"][key]] for key in ("mean", "std")}
+    runtime = OnnxRuntime(path, threads, precision=metadata["precision"])
+    return LoadedModel(runtime, ClassInfo.from_dict(metadata["classes"]), normalization,
+                       {**(metadata.get("inference") or {}), "precision": metadata["precision"]})
+
+
+# ONNX export ---------------------------------------------------------------------------------
+
+def _export_blocker(spec: dict[str, Any]) -> str | None:
+    """Why a model spec cannot export to ONNX, with the workaround (``None``: it can)."""
+    options = spec.get("options", {})
+    if spec["name"] == "unet" and options.get("encoder") is None and options.get("padding", "valid") == "valid":
+        return ("the paper U-Net with padding='valid' mirrors the image outwards by amounts that depend on its "
+                "size (overlap-tile, a loop of ReflectionPad operations), which an ONNX graph cannot express; "
+                "train it with model.options.padding=same to export it, or predict from the checkpoint")
+    return None
+
+
+def onnx_proto(model: nn.Module, name: str = "model", opset: int = OPSET):
+    """The model as an ONNX ``ModelProto`` with dynamic batch, height and width.
+
+    Raises:
+        ExportError: the exporter failed; the message names the model and the operator.
+    """
+    from torch.export import Dim
+
+    example = torch.randn(1, model.in_channels if hasattr(model, "in_channels") else 3, *EXAMPLE_SIZE)
+    dynamic = {"x": {0: Dim("batch", min=1, max=4096), 2: Dim("height", min=1, max=65536),
+                     3: Dim("width", min=1, max=65536)}}
+    try:
+        program = torch.onnx.export(model.eval(), (example,), dynamo=True, opset_version=opset,
+                                    input_names=["image"], output_names=["logits"], dynamic_shapes=dynamic,
+                                    optimize=True, verbose=False)
+    except Exception as error:  # noqa: BLE001 - the exporter raises many types; all mean "cannot export"
+        raise ExportError(f"model {name!r} cannot be exported to ONNX: {_exporter_summary(error)}") from error
+    return program.model_proto
+
+
+def _exporter_summary(error: BaseException) -> str:
+    """The line of an exporter error that names what failed (the operator, or the Python construct)."""
+    chain = []
+    while error is not None:
+        chain.append(error)
+        error = error.__cause__
+    lines = [line.strip() for e in chain for line in str(e).splitlines() if line.strip()]
+    for marker in ("No ONNX function found", "Unsupported", "unsupported", "Error when translating", "TypeError"):
+        hits = [line for line in lines if marker in line]
+        if hits:
+            return hits[0][:400]
+    return f"{type(chain[-1]).__name__}: {lines[0][:400] if lines else ''}"
+
+
+def _save_proto(proto, metadata: dict[str, str], path: Path) -> None:
+    import onnx
+
+    del proto.metadata_props[:]
+    for key, value in metadata.items():
+        proto.metadata_props.add(key=key, value=value)
+    onnx.save(proto, str(path))
+
+
+# Parity ----------------------------------------------------------------------------------------
+
+@dataclass
+class ParityRow:
+    """One input of a parity check."""
+
+    input: str
+    size: tuple[int, int]
+    max_abs_diff: float
+    logit_scale: float
+    argmax_agreement: float
+
+
+@dataclass
+class ParityReport:
+    """ONNX Runtime against eager PyTorch on the same inputs."""
+
+    precision: str
+    rows: list[ParityRow] = field(default_factory=list)
+    min_agreement: float = 0.9
+
+    @property
+    def max_abs_diff(self) -> float:
+        return max(row.max_abs_diff for row in self.rows)
+
+    @property
+    def lowest_agreement(self) -> float:
+        return min(row.argmax_agreement for row in self.rows)
+
+    def failures(self) -> list[str]:
+        """What did not hold (empty: passed)."""
+        if self.precision == "int8":
+            real = [row for row in self.rows if row.input != "random"]
+            return [f"{row.input} {row.size[0]}×{row.size[1]}: argmax agreement {row.argmax_agreement:.1%} "
+                    f"< {self.min_agreement:.0%}" for row in real if row.argmax_agreement < self.min_agreement]
+        return [f"{row.input} {row.size[0]}×{row.size[1]}: max |logit difference| {row.max_abs_diff:.3g} > "
+                f"{FP32_TOLERANCE:g} × scale {row.logit_scale:.3g}" for row in self.rows
+                if row.max_abs_diff > FP32_TOLERANCE * max(1.0, row.logit_scale)]
+
+    def lines(self) -> list[str]:
+        """One printable line per input."""
+        return [f"{row.input:>8} {row.size[0]:>4}×{row.size[1]:<4} max |logit diff| {row.max_abs_diff:.2e} "
+                f"(scale {row.logit_scale:.3g}), argmax agreement {row.argmax_agreement:.4%}" for row in self.rows]
+
+
+def parity_inputs(real_images: Sequence[np.ndarray], normalization: dict[str, list[float]],
+                  sizes: Sequence[tuple[int, int]] = PARITY_SIZES, seed: int = 0) -> list[tuple[str, Tensor]]:
+    """Random images and crops of real ones (resized up when smaller), normalised, at each size."""
+    generator = torch.Generator().manual_seed(seed)
+    inputs = [("random", torch.randn(1, 3, *size, generator=generator)) for size in sizes]
+    for pixels in real_images[:1]:
+        image = normalize_image(pixels, normalization)[None]
+        for height, width in sizes:
+            if image.shape[-2] < height or image.shape[-1] < width:
+                image = torch.nn.functional.interpolate(image, size=(max(height, image.shape[-2]),
+                                                                     max(width, image.shape[-1])), mode="bilinear")
+            inputs.append(("real", image[..., :height, :width].contiguous()))
+    return inputs
+
+
+def check_parity(reference: Callable[[Tensor], Tensor], candidate: Callable[[Tensor], Tensor],
+                 inputs: Iterable[tuple[str, Tensor]], precision: str = "fp32", min_agreement: float = 0.9,
+                 ) -> ParityReport:
+    """Run both on each input and compare their logits."""
+    report = ParityReport(precision, min_agreement=min_agreement)
+    for label, batch in inputs:
+        with torch.inference_mode():
+            expected, actual = reference(batch).float(), candidate(batch).float()
+        if actual.shape != expected.shape:
+            raise ExportError(f"the export returned logits of shape {tuple(actual.shape)} for input "
+                              f"{tuple(batch.shape)}; the model returns {tuple(expected.shape)}")
+        agreement = (expected.argmax(1) == actual.argmax(1)).float().mean().item()
+        report.rows.append(ParityRow(label, tuple(batch.shape[-2:]), (expected - actual).abs().max().item(),
+                                     expected.abs().max().item(), agreement))
+    return report
+
+
+# int8 ------------------------------------------------------------------------------------------
+
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+
+
+@dataclass(frozen=True)
+class Int8Options:
+    """How to quantise: calibration data, method, and where to measure the accuracy kept.
+
+    Attributes:
+        calibrate: ``FORMAT:ROOT:SPLIT`` of the calibration images (e.g. ``camvid:data/camvid:train``).
+        images: how many calibration images (spread evenly over the split).
+        method: ``"minmax"``, ``"entropy"`` or ``"percentile"`` activation ranges.
+        reduce_range: 7-bit weights (for CPUs without VNNI, where 8-bit products can saturate).
+        val_split: the split of the same data set on which fp32 and int8 mIoU are compared
+            (``None``: no comparison).
+        val_images: compare on the first ``val_images`` images only (``None``: all).
+        min_agreement: the smallest argmax agreement with the fp32 model, on real images, that
+            the parity check accepts.
+    """
+
+    calibrate: str
+    images: int = 32
+    method: str = "minmax"
+    reduce_range: bool = False
+    val_split: str | None = "val"
+    val_images: int | None = None
+    min_agreement: float = 0.9
+
+    def data(self, split: str | None = None) -> dict[str, Any]:
+        """The data set spec (see :func:`~pixelwise.engine.evaluation.resolve_data`) of a split."""
+        parts = self.calibrate.split(":")
+        if len(parts) != 3 or not parts[0] or not parts[2]:
+            raise ValueError(f"--calibrate takes FORMAT:ROOT:SPLIT, e.g. camvid:data/camvid:train (ROOT empty for "
+                             f"the built-in synthetic set: synthetic::train); got {self.calibrate!r}")
+        data_format, root, calibration_split = parts
+        return {"format": data_format, "root": root or None, "split": split or calibration_split, "options": {}}
+
+
+def calibration_batches(options: Int8Options, normalization: dict[str, list[float]]) -> list[np.ndarray]:
+    """The calibration images, normalised as the model was trained, as ``(1, 3, H, W)`` arrays."""
+    from pixelwise.data import create_dataset
+    from pixelwise.data.transforms import val_transform
+
+    if options.method not in CALIBRATION_METHODS:
+        raise ValueError(f"calibration method must be one of {', '.join(CALIBRATION_METHODS)}, got {options.method!r}")
+    if options.images < 1:
+        raise ValueError(f"--calibration-images must be positive, got {options.images}")
+    data = options.data()
+    extra = {"root": data["root"]} if data["root"] is not None else {}
+    dataset = create_dataset(data["format"], split=data["split"], transform=val_transform(**normalization), **extra)
+    if len(dataset) == 0:
+        raise ValueError(f"calibration split {data['split']!r} of the {data['format']} data set holds no images")
+    count = min(options.images, len(dataset))
+    indices = np.linspace(0, len(dataset) - 1, count).round().astype(int)
+    return [dataset[int(index)][0][None].numpy() for index in indices]
+
+
+def quantize_int8(fp32_path: str | Path, int8_path: str | Path, batches: Sequence[np.ndarray],
+                  method: str = "minmax", reduce_range: bool = False) -> None:
+    """ONNX Runtime static quantisation: QDQ, per-channel int8 weights, uint8 activations whose
+    ranges come from running ``batches`` through the fp32 model.
+
+    uint8 activations with int8 weights are what ONNX Runtime's x86 kernels (VNNI among them)
+    run fastest; ``reduce_range`` (7-bit weights) only matters where 8-bit products saturate,
+    which VNNI's 32-bit accumulation does not.
+    """
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, \
+        quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter(batches)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            batch = next(self.items, None)
+            return None if batch is None else {"image": batch}
+
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    quantize_static(str(fp32_path), str(int8_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    reduce_range=reduce_range, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=methods[method])
+
+
+def _copy_metadata(source: Path, target: Path) -> None:
+    """Quantisation drops ``metadata_props``: copy them from the fp32 file, marked int8."""
+    import onnx
+
+    fp32, int8 = onnx.load(str(source)), onnx.load(str(target))
+    metadata = {prop.key: prop.value for prop in fp32.metadata_props}
+    _save_proto(int8, {**metadata, "pixelwise.precision": "int8"}, target)
+
+
+def compare_accuracy(fp32: OnnxRuntime, int8: OnnxRuntime, loaded: LoadedModel, options: Int8Options,
+                     on_line: Callable[[str], None]) -> dict[str, float]:
+    """fp32 and int8 mIoU (and the argmax agreement) on the validation split, side by side."""
+    from pixelwise.engine.evaluation import evaluate_loaded
+
+    data = options.data(options.val_split)
+    scores = {}
+    for label, runtime in (("fp32", fp32), ("int8", int8)):
+        result = evaluate_loaded(loaded._replace(model=runtime), data, InferenceOptions.create(),
+                                 limit=options.val_images)
+        scores[f"{label}_miou"] = result.summary()["mean_iou"]
+        scores["images"] = result.data["num_images"]
+    scores["miou_loss_points"] = 100 * (scores["fp32_miou"] - scores["int8_miou"])
+    on_line(f"mIoU on {data['format']} {data['split']} ({scores['images']} images): fp32 "
+            f"{100 * scores['fp32_miou']:.2f}%, int8 {100 * scores['int8_miou']:.2f}% "
+            f"(int8 - fp32: {-scores['miou_loss_points']:+.2f} points)")
+    return scores
+
+
+# The whole export ------------------------------------------------------------------------------
+
+@dataclass
+class ExportReport:
+    """What :func:`export_checkpoint` wrote and measured."""
+
+    path: Path
+    format: str
+    precision: str
+    parity: ParityReport | None = None
+    fp32_parity: ParityReport | None = None
+    accuracy: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def _temporary_beside(path: Path) -> Path:
+    """An empty temporary file in ``path``'s folder (renamed over ``path`` once it is valid),
+    with the permissions a new file gets (``mkstemp`` makes it private)."""
+    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(name, 0o666 & ~umask)
+    return Path(name)
+
+
+def export_checkpoint(checkpoint: str | Path, out: str | Path, export_format: str = "onnx", parity: bool = True,
+                      real_images: Sequence[np.ndarray] = (), int8: Int8Options | None = None,
+                      on_line: Callable[[str], None] | None = None) -> ExportReport:
+    """Export a checkpoint's model; check it against eager PyTorch before the file is kept.
+
+    Args:
+        checkpoint: a checkpoint written by ``pixelwise train`` (``.pt`` or ``.safetensors``).
+        out: the file to write.
+        export_format: ``"onnx"``, ``"torchscript"`` or ``"safetensors"`` (weights only, no parity).
+        parity: run the parity check (ONNX and TorchScript).
+        real_images: ``(H, W, 3)`` uint8 images for the parity check (random images are always
+            used; default: the first image of the recorded validation split, where it is readable).
+        int8: quantise to int8 (ONNX only), calibrated and measured as these options say.
+        on_line: receives progress lines.
+
+    Raises:
+        ExportError: the model does not export, or the parity check failed (nothing is written).
+    """
+    if export_format not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {export_format!r}")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    state = load_checkpoint(checkpoint)
+    if export_format == "safetensors":
+        from pixelwise.engine.checkpoint import save_safetensors
+
+        save_safetensors(state, out)
+        return ExportReport(out, "safetensors", "fp32")
+    loaded = model_from_checkpoint(state, "cpu", repr(str(checkpoint)))
+    say = on_line or (lambda line: None)
+    real_images = list(real_images) or _recorded_images(state, say)
+    inputs = parity_inputs(real_images, loaded.normalization)
+    if export_format == "torchscript":
+        return _export_torchscript(loaded, state, out, inputs if parity else None, say)
+    blocker = _export_blocker(state["model_spec"])
+    if blocker is not None:
+        raise ExportError(f"model {state['model_spec']['name']!r} cannot be exported to ONNX: {blocker}")
+    proto = onnx_proto(loaded.model, state["model_spec"]["name"])
+    fp32_path = _temporary_beside(out)
+    try:
+        _save_proto(proto, export_metadata(state, "fp32"), fp32_path)
+        report = ExportReport(out, "onnx", "fp32")
+        if parity:
+            report.fp32_parity = report.parity = _checked_parity(loaded.model, OnnxRuntime(fp32_path), inputs,
+                                                                 "fp32", say)
+        if int8 is not None:
+            int8_path = _temporary_beside(out)
+            try:
+                say(f"calibrating on {int8.images} images of {int8.calibrate} ({int8.method}, "
+                    f"reduce_range={int8.reduce_range})")
+                quantize_int8(fp32_path, int8_path, calibration_batches(int8, loaded.normalization), int8.method,
+                              int8.reduce_range)
+                _copy_metadata(fp32_path, int8_path)
+                if int8.val_split is not None:
+                    report.accuracy = compare_accuracy(OnnxRuntime(fp32_path), OnnxRuntime(int8_path, precision="int8"),
+                                                       loaded, int8, say)
+                report.precision = "int8"
+                if parity:
+                    report.parity = _checked_parity(loaded.model, OnnxRuntime(int8_path, precision="int8"), inputs,
+                                                    "int8", say, int8.min_agreement)
+                os.replace(int8_path, out)
+            finally:
+                int8_path.unlink(missing_ok=True)
+        else:
+            os.replace(fp32_path, out)
+    finally:
+        fp32_path.unlink(missing_ok=True)
+    return report
+
+
+def _checked_parity(model: nn.Module, runtime: OnnxRuntime, inputs: list[tuple[str, Tensor]], precision: str,
+                    say: Callable[[str], None], min_agreement: float = 0.9) -> ParityReport:
+    from pixelwise.runtimes.torch_runtime import TorchRuntime
+
+    report = check_parity(TorchRuntime(model), runtime, inputs, precision, min_agreement)
+    say(f"parity, ONNX Runtime {precision} against eager PyTorch fp32:")
+    for line in report.lines():
+        say("  " + line)
+    problems = report.failures()
+    if problems:
+        raise ExportError(f"the {precision} ONNX export does not compute what the model does ("
+                          + "; ".join(problems) + "); no file was written")
+    return report
+
+
+def _recorded_images(state: dict[str, Any], say: Callable[[str], None]) -> list[np.ndarray]:
+    """The first image of the checkpoint's recorded validation split, when it can be read."""
+    from pixelwise.data import create_dataset
+    from pixelwise.data.io import DataError
+
+    data = (state.get("config") or {}).get("data") or {}
+    if "format" not in data:
+        return []
+    extra = {"root": data["root"]} if data.get("root") is not None else {}
+    try:
+        dataset = create_dataset(data["format"], split=data.get("val_split") or "val", **extra,
+                                 **(data.get("options") or {}))
+        image = dataset[0][0] if len(dataset) else None
+    except (DataError, FileNotFoundError, ValueError) as error:
+        say(f"parity on random images only: the recorded data set cannot be read ({error})")
+        return []
+    if image is None:
+        return []
+    return [(image.permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).numpy()]
+
+
+# TorchScript -------------------------------------------------------------------------------------
+
+def _export_torchscript(loaded: LoadedModel, state: dict[str, Any], out: Path,
+                        inputs: list[tuple[str, Tensor]] | None, say: Callable[[str], None]) -> ExportReport:
+    """Trace the model to TorchScript with its metadata as extra files; parity as for ONNX."""
+    model = loaded.model.eval()
+    example = torch.randn(1, 3, *EXAMPLE_SIZE)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            # The tracer warns at every shape read; the parity check below is the real test.
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            traced = torch.jit.trace(model, example, check_trace=False, strict=False)
+    except Exception as error:  # noqa: BLE001 - the tracer raises many types; all mean "cannot trace"
+        raise ExportError(f"model {state['model_spec']['name']!r} cannot be traced to TorchScript: "
+                          f"{_exporter_summary(error)}") from error
+    report = ExportReport(out, "torchscript", "fp32")
+    if inputs is not None:
+        def run_traced(batch: Tensor) -> Tensor:
+            with torch.no_grad():
+                return traced(batch)
+        try:
+            report.parity = check_parity(lambda batch: model(batch), run_traced, inputs, "fp32")
+        except RuntimeError as error:
+            raise ExportError(f"the TorchScript trace of {state['model_spec']['name']!r} does not run at every "
+                              f"size ({str(error).splitlines()[0]}); export to ONNX instead") from error
+        say("parity, TorchScript against eager PyTorch fp32:")
+        for line in report.parity.lines():
+            say("  " + line)
+        if report.parity.failures():
+            raise ExportError("the TorchScript trace does not compute what the model does ("
+                              + "; ".join(report.parity.failures()) + "); export to ONNX instead; no file was written")
+    temporary = _temporary_beside(out)
+    try:
+        files = {key: value for key, value in export_metadata(state, "fp32").items()}
+        torch.jit.save(traced, str(temporary), _extra_files=files)
+        os.replace(temporary, out)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return report

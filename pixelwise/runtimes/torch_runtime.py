@@ -1,0 +1,68 @@
+"""PyTorch runtimes: eager fp32, bf16 / fp16 autocast, and the optimised model (batch norms
+folded, channels-last; :func:`pixelwise.engine.optimize.optimize_for_inference`)."""
+from __future__ import annotations
+
+from contextlib import AbstractContextManager, nullcontext
+
+import torch
+from torch import Tensor, nn
+
+from pixelwise.runtimes.base import check_precision
+
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast_context(precision: str | None, device: torch.device) -> AbstractContextManager:
+    """bf16 autocast on CPU or CUDA, fp16 on CUDA only; ``None`` or ``"fp32"``: full precision.
+
+    The same context serves training steps (``train.amp``) and inference, so validation and
+    ``pixelwise evaluate`` compute alike.
+    """
+    if precision in (None, "fp32"):
+        return nullcontext()
+    if precision not in _AUTOCAST_DTYPES:
+        raise ValueError(f"precision {precision!r} is not an autocast precision; choose bf16, fp16 or fp32 "
+                         f"(int8 runs in ONNX Runtime: pixelwise export --int8)")
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("fp16 autocast needs a CUDA device; on CPU use bf16")
+    return torch.autocast(device.type, dtype=_AUTOCAST_DTYPES[precision])
+
+
+def module_device(model: nn.Module) -> torch.device:
+    """Where the model's parameters live (CPU for a model without any)."""
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
+
+
+class TorchRuntime:
+    """A PyTorch model as a runtime: eval mode (the training flag is restored after each call),
+    no autograd, autocast at the given precision, logits returned as float32.
+
+    Args:
+        model: maps ``(N, 3, H, W)`` to logits ``(N, classes, H, W)``.
+        precision: ``"fp32"``, ``"bf16"`` (CPU or CUDA) or ``"fp16"`` (CUDA).
+        optimize: run :func:`~pixelwise.engine.optimize.optimize_for_inference` on a copy first
+            (batch norms folded, channels-last); the original model is left untouched.
+    """
+
+    def __init__(self, model: nn.Module, precision: str = "fp32", optimize: bool = False) -> None:
+        if check_precision(precision) == "int8":
+            raise ValueError("int8 runs in ONNX Runtime: export the model with pixelwise export --int8 and "
+                             "predict with --model FILE.onnx")
+        self.device = module_device(model)
+        autocast_context(precision, self.device)  # refuse fp16 on the CPU now, not at the first batch
+        if optimize:
+            from pixelwise.engine.optimize import optimize_for_inference  # the engine imports runtimes
+
+            model = optimize_for_inference(model, example=torch.randn(1, 3, 64, 64, device=self.device))
+        self.model, self.precision = model, precision
+        self.name = "torch-optimized" if optimize else "torch"
+
+    def __call__(self, batch: Tensor) -> Tensor:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode(), autocast_context(self.precision, self.device):
+                return self.model(batch.to(self.device)).float()
+        finally:
+            self.model.train(was_training)
