@@ -25,10 +25,14 @@ means nothing), batch norms folded: 0.5-0.7 s per 512×512 window on two busy co
 hour. Seconds per megapixel follow windows per megapixel (9 windows cover 1000×1000, 462 cover
 8000×8000), so seconds per window is the column to read for linearity.
 
+``--runtime onnxruntime`` / ``onnxruntime-int8`` runs the same through ONNX Runtime: the model is
+exported (and quantised, calibrated on four generated windows) before the baseline is read, so
+the session's own memory is part of the baseline and the growth is what prediction adds.
+
 Usage:
     python benchmarks/sliding_window.py [--sizes 1000 2000 4000 8000] [--threads 2]
         [--model fcn8s --encoder mobilenet_v3_large] [--classes 11] [--window 512] [--stride 384]
-        [--band 4096] [--batch-size 4]
+        [--band 4096] [--batch-size 4] [--runtime torch|onnxruntime|onnxruntime-int8]
 
 Prints a table and writes ``benchmarks/results/sliding_window.json``.
 """
@@ -40,6 +44,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -50,6 +55,7 @@ from torch import Tensor
 import pixelwise
 from pixelwise.engine import optimize_for_inference
 from pixelwise.engine.inference import predict_tiled
+from pixelwise.runtimes import OnnxRuntime
 from report import write_report  # benchmarks/report.py: run as scripts, this folder is on sys.path
 
 RESULTS = Path(__file__).resolve().parent / "results" / "sliding_window.json"
@@ -71,11 +77,29 @@ def memory_kib(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
+def build(args: argparse.Namespace, folder: Path) -> torch.nn.Module | OnnxRuntime:
+    """The model with batch norms folded, or its ONNX export (fp32 or int8) in ONNX Runtime."""
+    model = pixelwise.create_model(args.model, num_classes=args.classes, encoder=args.encoder).eval()
+    if args.runtime == "torch":
+        return optimize_for_inference(model, example=torch.randn(1, 3, args.window, args.window))
+    import onnx
+
+    from pixelwise.export import onnx_proto, quantize_int8
+
+    path = folder / "model.onnx"
+    onnx.save(onnx_proto(model, args.model), str(path))
+    if args.runtime == "onnxruntime":
+        return OnnxRuntime(path, args.threads)
+    windows = [synthetic_region(97 * i, 131 * i, args.window, args.window)[None].numpy() for i in range(4)]
+    quantize_int8(path, folder / "model_int8.onnx", windows)
+    return OnnxRuntime(folder / "model_int8.onnx", args.threads, "int8")
+
+
 def measure(args: argparse.Namespace) -> dict:
     """One size, in this (fresh) process: seconds, windows, memory."""
     torch.set_num_threads(args.threads)
-    model = pixelwise.create_model(args.model, num_classes=args.classes, encoder=args.encoder)
-    model = optimize_for_inference(model, example=torch.randn(1, 3, args.window, args.window))
+    with tempfile.TemporaryDirectory(prefix="pixelwise-tiles-") as folder:
+        model = build(args, Path(folder))
     with torch.inference_mode():  # warm-up: the allocator's steady state belongs to the baseline
         model(torch.stack([synthetic_region(0, 0, args.window, args.window)] * args.batch_size))
     labels = np.empty((args.worker, args.worker), dtype=np.uint8)
@@ -131,6 +155,8 @@ def parse_args() -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--band", type=int, default=4096, help="longest strip of overlaps held (pixels)")
     parser.add_argument("--batch-size", type=int, default=4, help="windows per forward pass")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    parser.add_argument("--runtime", choices=("torch", "onnxruntime", "onnxruntime-int8"), default="torch",
+                        help="what runs the windows")
     parser.add_argument("--default-malloc", action="store_true", help="leave glibc's mmap threshold dynamic")
     parser.add_argument("--output", type=Path, default=RESULTS, help="where to write the JSON")
     parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # internal: measure this size
@@ -152,7 +178,8 @@ def main() -> None:
         "method": "one fresh subprocess per size; peak RSS growth = VmHWM after prediction minus VmRSS just "
                   "before it (VmHWM reset via /proc/self/clear_refs); the uint8 label map is resident in the "
                   "baseline; image regions generated on the fly; glibc mmap threshold fixed unless null",
-        "model": args.model, "encoder": args.encoder, "batch_norm_folded": True, "classes": args.classes,
+        "model": args.model, "encoder": args.encoder, "runtime": args.runtime, "batch_norm_folded": True,
+        "classes": args.classes,
         "window": args.window, "stride": args.stride, "batch_size": args.batch_size, "band": args.band,
         "blend": "gaussian", "malloc_mmap_threshold": mmap_threshold, "device": "cpu", "threads": args.threads,
         "processor": platform.processor() or platform.machine(), "torch": torch.__version__, "results": rows,

@@ -12,6 +12,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from pixelwise.safe_load import load_torch_file, read_safetensors
+
 
 class WeightsUnavailableError(RuntimeError):
     """Pretrained weights were requested but could not be obtained."""
@@ -32,13 +34,8 @@ def load_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"weights file {str(path)!r} does not exist")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file as load_safetensors
-
-        return load_safetensors(str(path))
-    try:
-        state: Any = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - any unpickling failure means the same to the user
-        raise ValueError(f"could not read weights from {str(path)!r}: {error}") from error
+        return read_safetensors(path, "weights file")[0]
+    state: Any = load_torch_file(path, "weights file")
     for key in ("model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

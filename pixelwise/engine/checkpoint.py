@@ -1,15 +1,17 @@
 """Checkpoints written atomically: a crash at any moment leaves the previous file intact."""
 from __future__ import annotations
 
+import json
 import os
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-from torch import nn
 
 from pixelwise.data.classes import ClassInfo
 from pixelwise.models import create_model
+from pixelwise.safe_load import UntrustedFileError, load_torch_file, read_safetensors
 
 # What torch.save writes first: a zip archive (PyTorch >= 1.6) or a pickle (the legacy format).
 _CHECKPOINT_MAGIC = (b"PK\x03\x04", b"\x80")
@@ -53,10 +55,23 @@ def _fsync_folder(folder: Path) -> None:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint, with an error that says what to do when it is missing or unreadable."""
+    """Read a checkpoint (``.pt``, or ``.safetensors`` from ``pixelwise export``) without running
+    any code from it, with errors that say what to do.
+
+    Raises:
+        FileNotFoundError: no such file (a folder is named as one, with the file to pass instead).
+        UntrustedFileError: the file's pickle holds objects that would run code; nothing ran.
+        ValueError: not a pixelwise checkpoint, or truncated.
+    """
     path = Path(path)
+    if path.is_dir():
+        inside = [name for name in ("best.pt", "last.pt") if (path / name).is_file()]
+        hint = f"pass {path / inside[0]}" if inside else "pass a checkpoint file (a run's best.pt or last.pt)"
+        raise FileNotFoundError(f"checkpoint {str(path)!r} is a folder, not a file; {hint}")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist; train first, or check the run folder")
+    if path.suffix == ".safetensors":
+        return _load_safetensors_checkpoint(path)
     with open(path, "rb") as handle:
         head = handle.read(4)
     # An empty file falls through to torch.load: it is a write cut short, not the wrong file.
@@ -64,13 +79,51 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"{str(path)!r} is not a pixelwise checkpoint (not a file written by torch.save); "
                          f"pass a run's best.pt or last.pt")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:  # noqa: BLE001 - truncated zip, pickle errors: all mean "unreadable"
-        raise ValueError(f"checkpoint {str(path)!r} is unreadable ({error}); it may be truncated — "
-                         f"use the run's other checkpoint (last.pt / best.pt)") from error
+        state = load_torch_file(path, "checkpoint")
+    except UntrustedFileError:
+        raise
+    except ValueError as error:
+        raise ValueError(f"{error} — use the run's other checkpoint (last.pt / best.pt)") from error
     if not isinstance(state, dict) or "model" not in state:
         raise ValueError(f"{str(path)!r} is not a pixelwise checkpoint (no 'model' entry)")
     return state
+
+
+def save_safetensors(state: dict[str, Any], path: str | Path) -> None:
+    """Write a checkpoint's model weights as safetensors, atomically, with what prediction needs
+    (model spec, classes, normalisation, inference options) as JSON in the file's metadata.
+
+    The result loads with :func:`load_checkpoint` / :func:`load_model` like the ``.pt``.
+    """
+    from safetensors.torch import save_file
+
+    missing = [key for key in _PREDICTION_KEYS if key not in state]
+    if missing:
+        raise ValueError(f"the checkpoint lacks {missing}, which a safetensors export carries; pass a run's "
+                         f"best.pt or last.pt")
+    metadata = {key: json.dumps(state[key]) for key in (*_PREDICTION_KEYS, "inference") if state.get(key) is not None}
+    metadata["format"] = "pixelwise"
+    metadata["pixelwise_version"] = version("pixelwise")
+    # safetensors refuses tensors sharing memory (tied weights): each gets its own contiguous copy.
+    tensors = {key: value.detach().clone().contiguous() for key, value in state["model"].items()}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        save_file(tensors, str(temporary), metadata=metadata)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def _load_safetensors_checkpoint(path: Path) -> dict[str, Any]:
+    tensors, metadata = read_safetensors(path, "checkpoint")
+    if metadata.get("format") != "pixelwise" or any(key not in metadata for key in _PREDICTION_KEYS):
+        raise ValueError(f"{str(path)!r} is a safetensors file without pixelwise metadata (model spec, classes, "
+                         f"normalisation); write one with pixelwise export --format safetensors, or load bare "
+                         f"weights with create_model(name, weights=...)")
+    state = {key: json.loads(value) for key, value in metadata.items() if key in (*_PREDICTION_KEYS, "inference")}
+    return {"model": tensors, **state}
 
 
 class LoadedModel(NamedTuple):
