@@ -77,7 +77,8 @@ class EvaluationResult:
         stats = self.summary()
         means = {key: value for key, value in stats.items() if not isinstance(value, list)}
         return {"checkpoint": self.checkpoint, "iteration": self.iteration, "data": self.data,
-                "inference": {**self.inference.to_dict(), **self.runtime}, "summary": means, "per_class": self.per_class(),
+                "inference": {**self.inference.to_dict(), **self.runtime}, "summary": means,
+                "per_class": self.per_class(),
                 "confusion_matrix": {**self.matrix.to_dict(), "class_names": list(self.classes.names),
                                      "rows": "ground truth", "columns": "prediction"}}
 

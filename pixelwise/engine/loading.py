@@ -32,8 +32,8 @@ def load_predictor(path: str | Path, runtime: str | None = None, precision: str 
             folded, channels-last) or ``"onnxruntime"`` (default, and the only choice, for ONNX
             files; from a checkpoint, the model is exported to a temporary fp32 file first).
         precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` for PyTorch runtimes; default: the
-            precision the run validated with (recorded in the checkpoint), else fp32. An ONNX
-            file computes in its own precision (fp32 or int8).
+            precision the run validated with (:func:`validation_precision`). An ONNX file
+            computes in its own precision (fp32 or int8).
         device: where a PyTorch model runs.
         threads: ONNX Runtime's intra-op threads (default: PyTorch's).
         state: the checkpoint's contents, when already loaded.
@@ -49,15 +49,23 @@ def load_predictor(path: str | Path, runtime: str | None = None, precision: str 
         return _load_onnx(path, runtime, precision, threads)
     state = load_checkpoint(path) if state is None else state
     loaded = model_from_checkpoint(state, device, repr(str(path)))
-    precision = precision or (loaded.inference or {}).get("precision") or "fp32"
     if runtime == "onnxruntime":
-        return _exported_on_the_fly(path, loaded, precision, threads)
+        return _exported_on_the_fly(path, loaded, precision or "fp32", threads)
+    precision = precision or validation_precision(state)
     if precision == "int8":
         raise ValueError("int8 runs in ONNX Runtime from a quantised file: pixelwise export --checkpoint "
                          f"{path} --int8 --calibrate FORMAT:ROOT:SPLIT --out model_int8.onnx, then --model "
                          "model_int8.onnx")
     model = TorchRuntime(loaded.model, precision, optimize=runtime == "torch-optimized")
     return loaded._replace(model=model, inference={**(loaded.inference or {}), "precision": precision})
+
+
+def validation_precision(state: dict[str, Any]) -> str:
+    """The precision a run validated with: recorded with the inference options, or (checkpoints
+    that predate the record) the recipe's ``train.amp``, else fp32."""
+    recorded = (state.get("inference") or {}).get("precision")
+    amp = ((state.get("config") or {}).get("train") or {}).get("amp")
+    return recorded or amp or "fp32"
 
 
 def _load_onnx(path: str | Path, runtime: str | None, precision: str | None, threads: int | None) -> LoadedModel:

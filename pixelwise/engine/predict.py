@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import glob
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
