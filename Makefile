@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test test-fast demo bench clean
+.PHONY: venv browser test test-fast demo bench clean
 
 venv: $(STAMP)
 
@@ -14,12 +14,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# Debian's chromium for the browser test (Playwright drives it; nothing is downloaded by Playwright).
+# Without root rights this only warns, and the browser test is skipped saying why.
+browser:
+	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq chromium >/dev/null) || echo "could not install chromium: the browser test will be skipped"
+
 # The whole suite, slow tests included.
-test: venv
+test: venv browser
 	$(BIN)/python -m pytest -n 2 -q
 
 # Everyday loop: skip the tests marked slow.
-test-fast: venv
+test-fast: venv browser
 	$(BIN)/python -m pytest -n 2 -q -m 'not slow'
 
 demo: venv

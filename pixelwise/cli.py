@@ -300,6 +300,30 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from pixelwise.engine.inference import InferenceOptions
+    from pixelwise.engine.loading import is_onnx, load_predictor
+    from pixelwise.export import read_metadata
+    from pixelwise.models import create_model
+    from pixelwise.serve import ServiceLimits, create_app
+
+    source = _model_source(args)
+    settings = _inference_options(args)
+    loaded = load_predictor(source, settings.pop("runtime"), settings.pop("precision"), settings.pop("device"))
+    limits = ServiceLimits(args.max_upload_mb, args.max_pixels, args.tile_threshold, args.max_queue)
+    geometry = None
+    if is_onnx(source):  # the page's receptive fields need the architecture (not the weights)
+        spec = read_metadata(source)["model_spec"]
+        geometry = create_model(spec["name"], num_classes=spec["num_classes"], **spec["options"])
+    app = create_app(loaded, InferenceOptions.create(**settings), limits, source, geometry)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        console.print(f"warning: listening on {args.host}, reachable from other machines", style="yellow")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
     parser = argparse.ArgumentParser(prog="pixelwise", description="Semantic segmentation, real and inspectable.")
@@ -429,6 +453,19 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--min-agreement", type=float, default=0.9, metavar="FRACTION",
                         help="int8 parity: smallest argmax agreement with the fp32 model on real images (0.9)")
     export.set_defaults(run=_cmd_export)
+
+    serve = commands.add_parser("serve", help="an HTTP segmentation service (POST /predict, /info, /metrics)")
+    serve.add_argument("--checkpoint", help="a run's best.pt or last.pt")
+    serve.add_argument("--model", help="an exported model (model.onnx, fp32 or int8) instead of a checkpoint")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--max-upload-mb", type=float, default=20.0, help="largest request body (MiB)")
+    serve.add_argument("--max-pixels", type=int, default=100_000_000, help="most pixels an image may have")
+    serve.add_argument("--max-queue", type=int, default=16, help="requests that may wait; beyond, 503")
+    serve.add_argument("--tile-threshold", type=int, default=4096 * 4096, metavar="PIXELS",
+                       help="images with more pixels are predicted window by window (bounded memory)")
+    _add_inference_arguments(serve)
+    serve.set_defaults(run=_cmd_serve)
     return parser
 
 

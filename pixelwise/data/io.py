@@ -134,6 +134,41 @@ def decode_image(path: str | Path, target_size: tuple[int, int] | None = None) -
     return _to_rgb_array(image, Path(path), notes), notes
 
 
+def decode_image_bytes(data: bytes, name: str, max_pixels: int) -> np.ndarray:
+    """Decode an uploaded image to uint8 H×W×3 RGB (EXIF orientation applied, as a viewer shows
+    it), refusing it *before* decoding when its header claims more than ``max_pixels`` pixels.
+
+    Args:
+        data: the file's bytes.
+        name: how to name it in messages (the upload's file name).
+        max_pixels: the most pixels accepted (a decompression bomb claims billions in a few bytes).
+
+    Raises:
+        DataError: empty, not an image, truncated or corrupt (``kind="unreadable"``), or too large
+            (``kind="too-large"``).
+    """
+    from io import BytesIO
+
+    if not data:
+        raise DataError(f"{name}: the upload is empty; send the image file's bytes", name, "unreadable")
+    try:
+        image = Image.open(BytesIO(data))
+        width, height = image.size  # read from the header: nothing is decoded yet
+        if width * height <= max_pixels:
+            image.load()
+    except Image.DecompressionBombError as error:  # PIL's own guard, for headers claiming billions
+        raise DataError(f"{name}: {error} The most accepted is {max_pixels} pixels; downscale or tile it.", name,
+                        "too-large") from error
+    except _DECODE_ERRORS as error:
+        raise DataError(f"{name}: cannot decode the image ({error}); the file is truncated, corrupt or not an "
+                        f"image (PNG, JPEG, ...)", name, "unreadable") from error
+    if width * height > max_pixels:
+        raise DataError(f"{name}: the image claims {width}×{height} = {width * height} pixels, more than the "
+                        f"{max_pixels} accepted; downscale or tile it", name, "too-large")
+    notes: list[str] = []
+    return _to_rgb_array(_orient(image, None, notes), Path(name), notes)
+
+
 def read_image(path: str | Path, target_size: tuple[int, int] | None = None) -> tv_tensors.Image:
     """Read an image as a uint8 ``tv_tensors.Image`` 3×H×W (see :func:`decode_image`)."""
     pixels, _ = decode_image(path, target_size)
