@@ -304,20 +304,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from pixelwise.engine.inference import InferenceOptions
-    from pixelwise.engine.loading import is_onnx, load_predictor
-    from pixelwise.export import read_metadata
-    from pixelwise.models import create_model
-    from pixelwise.serve import ServiceLimits, create_app
+    from pixelwise.serve import ServiceLimits, app_for_file
 
-    source = _model_source(args)
     settings = _inference_options(args)
-    loaded = load_predictor(source, settings.pop("runtime"), settings.pop("precision"), settings.pop("device"))
+    runtime, precision, device = settings.pop("runtime"), settings.pop("precision"), settings.pop("device")
     limits = ServiceLimits(args.max_upload_mb, args.max_pixels, args.tile_threshold, args.max_queue)
-    geometry = None
-    if is_onnx(source):  # the page's receptive fields need the architecture (not the weights)
-        spec = read_metadata(source)["model_spec"]
-        geometry = create_model(spec["name"], num_classes=spec["num_classes"], **spec["options"])
-    app = create_app(loaded, InferenceOptions.create(**settings), limits, source, geometry)
+    app = app_for_file(_model_source(args), runtime, precision, device, InferenceOptions.create(**settings), limits)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         console.print(f"warning: listening on {args.host}, reachable from other machines", style="yellow")
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")

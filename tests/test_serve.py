@@ -150,3 +150,32 @@ def test_concurrent_requests_beyond_the_queue_get_503_and_the_rest_are_answered(
     busy = next(response for response in responses if response.status_code == 503)
     assert busy.headers["retry-after"] == "1" and "busy" in busy.json()["error"]
     assert httpx.post(f"{url}/predict", content=image, headers={"content-type": "image/png"}).status_code == 200
+
+
+def test_explain_gives_the_top_classes_and_the_receptive_field(url: str, loaded) -> None:
+    pixels = _scene((61, 83))
+    response = httpx.post(f"{url}/explain", params={"x": 10, "y": 20, "top": 3}, content=_png(pixels),
+                          headers={"content-type": "image/png"})
+    body = response.json()
+    probabilities = predict_whole(loaded, pixels, OPTIONS)[1][:, 20, 10]
+    assert [entry["index"] for entry in body["top"]] == probabilities.topk(3).indices.tolist()
+    assert np.allclose([entry["probability"] for entry in body["top"]], probabilities.topk(3).values.numpy())
+    field = body["receptive_field"]
+    assert field["size"][0] > 1
+    assert 0 <= field["left"] < field["right"] <= 83 and 0 <= field["top"] < field["bottom"] <= 61
+    outside = httpx.post(f"{url}/explain", params={"x": 83, "y": 0}, content=_png(pixels),
+                         headers={"content-type": "image/png"})
+    assert outside.status_code == 400 and "outside" in outside.json()["error"]
+
+
+def test_an_onnx_file_is_served_with_its_geometry(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    from pixelwise.export import export_checkpoint
+    from pixelwise.serve import app_for_file
+
+    model = tmp_path / "model.onnx"
+    export_checkpoint(tiny_checkpoint, model, parity=False)
+    with running(app_for_file(str(model), options=OPTIONS, limits=LIMITS)) as base:
+        assert httpx.get(f"{base}/info").json()["runtime"] == {"name": "onnxruntime", "precision": "fp32"}
+        body = httpx.post(f"{base}/explain", params={"x": 5, "y": 5}, content=_png(_scene((40, 50))),
+                          headers={"content-type": "image/png"}).json()
+        assert len(body["top"]) == 3 and body["receptive_field"]["size"][0] > 1
