@@ -117,6 +117,9 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     if path is not None:
         try:
             raw = yaml.safe_load(Path(path).read_text()) or {}
+        except yaml.constructor.ConstructorError as error:  # !!python/... tags: safe_load builds none, runs nothing
+            raise ConfigError(f"cannot read config {str(path)!r}: recipes are plain YAML; tags such as "
+                              f"!!python/... are refused and nothing in them ran ({error})") from error
         except (OSError, yaml.YAMLError) as error:
             raise ConfigError(f"cannot read config {str(path)!r}: {error}") from error
         if not isinstance(raw, dict):

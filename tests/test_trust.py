@@ -87,7 +87,7 @@ def test_encoder_and_model_weight_files_refuse_it(tmp_path: Path, marker: Path) 
 def test_recipes_are_read_with_safe_load(tmp_path: Path, marker: Path) -> None:
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(f"train: !!python/object/apply:os.system ['touch {marker}']\n")
-    with pytest.raises(ConfigError, match="recipe.yaml"):
+    with pytest.raises(ConfigError, match=r"recipe\.yaml.*!!python/\.\.\. are refused and nothing in them ran"):
         load_config(recipe)
 
 
@@ -122,3 +122,65 @@ def test_safetensors_without_pixelwise_metadata_and_bare_state_dicts(tmp_path: P
     assert load_checkpoint(legacy)["iteration"] == 3  # tensors and plain values: still loads
     with pytest.raises(FileNotFoundError, match="is a folder"):
         load_checkpoint(tmp_path)
+
+
+def test_a_pickle_named_safetensors_is_never_unpickled(tmp_path: Path, marker: Path) -> None:
+    evil = _hostile(tmp_path / "evil.safetensors", marker)
+    for load in (load_checkpoint, load_model):
+        with pytest.raises(ValueError, match=r"evil\.safetensors.*not a readable safetensors file"):
+            load(evil)
+    with pytest.raises(ValueError, match=r"weights file .*evil\.safetensors.*not a readable safetensors file"):
+        pixelwise.create_model("unet", num_classes=3, encoder="resnet18", encoder_weights=str(evil))
+
+
+def test_save_safetensors_round_trips_by_content_not_name(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    state = load_checkpoint(tiny_checkpoint)
+    save_safetensors(state, tmp_path / "model.safetensors")
+    (tmp_path / "renamed.pt").write_bytes((tmp_path / "model.safetensors").read_bytes())
+    assert not list(tmp_path.glob(".*.tmp"))  # the atomic write left no temporary behind
+    original = load_model(tiny_checkpoint)
+    image = torch.randn(1, 3, 40, 40)
+    for path in (tmp_path / "model.safetensors", tmp_path / "renamed.pt"):
+        loaded = load_checkpoint(path)
+        assert {key: loaded[key] for key in ("model_spec", "classes", "normalization")} == \
+               {key: state[key] for key in ("model_spec", "classes", "normalization")}
+        exported = load_model(path)
+        with torch.no_grad():
+            assert torch.equal(exported.model(image), original.model(image))
+
+
+def test_save_safetensors_copes_with_tied_and_strided_weights(tmp_path: Path) -> None:
+    weight = torch.randn(4, 3)
+    state = {"model": {"a": weight, "b": weight, "c": weight.t()}, "model_spec": {"name": "x"},
+             "classes": {"names": ["a"]}, "normalization": {"mean": [0.0], "std": [1.0]}}
+    save_safetensors(state, tmp_path / "tied.safetensors")
+    loaded = load_checkpoint(tmp_path / "tied.safetensors")
+    assert all(torch.equal(loaded["model"][key], value) for key, value in state["model"].items())
+    assert loaded["model_spec"] == {"name": "x"} and "inference" not in loaded
+
+
+def test_weight_files_load_from_safetensors_and_odd_files_say_what_they_are(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    source = pixelwise.create_encoder("resnet18")
+    save_file({key: value.contiguous() for key, value in source.state_dict().items()}, str(tmp_path / "enc.bin"))
+    loaded = pixelwise.create_encoder("resnet18", weights=str(tmp_path / "enc.bin"))
+    assert all(torch.equal(value, source.state_dict()[key]) for key, value in loaded.state_dict().items())
+    (tmp_path / "notes.pth").write_text("not weights at all")
+    with pytest.raises(ValueError, match=r"notes\.pth.*neither a PyTorch file"):
+        pixelwise.create_encoder("resnet18", weights=str(tmp_path / "notes.pth"))
+
+
+def test_broken_files_and_folders_say_so(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    data = tiny_checkpoint.read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"cut\.pt.*unreadable.*truncated"):
+        load_checkpoint(tmp_path / "cut.pt")
+    with pytest.raises(FileNotFoundError, match=r"is a folder, not a file; pass .*best\.pt"):
+        load_checkpoint(tiny_checkpoint.parent)
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.ones(2)}, str(tmp_path / "bad.safetensors"),
+              metadata={"format": "pixelwise", "model_spec": "{", "classes": "{}", "normalization": "{}"})
+    with pytest.raises(ValueError, match=r"bad\.safetensors.*not valid JSON"):
+        load_checkpoint(tmp_path / "bad.safetensors")

@@ -15,6 +15,10 @@ from torch import nn
 from pixelwise.safe_load import load_torch_file, read_safetensors
 
 
+# What torch.save writes first: a zip archive (PyTorch >= 1.6) or a pickle (the legacy format).
+TORCH_FILE_MAGIC = (b"PK\x03\x04", b"\x80")
+
+
 class WeightsUnavailableError(RuntimeError):
     """Pretrained weights were requested but could not be obtained."""
 
@@ -33,8 +37,12 @@ def load_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file {str(path)!r} does not exist")
-    if path.suffix == ".safetensors":
+    kind = file_format(path)
+    if kind == "safetensors":
         return read_safetensors(path, "weights file")[0]
+    if kind == "other":
+        raise ValueError(f"weights file {str(path)!r} is neither a PyTorch file (written by torch.save) nor "
+                         f"safetensors; pass a .pt/.pth state dict or a .safetensors file")
     state: Any = load_torch_file(path, "weights file")
     for key in ("model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
@@ -42,6 +50,24 @@ def load_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict):
         raise ValueError(f"{str(path)!r} holds a {type(state).__name__}, not a state dict")
     return state
+
+
+def file_format(path: Path) -> str:
+    """What a weights or checkpoint file holds, judged by its first bytes rather than its name.
+
+    Returns:
+        ``"safetensors"`` (also for any file named ``.safetensors``: such a file is never unpickled),
+        ``"torch"`` (what ``torch.save`` writes; also an empty file, a write cut short) or ``"other"``.
+    """
+    if path.suffix == ".safetensors":
+        return "safetensors"
+    with open(path, "rb") as handle:
+        head = handle.read(9)
+    # safetensors: an 8-byte little-endian header length, then the JSON header. Checked first, as
+    # that length may begin with the byte 0x80, like a pickle.
+    if len(head) == 9 and head[8:] == b"{" and int.from_bytes(head[:8], "little") <= path.stat().st_size - 8:
+        return "safetensors"
+    return "torch" if not head or head.startswith(TORCH_FILE_MAGIC) else "other"
 
 
 def download_torchvision_weights(weights_enum: Any, encoder_name: str) -> dict[str, torch.Tensor]:

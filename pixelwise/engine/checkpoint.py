@@ -10,11 +10,10 @@ from typing import Any, NamedTuple
 import torch
 
 from pixelwise.data.classes import ClassInfo
+from pixelwise.encoders.weights import file_format
 from pixelwise.models import create_model
 from pixelwise.safe_load import UntrustedFileError, load_torch_file, read_safetensors
 
-# What torch.save writes first: a zip archive (PyTorch >= 1.6) or a pickle (the legacy format).
-_CHECKPOINT_MAGIC = (b"PK\x03\x04", b"\x80")
 # What a checkpoint needs besides the weights to predict without its recipe (see train.checkpoint_state).
 _PREDICTION_KEYS = ("model_spec", "classes", "normalization")
 
@@ -70,12 +69,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"checkpoint {str(path)!r} is a folder, not a file; {hint}")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist; train first, or check the run folder")
-    if path.suffix == ".safetensors":
+    kind = file_format(path)  # by content: a .pt that holds safetensors loads too
+    if kind == "safetensors":
         return _load_safetensors_checkpoint(path)
-    with open(path, "rb") as handle:
-        head = handle.read(4)
-    # An empty file falls through to torch.load: it is a write cut short, not the wrong file.
-    if head and not head.startswith(_CHECKPOINT_MAGIC):
+    # An empty file goes to torch.load as "torch": it is a write cut short, not the wrong file.
+    if kind == "other":
         raise ValueError(f"{str(path)!r} is not a pixelwise checkpoint (not a file written by torch.save); "
                          f"pass a run's best.pt or last.pt")
     try:
@@ -122,7 +120,11 @@ def _load_safetensors_checkpoint(path: Path) -> dict[str, Any]:
         raise ValueError(f"{str(path)!r} is a safetensors file without pixelwise metadata (model spec, classes, "
                          f"normalisation); write one with pixelwise export --format safetensors, or load bare "
                          f"weights with create_model(name, weights=...)")
-    state = {key: json.loads(value) for key, value in metadata.items() if key in (*_PREDICTION_KEYS, "inference")}
+    try:
+        state = {key: json.loads(value) for key, value in metadata.items() if key in (*_PREDICTION_KEYS, "inference")}
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{str(path)!r} has pixelwise metadata that is not valid JSON ({error}); export it again "
+                         f"with pixelwise export --format safetensors") from error
     return {"model": tensors, **state}
 
 
