@@ -96,10 +96,12 @@ def _parse_model_args(pairs: Sequence[str]) -> dict[str, object]:
 def _cmd_shapes(args: argparse.Namespace) -> int:
     import json
 
-    from pixelwise.analysis.tracing import build_model, trace, valid_input_sizes
+    from pixelwise.analysis import trace, valid_input_sizes
+    from pixelwise.models.build import build_model
 
     model = build_model(args.model, args.num_classes, **_parse_model_args(args.model_args))
-    result = trace(model, tuple(args.size))
+    # On the meta device tensors have shapes but no storage: any size traces in no memory.
+    result = trace(model.to("meta"), tuple(args.size))
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
         return 0
@@ -172,36 +174,30 @@ def _cmd_check_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-        TimeRemainingColumn
-
     from pixelwise.config import load_config
     from pixelwise.engine.distributed import is_main_process
     from pixelwise.engine.train import learning_rate, train
+    from pixelwise.progress import ProgressReport
 
     overrides = list(args.overrides)
     if args.time_budget is not None:
         overrides.append(f"train.time_budget_min={args.time_budget}")
     config = load_config(args.config, overrides)
     main_process = is_main_process()  # under torchrun only rank 0 reports
-    columns = (TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
-               TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=False, disable=not main_process) as progress:
-        task = progress.add_task("train", total=None, status="")
+    with ProgressReport(console, "train", enabled=main_process) as progress:
 
         def on_step(iteration: int, loss: float) -> None:
-            total = progress.tasks[0].total
-            lr = "" if total is None else f" · lr {learning_rate(iteration - 1, int(total), config):.2e}"
-            speed = progress.tasks[0].speed
-            rate = "" if speed is None else f" · {speed * 60:.1f} it/min"
-            progress.update(task, completed=iteration, status=f"loss {loss:.4f}{lr}{rate}")
+            lr = "" if progress.total is None else f" · lr {learning_rate(iteration - 1, progress.total, config):.2e}"
+            rate = "" if progress.rate_per_s is None else f" · {progress.rate_per_s * 60:.1f} it/min"
+            progress.update(iteration, status=f"loss {loss:.4f}{lr}{rate}")
 
         def on_total(total: int, plan) -> None:
-            progress.update(task, total=total)
-            if plan is not None and main_process:
-                progress.console.print(plan.describe(), markup=False, highlight=False)
+            progress.update(total=total)
+            if plan is not None:
+                progress.print(plan.describe())
 
-        result = train(config, resume=args.resume, device=args.device, on_step=on_step, on_total=on_total)
+        result = train(config, resume=args.resume, device=args.device, on_step=on_step, on_total=on_total,
+                       overwrite=args.overwrite)
     if main_process:
         console.print(f"best mIoU {result.best_miou:.4f} after {result.iterations} iterations; checkpoints, config, "
                       f"metrics.jsonl, tensorboard/ and {', '.join(p.name for p in result.plots)} in {result.run_dir}")
@@ -209,16 +205,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _progress(label: str):
-    """A progress bar for per-image work, and its callback ``on_image(done, total)``."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    """Progress of per-image work, and its callback ``on_image(done, total)``."""
+    from pixelwise.progress import ProgressReport
 
-    # Only on a terminal: in logs and pipes a bar is noise (and leaves a blank line behind).
-    progress = Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        console=console, transient=True, disable=not console.is_terminal)
-    task = progress.add_task(label, total=None)
+    progress = ProgressReport(console, label, transient=True, eta=False)
 
     def on_image(done: int, total: int) -> None:
-        progress.update(task, completed=done, total=total)
+        progress.update(done, total)
     return progress, on_image
 
 
@@ -260,7 +253,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     with progress:
         threshold = {} if args.tile_threshold is None else {"tile_threshold_pixels": args.tile_threshold}
         report = predict_files(_model_source(args), args.inputs, args.out, save_probabilities=args.probabilities,
-                               skip_unreadable=args.skip_unreadable, on_image=on_image, **threshold,
+                               skip_unreadable=args.skip_unreadable, on_image=on_image,
+                               overwrite=args.overwrite, **threshold,
                                **_inference_options(args))
     for image in report.images:
         for note in image.notes:
@@ -319,6 +313,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
     parser = argparse.ArgumentParser(prog="pixelwise", description="Semantic segmentation, real and inspectable.")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of every error")
     commands = parser.add_subparsers(dest="command", required=True)
 
     models = commands.add_parser("models", help="list the registered models, or show one model's options")
@@ -338,6 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                        help="e.g. optim.lr=0.01 data.batch_size=4 (after the --options)")
     train.add_argument("--resume", action="store_true", help="continue exactly from OUTPUT_DIR/last.pt")
+    train.add_argument("--overwrite", action="store_true",
+                       help="start afresh in a run folder that holds an earlier run, deleting its checkpoints, "
+                            "config, metrics and plots (without it, or --resume, such a folder is refused)")
     train.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (under torchrun: cpu or cuda; "
                                                        "each process takes cuda:LOCAL_RANK)")
     train.add_argument("--time-budget", type=float, metavar="MIN",
@@ -419,6 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
                               "(no test-time augmentation for those; default 16777216, i.e. 4096×4096)")
     predict.add_argument("--skip-unreadable", action="store_true",
                          help="skip unreadable images with a warning (exit code 1 at the end) instead of stopping")
+    predict.add_argument("--overwrite", action="store_true",
+                         help="replace files in --out that an earlier prediction did not write (refused by default)")
     _add_inference_arguments(predict)
     predict.set_defaults(run=_cmd_predict)
 
@@ -485,11 +485,20 @@ def _add_inference_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``pixelwise`` console script."""
+    """Entry point of the ``pixelwise`` console script.
+
+    Errors meant for the user (bad input, a missing file, a diverged run: their messages say what
+    to do) print as one line and exit 2; anything else is a bug or a library failure and keeps its
+    traceback. ``--debug`` shows the traceback of every error.
+    """
+    from pixelwise.errors import PixelwiseError
+
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as error:
+    except (PixelwiseError, ValueError, OSError) as error:
+        if args.debug:
+            raise
         # markup off: messages quote lists like ['widht'], which rich would read as style tags
         console.print(f"error: {error}", style="bold red", markup=False, highlight=False)
         return 2

@@ -9,11 +9,13 @@ and the resolved recipe is saved in the run folder.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import yaml
 
@@ -126,7 +128,49 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
             raise ConfigError(f"config {str(path)!r} must be a mapping of sections, got {type(raw).__name__}")
     for override in overrides:
         _apply_override(raw, override)
-    return _build(Config, raw, "")
+    config = _build(Config, raw, "")
+    check_ranges(config)
+    return config
+
+
+# Values that pass the type check but cannot work: (key, test, what the key needs).
+_RANGES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+    ("data.batch_size", lambda v: v >= 1, "at least 1"),
+    ("data.workers", lambda v: v >= 0, "0 (load in the main process) or more"),
+    ("data.crop_size", lambda v: len(v) == 2 and min(v) >= 1, "two positive sizes [height, width]"),
+    ("data.scale_range", lambda v: len(v) == 2 and 0 < v[0] <= v[1], "[low, high] with 0 < low <= high"),
+    ("optim.name", lambda v: v.lower() in ("sgd", "adamw"), "sgd or adamw"),
+    ("optim.lr", lambda v: 0 < v < math.inf, "a positive number"),
+    ("optim.weight_decay", lambda v: 0 <= v < math.inf, "0 or more"),
+    ("optim.momentum", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("optim.clip_grad_norm", lambda v: v is None or 0 < v < math.inf, "a positive norm, or null for no clipping"),
+    ("schedule.name", lambda v: v in ("poly", "cosine", "constant"), "poly, cosine or constant"),
+    ("schedule.warmup_iters", lambda v: v >= 0, "0 or more"),
+    ("schedule.power", lambda v: 0 <= v < math.inf, "0 or more"),
+    ("schedule.min_lr", lambda v: 0 <= v < math.inf, "0 or more (and below optim.lr)"),
+    ("train.iterations", lambda v: v >= 1, "at least 1"),
+    ("train.eval_every", lambda v: v >= 1, "at least 1 (evaluate every N iterations)"),
+    ("train.checkpoint_every", lambda v: v >= 1, "at least 1 (write last.pt every N iterations)"),
+    ("train.amp", lambda v: v in (None, "bf16", "fp16"), "null, bf16 or fp16"),
+    ("train.aux_weight", lambda v: 0 <= v < math.inf, "0 or more"),
+    ("train.time_budget_min", lambda v: v is None or 0 < v < math.inf, "a positive number of minutes, or null"),
+)
+
+
+def check_ranges(config: Config) -> None:
+    """Refuse values of the right type that cannot work (a batch of 0, a negative learning rate, ...).
+
+    Raises:
+        ConfigError: naming the key, the value and what it needs.
+    """
+    for key, test, needs in _RANGES:
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        if not test(value):
+            raise ConfigError(f"{key} = {value!r} cannot work: it must be {needs}")
+    if config.schedule.min_lr > config.optim.lr:
+        raise ConfigError(f"schedule.min_lr = {config.schedule.min_lr!r} is above optim.lr = {config.optim.lr!r}: "
+                          f"the schedule decays from optim.lr down to schedule.min_lr")
 
 
 def config_to_dict(config: Config) -> dict:
@@ -187,12 +231,22 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     elif hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        number = _yaml_number(value)
+        if number is not None:
+            return number
     elif hint is dict or origin is dict:
         if isinstance(value, dict):
             return value
     elif isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
         return value
     raise ConfigError(f"{where} = {value!r} should be {_describe(hint)}")
+
+
+def _yaml_number(value: Any) -> float | None:
+    """A number YAML read as text: YAML 1.1 takes ``1e-3`` (no dot) for a string, not a float."""
+    if not isinstance(value, str) or not re.fullmatch(r"\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*", value):
+        return None
+    return float(value)
 
 
 def _describe(hint: Any) -> str:

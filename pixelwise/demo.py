@@ -127,12 +127,13 @@ def run_demo_pipeline(out_dir: str | Path = "runs/demo", overrides: Sequence[str
     """Train, evaluate on held-out images, predict sample files, and write the report."""
     run_dir = Path(out_dir)
     start = time.perf_counter()
-    training = train(demo_config(run_dir, overrides), on_step=on_step, on_total=on_total)
+    # The demo is re-runnable: each run replaces the previous demo's run files.
+    training = train(demo_config(run_dir, overrides), on_step=on_step, on_total=on_total, overwrite=True)
     minutes = (time.perf_counter() - start) / 60
     checkpoint = run_dir / "best.pt"
     evaluation = evaluate_checkpoint(checkpoint, split="test", out_dir=run_dir / "evaluation")
     samples = write_sample_images(run_dir / "samples")
-    predictions = predict_files(checkpoint, samples, run_dir / "predictions")
+    predictions = predict_files(checkpoint, samples, run_dir / "predictions", overwrite=True)
     side_by_side(predictions, run_dir / "predictions" / "sheet.png")
     result = DemoResult(run_dir, training, evaluation, predictions, run_dir / "report.md", minutes)
     write_report(result)
@@ -142,18 +143,14 @@ def run_demo_pipeline(out_dir: str | Path = "runs/demo", overrides: Sequence[str
 def run_demo(console: Console, out_dir: str | Path = "runs/demo", overrides: Sequence[str] = ()) -> int:
     """The CLI's demo: a progress bar, the evaluation table, where the results are. Exit 0 when
     the pipeline ran; whether the held-out mIoU met the target is printed, not an error."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-        TimeRemainingColumn
+    from pixelwise.progress import ProgressReport
 
     console.print(f"Training a U-Net on synthetic shapes (CPU, a few minutes); results go to {out_dir}/")
-    columns = (TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
-               TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
-    with Progress(*columns, console=console) as progress:
-        task = progress.add_task("train", total=None, status="")
+    with ProgressReport(console, "train") as progress:
         result = run_demo_pipeline(
             out_dir, overrides,
-            on_step=lambda iteration, loss: progress.update(task, completed=iteration, status=f"loss {loss:.3f}"),
-            on_total=lambda total, plan: progress.update(task, total=total))
+            on_step=lambda iteration, loss: progress.update(iteration, status=f"loss {loss:.3f}"),
+            on_total=lambda total, plan: progress.update(total=total))
     print_evaluation(result.evaluation, console)
     verdict = "meets" if result.passed else "[red]misses[/]"
     console.print(f"held-out mIoU {result.evaluation.summary()['mean_iou']:.4f} {verdict} the demo's target "

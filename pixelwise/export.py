@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from pixelwise.data.classes import ClassInfo
 from pixelwise.engine.checkpoint import LoadedModel, load_checkpoint, model_from_checkpoint
 from pixelwise.engine.inference import InferenceOptions, normalize_image
+from pixelwise.errors import PixelwiseError
 from pixelwise.runtimes.onnx_runtime import OnnxRuntime
 
 OPSET = 18
@@ -53,7 +54,7 @@ METADATA_KEYS = ("model_spec", "classes", "normalization", "inference")
 FORMATS = ("onnx", "torchscript", "safetensors")
 
 
-class ExportError(RuntimeError):
+class ExportError(PixelwiseError, RuntimeError):
     """The model could not be exported, or the export does not compute what the model does."""
 
 

@@ -33,9 +33,13 @@ from torch import Tensor, nn
 
 from pixelwise.data.classes import IGNORE_INDEX
 from pixelwise.layers.resize import resize_bilinear
+from pixelwise.registry import Registry
 
 ClassSelection = str | Sequence[int]
 WeightsLike = Tensor | Sequence[float] | np.ndarray
+
+# The losses :func:`create_loss` builds by name (case-insensitive).
+LOSSES: Registry[type[nn.Module]] = Registry("loss", normalize=str.lower)
 
 
 # --------------------------------------------------------------------------- shared helpers
@@ -120,6 +124,7 @@ def _as_weights(weights: WeightsLike | None) -> Tensor | None:
 # --------------------------------------------------------------------------- losses
 
 
+@LOSSES.register("ce")
 class CrossEntropyLoss(nn.Module):
     """Pixel-wise cross-entropy, mean over the pixels that are not ``ignore_index``.
 
@@ -162,6 +167,7 @@ class CrossEntropyLoss(nn.Module):
         return f"ignore_index={self.ignore_index}, label_smoothing={self.label_smoothing}"
 
 
+@LOSSES.register("dice")
 class DiceLoss(nn.Module):
     """Soft multi-class Dice loss on softmax probabilities, ``1 - mean_c Dice_c``.
 
@@ -203,6 +209,7 @@ class DiceLoss(nn.Module):
         return f"ignore_index={self.ignore_index}, smooth={self.smooth}, classes={self.classes!r}"
 
 
+@LOSSES.register("focal")
 class FocalLoss(nn.Module):
     """Multi-class focal loss ``-α_t (1 - p_t)^γ log p_t``, mean over valid pixels.
 
@@ -291,6 +298,7 @@ def _pixels_first(values: Tensor, per_image: bool) -> Tensor:
     return values if per_image else values.reshape(-1, 1, num_classes)
 
 
+@LOSSES.register("lovasz")
 class LovaszSoftmaxLoss(nn.Module):
     """Lovász-Softmax loss: a convex surrogate of ``1 - IoU`` on softmax probabilities.
 
@@ -352,17 +360,9 @@ class CombinedLoss(nn.Module):
 
 # --------------------------------------------------------------------------- factory and auxiliary heads
 
-LOSSES: dict[str, type[nn.Module]] = {
-    "ce": CrossEntropyLoss,
-    "dice": DiceLoss,
-    "focal": FocalLoss,
-    "lovasz": LovaszSoftmaxLoss,
-}
-
-
 def list_losses() -> list[str]:
     """Names that :func:`create_loss` accepts."""
-    return sorted(LOSSES)
+    return LOSSES.names()
 
 
 def _parse_terms(spec: Any) -> list[tuple[str, float, dict]]:
@@ -387,16 +387,14 @@ def _parse_terms(spec: Any) -> list[tuple[str, float, dict]]:
 
 
 def _build_term(name: str, options: dict, ignore_index: int, class_weights: WeightsLike | None) -> nn.Module:
-    key = str(name).lower()
-    if key not in LOSSES:
-        raise ValueError(f"unknown loss {name!r}; valid names: {', '.join(list_losses())}")
+    loss_class = LOSSES[name]
     options = {"ignore_index": ignore_index, **options}
-    if class_weights is not None and key == "ce":
+    if class_weights is not None and loss_class is CrossEntropyLoss:
         options.setdefault("class_weights", class_weights)
-    if class_weights is not None and key == "focal":
+    if class_weights is not None and loss_class is FocalLoss:
         options.setdefault("alpha", class_weights)
     try:
-        return LOSSES[key](**options)
+        return loss_class(**options)
     except TypeError as error:
         raise ValueError(f"bad options {options} for loss {name!r}: {error}") from error
 
@@ -419,7 +417,9 @@ def create_loss(spec: str | Mapping | Sequence, ignore_index: int = IGNORE_INDEX
         The loss module for a single name; a :class:`CombinedLoss` for a mapping or list.
 
     Raises:
-        ValueError: an unknown name (the valid ones are listed), a bad weight or bad options.
+        ~pixelwise.registry.UnknownNameError: an unknown name (a ``ValueError`` suggesting the
+            closest valid one).
+        ValueError: a bad weight or bad options.
     """
     terms = _parse_terms(spec)
     built = []

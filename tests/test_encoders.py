@@ -115,6 +115,8 @@ def test_wrong_weights_file_names_the_mismatched_keys(tmp_path: Path) -> None:
 def test_missing_weights_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="does not exist"):
         create_encoder("resnet18", weights=tmp_path / "nope.pth")
+    with pytest.raises(IsADirectoryError, match="is a folder; pass the state-dict file inside it"):
+        create_encoder("resnet18", weights=tmp_path)
 
 
 def test_offline_imagenet_request_says_how_to_pass_a_local_file(monkeypatch: pytest.MonkeyPatch,

@@ -16,6 +16,7 @@ from test_models import SMALL
 import pixelwise
 from pixelwise.cli import main
 from pixelwise.data.synthetic import SyntheticShapes
+from pixelwise.engine.checkpoint import save_checkpoint
 from pixelwise.engine.inference import InferenceOptions, normalize_image, predict_large_image, predict_logits
 from pixelwise.engine.loading import load_predictor
 from pixelwise.export import (
@@ -86,7 +87,7 @@ def test_models_that_cannot_export_say_which_and_why(tiny_checkpoint: Path, tmp_
     state["model_spec"] = {"name": "unet", "num_classes": 6, "options": {"base_channels": 4}}
     state["model"] = pixelwise.create_model("unet", num_classes=6, base_channels=4).state_dict()
     paper = tmp_path / "paper.pt"
-    torch.save(state, paper)
+    save_checkpoint(state, paper)
     with pytest.raises(ExportError, match=r"'unet'.*padding='valid'.*padding=same"):
         export_checkpoint(paper, tmp_path / "paper.onnx")
     assert not (tmp_path / "paper.onnx").exists()

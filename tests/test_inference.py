@@ -136,9 +136,28 @@ def test_inference_restores_training_mode_and_runs_without_autograd() -> None:
 
 # Test-time augmentation -----------------------------------------------------------------------
 
-def test_single_unit_scale_is_plain_inference() -> None:
+def test_a_single_view_at_scale_one_returns_the_networks_own_logits() -> None:
+    """Bit for bit, and not turned into log-probabilities (which the multi-view result is)."""
     model, image = _unet(), torch.randn(1, 3, 45, 61)
-    assert torch.equal(predict_logits(model, image, scales=(1.0,)), predict_logits(model, image))
+    with torch.no_grad():
+        expected = model(image)
+    assert torch.equal(predict_logits(model, image, scales=(1.0,)), expected)
+    assert not torch.allclose(expected.exp().sum(1), torch.ones(1, 45, 61))  # raw logits, not log-softmax
+
+
+def test_multi_scale_is_the_log_of_the_mean_probability_of_each_scale_mapped_back() -> None:
+    model, image = _unet(), torch.randn(1, 3, 45, 61)
+    multi = predict_logits(model, image, scales=(0.5, 1.0))
+    with torch.no_grad():
+        # 45·0.5 and 61·0.5 rounded half up (scaled_size); the scale-1 view is the image itself.
+        half = nn.functional.interpolate(image, size=(23, 31), mode="bilinear", align_corners=False)
+        half_back = nn.functional.interpolate(model(half), size=(45, 61), mode="bilinear", align_corners=False)
+        full = model(image)
+    expected = (half_back.softmax(1) + full.softmax(1)) / 2
+    assert multi.shape == (1, 3, 45, 61)
+    torch.testing.assert_close(multi, expected.log(), atol=1e-5, rtol=1e-5)
+    # The half-scale view really counts: the result is not the single-scale prediction.
+    assert (multi.softmax(1) - full.softmax(1)).abs().max() > 1e-2
 
 
 @pytest.mark.parametrize("mode", ["whole", "slide"])

@@ -249,8 +249,48 @@ def test_mean_class_accuracy_differs_from_torchmetrics_macro_on_predicted_only_c
 
 def test_empty_matrix_is_zero_where_torchmetrics_is_nan() -> None:
     target, prediction = torch.full((1, 4, 4), IGNORE), torch.zeros(1, 4, 4, dtype=torch.long)
+    matrix = counted(target, prediction)
+    assert matrix.num_pixels == 0
+    # torchmetrics divides by zero in the macro and weighted Jaccard index; ours is 0, never NaN.
     assert torchmetrics_value(MulticlassJaccardIndex, "macro", target, prediction).isnan()
-    assert counted(target, prediction).mean_iou == 0.0
+    assert torchmetrics_value(MulticlassJaccardIndex, "weighted", target, prediction).isnan()
+    assert matrix.mean_iou == matrix.frequency_weighted_iou == 0.0
+    # Where torchmetrics gives a number, it is ours.
+    assert float(torchmetrics_value(MulticlassF1Score, "macro", target, prediction)) == matrix.mean_dice == 0.0
+    assert float(torchmetrics_value(MulticlassAccuracy, "micro", target, prediction)) == matrix.pixel_accuracy == 0.0
+    assert float(torchmetrics_value(MulticlassAccuracy, "macro", target, prediction)) == 0.0
+    assert matrix.mean_class_accuracy == 0.0
+
+
+def test_nearly_empty_matrix_has_the_hand_computed_values_and_torchmetrics_means() -> None:
+    """Two counted pixels among ignore ones — (truth 0, predicted 0) and (truth 1, predicted 0) —
+    whatever is predicted at the ignore pixels. Class 0: TP 1, FP 1, FN 0; class 1: TP 0, FN 1;
+    classes 2-6 absent from both."""
+    target = torch.full((1, 3, 5), IGNORE)
+    prediction = torch.randint(0, NUM_CLASSES, (1, 3, 5), generator=torch.Generator().manual_seed(1))
+    target[0, 1, 2], prediction[0, 1, 2] = 0, 0
+    target[0, 2, 4], prediction[0, 2, 4] = 1, 0
+    matrix = counted(target, prediction)
+    expected = torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.int64)
+    expected[0, 0] = expected[1, 0] = 1
+    assert torch.equal(matrix.matrix, expected)
+
+    absent = [math.nan] * (NUM_CLASSES - 2)
+    for values, hand in ((matrix.iou, [1 / 2, 0.0]), (matrix.dice, [2 / 3, 0.0]), (matrix.class_accuracy, [1.0, 0.0])):
+        torch.testing.assert_close(values, torch.tensor(hand + absent, dtype=values.dtype), rtol=0, atol=0,
+                                   equal_nan=True)
+    assert matrix.mean_iou == 0.25  # (1/2 + 0) / 2: the five absent classes are skipped
+    assert matrix.frequency_weighted_iou == 0.25  # (1 · 1/2 + 1 · 0) / 2
+    assert matrix.pixel_accuracy == 0.5
+    assert matrix.mean_class_accuracy == 0.5  # (1 + 0) / 2 over the ground-truth classes
+    assert matrix.mean_dice == pytest.approx(1 / 3, rel=1e-15)
+
+    # torchmetrics (float32) agrees on every mean here.
+    assert float(torchmetrics_value(MulticlassJaccardIndex, "macro", target, prediction)) == 0.25
+    assert float(torchmetrics_value(MulticlassJaccardIndex, "weighted", target, prediction)) == 0.25
+    assert float(torchmetrics_value(MulticlassAccuracy, "micro", target, prediction)) == 0.5
+    assert float(torchmetrics_value(MulticlassAccuracy, "macro", target, prediction)) == 0.5
+    assert float(torchmetrics_value(MulticlassF1Score, "macro", target, prediction)) == pytest.approx(1 / 3, rel=1e-6)
 
 
 # -- streaming, merging, saving -------------------------------------------------------------------

@@ -16,7 +16,8 @@ from pixelwise.layers import UPSAMPLE_KINDS
 from pixelwise.models.registry import register_model
 
 NUM_CLASSES = 3
-SIZES = [(1, 1), (1, 17), (33, 47)]
+# 64×96 is a multiple of every model's size_divisor (no zero padding to add); the others are not.
+SIZES = [(1, 1), (1, 17), (64, 96), (33, 47)]
 # Builder options that make each model small; every model not named here is built as it is.
 SMALL = {
     "fcn32s": {"encoder": "resnet18"},
@@ -69,6 +70,10 @@ def test_logits_at_input_size_for_any_size_and_gradients_reach_every_parameter(
     assert not no_grad, f"parameters without a finite gradient: {no_grad[:5]}"
     model.eval()
     with torch.no_grad():
+        for height, width in SIZES:
+            logits = model(torch.randn(1, 3, height, width))
+            assert logits.shape == (1, NUM_CLASSES, height, width)
+            assert torch.isfinite(logits).all()
         assert model(torch.randn(2, 3, 29, 35)).shape == (2, NUM_CLASSES, 29, 35)
 
 
@@ -95,7 +100,7 @@ def test_whole_model_weights_file_round_trips(tmp_path: Path) -> None:
 
 
 def test_unknown_model_suggests_close_names() -> None:
-    with pytest.raises(ValueError, match="Did you mean fcn8s"):
+    with pytest.raises(ValueError, match="did you mean 'fcn8s'"):
         pixelwise.create_model("fcn8")
 
 
@@ -109,7 +114,7 @@ def test_duplicate_registration_is_an_error() -> None:
         raise AssertionError("never built")
 
     with pytest.raises(ValueError, match="already registered"):
-        register_model("FCN", "vgg16")(fcn8s)
+        register_model("FCN")(fcn8s)
 
 
 def test_wrong_input_shapes_are_clear_errors() -> None:

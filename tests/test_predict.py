@@ -106,7 +106,7 @@ def test_folders_and_globs_expand_to_their_images(tiny_checkpoint: Path, loaded:
     assert len(expand_inputs([folder, str(folder / "*.jpg"), folder / "a.png"])) == 3
     report = predict_files(loaded, [folder], tmp_path / "out")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "a.png", "a_overlay.png", "b.png", "b_overlay.png", "c.png", "c_overlay.png"]
+        ".pixelwise-predict.json", "a.png", "a_overlay.png", "b.png", "b_overlay.png", "c.png", "c_overlay.png"]
     assert [image.source.name for image in report.images] == ["a.png", "b.jpg", "c.PNG"]
 
 
@@ -160,7 +160,8 @@ def test_cli_writes_outputs_and_says_where(tiny_checkpoint: Path, tmp_path: Path
     assert main(["predict", "--checkpoint", str(tiny_checkpoint), str(source), "--out", str(out),
                  "--probabilities", "--mode", "slide", "--window", "32", "32", "--flip"]) == 0
     assert str(out) in capsys.readouterr().out
-    assert {p.name for p in out.iterdir()} == {"scene.png", "scene_overlay.png", "scene_probs.npy"}
+    assert {p.name for p in out.iterdir()} == {".pixelwise-predict.json", "scene.png", "scene_overlay.png",
+                                               "scene_probs.npy"}
 
 
 def test_large_image_is_tiled_and_agrees_with_whole_and_sliding_prediction(tiny_checkpoint: Path,

@@ -11,10 +11,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision import models as tvm
 
-import pixelwise.analysis.tracing as trace_module
+import pixelwise.analysis.propagation as propagation
 from pixelwise import create_model
-from pixelwise.analysis.tracing import Trace, TraceError, build_model, trace, valid_input_sizes
+from pixelwise.analysis import Trace, TraceError, trace, valid_input_sizes
 from pixelwise.cli import main
+from pixelwise.models.build import build_model
 from pixelwise.models.fcn import PAPER_CROP_OFFSETS
 from pixelwise.models.unet import unet_margin, unet_output_size
 
@@ -159,7 +160,7 @@ def test_every_row_shape_is_the_real_output_shape() -> None:
 
 
 def test_a_wrong_formula_raises(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(trace_module, "conv_output_size", lambda *args: 1)
+    monkeypatch.setattr(propagation, "conv_output_size", lambda *args: 1)
     with pytest.raises(TraceError, match="analytic shape"):
         trace(nn.Conv2d(3, 4, 3), 16)
 

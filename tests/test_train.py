@@ -228,7 +228,10 @@ def test_time_budget_sets_the_total_and_resume_keeps_it(tmp_path: Path, capsys: 
     assert len(rates) == total and rates[:plan["iteration"]] == [0.01] * plan["iteration"], "held while measuring"
     if total > plan["iteration"] + 1:
         assert rates[-1] < 0.01, "then the schedule decays over the chosen total"
-    assert main(["train", "--resume", "--time-budget", "10", *overrides]) == 0  # the stored total wins
+    # Another budget on resume is refused (config.yaml says what ran); the same budget keeps the total.
+    assert main(["train", "--resume", "--time-budget", "10", *overrides]) == 2
+    assert "train.time_budget_min: 0.05 -> 10.0" in capsys.readouterr().out
+    assert main(["train", "--resume", "--time-budget", "0.05", *overrides]) == 0
     assert load_checkpoint(tmp_path / "last.pt")["iteration"] == total
 
 

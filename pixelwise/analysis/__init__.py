@@ -25,7 +25,11 @@ from pixelwise.analysis.sizes import (
     pool_input_sizes,
     pool_output_size,
 )
-from pixelwise.analysis.tracing import Axis, Row, Trace, TraceError, ValidSizes, build_model, trace, valid_input_sizes
+from pixelwise.analysis.geometry import Axis
+from pixelwise.analysis.report import Row, Trace
+from pixelwise.analysis.tracer import TraceError, trace
+from pixelwise.analysis.valid_sizes import ValidSizes, valid_input_sizes
+from pixelwise.models.build import build_model
 
 __all__ = [
     "Axis", "ConvolutionalizeReport", "FullyConvolutional", "OverlapMap", "Replacement", "Row", "ScoreRow",

@@ -26,6 +26,10 @@ from torch import Tensor, nn
 
 from pixelwise.layers.upsample import UPSAMPLE_KINDS, make_upsampler
 
+# The largest map computed (a side in output pixels) and the largest PNG written (a side in pixels).
+MAX_MAP_SIDE = 4096
+MAX_PNG_SIDE = 8192
+
 
 def overlap_counts_1d(kernel: int, stride: int, input_size: int = 8, padding: int = 0,
                       dilation: int = 1) -> Tensor:
@@ -74,10 +78,15 @@ class OverlapMap:
     pattern: tuple[int, ...]
     even: bool
 
-    def render(self) -> str:
-        """The 2-D map as a text grid, one right-aligned count per output pixel."""
-        width = len(str(int(self.grid.max())))
-        return "\n".join(" ".join(f"{int(count):>{width}}" for count in row) for row in self.grid)
+    def render(self, limit: int = 64) -> str:
+        """The 2-D map as a text grid, one right-aligned count per output pixel (its top-left
+        ``limit``×``limit`` corner for larger maps, saying so)."""
+        shown = self.grid[:limit, :limit]
+        width = len(str(int(shown.max())))
+        text = "\n".join(" ".join(f"{int(count):>{width}}" for count in row) for row in shown.tolist())
+        if shown.shape != self.grid.shape:
+            text += f"\n(the top-left {shown.shape[0]}×{shown.shape[1]} of {self.grid.shape[0]}×{self.grid.shape[1]})"
+        return text
 
     def summary(self) -> str:
         """Two lines: the layer and its output, then the interior pattern and its verdict."""
@@ -94,6 +103,9 @@ class OverlapMap:
         when ``cell`` ≥ 12."""
         from PIL import Image, ImageDraw
 
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cell = max(1, min(cell, MAX_PNG_SIDE // max(self.grid.shape)))
         peak = max(int(self.grid.max()), 1)
         levels = (self.grid.double() * 255 / peak).round().to(torch.uint8)
         image = Image.fromarray(levels.numpy()).resize(
@@ -123,6 +135,11 @@ def overlap_map(kernel: int, stride: int, input_size: int = 8, padding: int = 0,
     Raises:
         ValueError: if ``input_size`` is too small to show one period away from the borders.
     """
+    side = (input_size - 1) * stride - 2 * padding + dilation * (kernel - 1) + 1
+    if side > MAX_MAP_SIDE:
+        raise ValueError(f"input_size {input_size} gives a {side}×{side} map, past the {MAX_MAP_SIDE}×{MAX_MAP_SIDE} "
+                         f"that can be shown ({side * side * 8 / 2**30:.1f} GiB of counts); the pattern repeats "
+                         f"every {stride} pixels, so a size of a few strides shows it all: use a smaller --size")
     counts = overlap_counts_1d(kernel, stride, input_size, padding, dilation)
     # An all-ones k×k kernel is ones(k) ⊗ ones(k) and the ones input is separable too, so the
     # 2-D transposed convolution factorises: grid[y, x] = counts[y] · counts[x].

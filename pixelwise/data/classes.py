@@ -43,8 +43,16 @@ class ClassInfo:
 
     @classmethod
     def from_dict(cls, data: dict) -> "ClassInfo":
-        """Inverse of :meth:`to_dict`."""
-        return cls(tuple(data["names"]), tuple(tuple(c) for c in data["palette"]), int(data["ignore_index"]))
+        """Inverse of :meth:`to_dict`; only ``names`` is required (a hand-made record without a
+        palette gets the default one, without an ignore index the default 255).
+
+        Raises:
+            ValueError: ``data`` is not such a record.
+        """
+        if not isinstance(data, dict) or not isinstance(data.get("names"), (list, tuple)):
+            raise ValueError(f"class record {data!r} needs a list of class names under 'names' (and optionally "
+                             f"'palette' and 'ignore_index')")
+        return class_info(data["names"], data.get("palette"), int(data.get("ignore_index", IGNORE_INDEX)))
 
 
 def default_palette(num_classes: int) -> tuple[tuple[int, int, int], ...]:

@@ -207,11 +207,15 @@ def _folder_classes(root: Path, classes: Sequence[str] | ClassInfo | None, num_c
         return classes
     if classes is not None:
         return class_info(classes, ignore_index=ignore_index)
-    if num_classes is not None:
-        return class_info([f"class {i}" for i in range(num_classes)], ignore_index=ignore_index)
     names_file = root / "classes.txt"
     if names_file.is_file():
-        return class_info(read_split_list(names_file), ignore_index=ignore_index)
+        names = read_split_list(names_file)
+        if num_classes is not None and num_classes != len(names):
+            raise ValueError(f"{names_file} names {len(names)} classes but num_classes={num_classes}; drop "
+                             f"num_classes (the file's names are used), or correct one of the two")
+        return class_info(names, ignore_index=ignore_index)
+    if num_classes is not None:
+        return class_info([f"class {i}" for i in range(num_classes)], ignore_index=ignore_index)
     raise ValueError(f"{root}: the folder format needs its classes: pass classes=[names] (or a ClassInfo), "
                      "num_classes=N, or write a classes.txt with one class name per line at the root")
 

@@ -79,7 +79,7 @@ def _to_rgb_array(image: Image.Image, path: Path, notes: list[str]) -> np.ndarra
     """Pixels of any PIL mode as uint8 H×W×3, noting conversions that were not plain RGB."""
     mode = image.mode
     if mode == "RGB":
-        return np.asarray(image)
+        return _rgb_rows(image)
     if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
         # 16-bit grayscale (PIL reads 16-bit PNGs as I;16 or I): scale the full range to 8 bits
         values = np.asarray(image).astype(np.int64).clip(0, 65535)
@@ -100,6 +100,17 @@ def _to_rgb_array(image: Image.Image, path: Path, notes: list[str]) -> np.ndarra
         return np.asarray(image.convert("RGB"))
     raise DataError(f"{path}: unsupported image mode {mode!r}. Convert the image to 8-bit RGB "
                     "(for example with PIL: Image.open(f).convert('RGB').save(f)).", path, "unreadable")
+
+
+def _rgb_rows(image: Image.Image, rows_per_band: int = 512) -> np.ndarray:
+    """An RGB image's pixels as a writable uint8 H×W×3 array, copied a band of rows at a time:
+    ``np.asarray`` of the whole image would first assemble all of its bytes in a second buffer."""
+    width, height = image.size
+    pixels = np.empty((height, width, 3), dtype=np.uint8)
+    for top in range(0, height, rows_per_band):
+        bottom = min(top + rows_per_band, height)
+        pixels[top:bottom] = np.asarray(image.crop((0, top, width, bottom)))
+    return pixels
 
 
 def _orient(image: Image.Image, target_size: tuple[int, int] | None, notes: list[str]) -> Image.Image:

@@ -5,32 +5,26 @@ import inspect
 from typing import Callable
 
 from pixelwise.data.base import SegmentationDataset
-from pixelwise.naming import lookup
+from pixelwise.registry import Registry
 
 DatasetFactory = Callable[..., SegmentationDataset]
-_FORMATS: dict[str, DatasetFactory] = {}
+DATASETS: Registry[DatasetFactory] = Registry("data set format")
 
 
 def register_dataset(name: str) -> Callable[[DatasetFactory], DatasetFactory]:
     """Register a data set class (or factory) under ``name``; a duplicate name is an error."""
-
-    def decorator(factory: DatasetFactory) -> DatasetFactory:
-        if name in _FORMATS:
-            raise ValueError(f"data set format {name!r} is already registered")
-        _FORMATS[name] = factory
-        return factory
-
-    return decorator
+    return DATASETS.register(name)
 
 
 def list_datasets() -> list[str]:
     """Registered data set format names."""
-    return sorted(_FORMATS)
+    return DATASETS.names()
 
 
 def dataset_factory(name: str) -> DatasetFactory:
-    """The class (or factory) registered as ``name``; an unknown name raises with close matches."""
-    return lookup(_FORMATS, name, "data set format")
+    """The class (or factory) registered as ``name``; an unknown name raises
+    :class:`~pixelwise.registry.UnknownNameError`."""
+    return DATASETS[name]
 
 
 def create_dataset(name: str, **options) -> SegmentationDataset:

@@ -20,7 +20,7 @@ EncoderWeights = str | os.PathLike[str] | None
 
 def list_encoders() -> list[str]:
     """Names accepted by :func:`create_encoder` (plus ``"timm:NAME"`` for any timm model)."""
-    return sorted(TORCHVISION_ENCODERS)
+    return TORCHVISION_ENCODERS.names()
 
 
 def create_encoder(name: str, weights: EncoderWeights = None, output_stride: int = 32, **kwargs) -> Encoder:
@@ -35,21 +35,20 @@ def create_encoder(name: str, weights: EncoderWeights = None, output_stride: int
         **kwargs: encoder-specific options (``fully_conv``, ``paper`` for VGG).
 
     Raises:
+        UnknownNameError: ``name`` is not an encoder (the message suggests the closest).
         WeightsUnavailableError: ``"imagenet"`` was asked for and cannot be downloaded.
     """
     if name.startswith("timm:"):
         return TimmEncoder(name.removeprefix("timm:"), output_stride=output_stride,
                            weights=None if weights is None else os.fspath(weights))
-    if name not in TORCHVISION_ENCODERS:
-        raise ValueError(f"unknown encoder {name!r}; choose one of {list_encoders()} or 'timm:NAME'")
-    factory, imagenet = TORCHVISION_ENCODERS[name]
-    encoder = factory(output_stride=output_stride, **kwargs)
+    spec = TORCHVISION_ENCODERS[name]
+    encoder = spec.builder(output_stride=output_stride, **kwargs)
     if weights is None:
         return encoder
     if is_weights_file(weights):
         state, source = load_file(weights), repr(os.fspath(weights))
     elif weights == "imagenet":
-        state, source = download_torchvision_weights(imagenet, name), f"torchvision {imagenet}"
+        state, source = download_torchvision_weights(spec.weights, name), f"torchvision {spec.weights}"
     else:
         raise ValueError(f"encoder weights must be None, 'imagenet' or a file path, got {weights!r}")
     if _looks_converted(encoder, state):

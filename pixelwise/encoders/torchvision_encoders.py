@@ -14,14 +14,29 @@ from torchvision import models as tvm
 
 from pixelwise.encoders.base import Encoder, dilate_for_output_stride
 from pixelwise.layers.convert import linear_to_conv2d_weight
+from pixelwise.registry import Registry
 
 
 @dataclass(frozen=True)
 class TorchvisionSpec:
-    """How to build one torchvision classifier and where its ImageNet weights are."""
+    """How to build one encoder and where the ImageNet weights of its torchvision classifier are."""
 
-    builder: Callable[..., nn.Module]
+    builder: Callable[..., Encoder]
     weights: Any  # a torchvision WeightsEnum member
+
+
+TORCHVISION_ENCODERS: Registry[TorchvisionSpec] = Registry("encoder", patterns=("timm:NAME",))
+
+
+def register_encoder(weights: Any) -> Callable[[Callable[..., Encoder]], Callable[..., Encoder]]:
+    """Register an encoder builder under its function name, with the torchvision ImageNet
+    weights (a ``WeightsEnum`` member) its keys match."""
+
+    def decorator(builder: Callable[..., Encoder]) -> Callable[..., Encoder]:
+        TORCHVISION_ENCODERS.add(builder.__name__, TorchvisionSpec(builder, weights))
+        return builder
+
+    return decorator
 
 
 class ResNetEncoder(Encoder):
@@ -139,27 +154,53 @@ def _last_conv_channels(stage: nn.Sequential) -> int:
     return [m for m in stage if isinstance(m, nn.Conv2d)][-1].out_channels
 
 
-def mobilenet_v2_encoder(output_stride: int = 32) -> SlicedEncoder:
+@register_encoder(tvm.VGG16_Weights.IMAGENET1K_V1)
+def vgg16(output_stride: int = 32, fully_conv: bool = False, paper: bool = False) -> VGGEncoder:
+    """VGG-16 features after each pooling (64, 128, 256, 512, 512 channels); see :class:`VGGEncoder`."""
+    return VGGEncoder(batch_norm=False, fully_conv=fully_conv, output_stride=output_stride, paper=paper)
+
+
+@register_encoder(tvm.VGG16_BN_Weights.IMAGENET1K_V1)
+def vgg16_bn(output_stride: int = 32, fully_conv: bool = False, paper: bool = False) -> VGGEncoder:
+    """VGG-16 with batch norm; see :class:`VGGEncoder`."""
+    return VGGEncoder(batch_norm=True, fully_conv=fully_conv, output_stride=output_stride, paper=paper)
+
+
+@register_encoder(tvm.ResNet18_Weights.IMAGENET1K_V1)
+def resnet18(output_stride: int = 32) -> ResNetEncoder:
+    """ResNet-18 features at strides 2…32 (64, 64, 128, 256, 512 channels)."""
+    return ResNetEncoder(tvm.resnet18, output_stride)
+
+
+@register_encoder(tvm.ResNet34_Weights.IMAGENET1K_V1)
+def resnet34(output_stride: int = 32) -> ResNetEncoder:
+    """ResNet-34 features at strides 2…32 (64, 64, 128, 256, 512 channels)."""
+    return ResNetEncoder(tvm.resnet34, output_stride)
+
+
+@register_encoder(tvm.ResNet50_Weights.IMAGENET1K_V1)
+def resnet50(output_stride: int = 32) -> ResNetEncoder:
+    """ResNet-50 features at strides 2…32 (64, 256, 512, 1024, 2048 channels)."""
+    return ResNetEncoder(tvm.resnet50, output_stride)
+
+
+@register_encoder(tvm.ResNet101_Weights.IMAGENET1K_V1)
+def resnet101(output_stride: int = 32) -> ResNetEncoder:
+    """ResNet-101 features at strides 2…32 (64, 256, 512, 1024, 2048 channels)."""
+    return ResNetEncoder(tvm.resnet101, output_stride)
+
+
+@register_encoder(tvm.MobileNet_V2_Weights.IMAGENET1K_V1)
+def mobilenet_v2(output_stride: int = 32) -> SlicedEncoder:
     """MobileNetV2 (Sandler et al., 2018) features at strides 2…32 (16, 24, 32, 96, 320 channels)."""
     features = tvm.mobilenet_v2(weights=None).features
     return SlicedEncoder(features, [(0, 2), (2, 4), (4, 7), (7, 14), (14, 18)], [16, 24, 32, 96, 320],
                          output_stride)
 
 
-def mobilenet_v3_large_encoder(output_stride: int = 32) -> SlicedEncoder:
+@register_encoder(tvm.MobileNet_V3_Large_Weights.IMAGENET1K_V1)
+def mobilenet_v3_large(output_stride: int = 32) -> SlicedEncoder:
     """MobileNetV3-Large (Howard et al., 2019) features at strides 2…32 (16, 24, 40, 112, 960)."""
     features = tvm.mobilenet_v3_large(weights=None).features
     return SlicedEncoder(features, [(0, 2), (2, 4), (4, 7), (7, 13), (13, 17)], [16, 24, 40, 112, 960],
                          output_stride)
-
-
-TORCHVISION_ENCODERS: dict[str, tuple[Callable[..., Encoder], Any]] = {
-    "vgg16": (lambda **kw: VGGEncoder(batch_norm=False, **kw), tvm.VGG16_Weights.IMAGENET1K_V1),
-    "vgg16_bn": (lambda **kw: VGGEncoder(batch_norm=True, **kw), tvm.VGG16_BN_Weights.IMAGENET1K_V1),
-    "resnet18": (lambda **kw: ResNetEncoder(tvm.resnet18, **kw), tvm.ResNet18_Weights.IMAGENET1K_V1),
-    "resnet34": (lambda **kw: ResNetEncoder(tvm.resnet34, **kw), tvm.ResNet34_Weights.IMAGENET1K_V1),
-    "resnet50": (lambda **kw: ResNetEncoder(tvm.resnet50, **kw), tvm.ResNet50_Weights.IMAGENET1K_V1),
-    "resnet101": (lambda **kw: ResNetEncoder(tvm.resnet101, **kw), tvm.ResNet101_Weights.IMAGENET1K_V1),
-    "mobilenet_v2": (mobilenet_v2_encoder, tvm.MobileNet_V2_Weights.IMAGENET1K_V1),
-    "mobilenet_v3_large": (mobilenet_v3_large_encoder, tvm.MobileNet_V3_Large_Weights.IMAGENET1K_V1),
-}

@@ -12,6 +12,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from pixelwise.errors import PixelwiseError
 from pixelwise.safe_load import load_torch_file, read_safetensors
 
 
@@ -19,7 +20,7 @@ from pixelwise.safe_load import load_torch_file, read_safetensors
 TORCH_FILE_MAGIC = (b"PK\x03\x04", b"\x80")
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsUnavailableError(PixelwiseError, RuntimeError):
     """Pretrained weights were requested but could not be obtained."""
 
 
@@ -35,6 +36,9 @@ def load_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """Read a state dict from a local file (``.pt``/``.pth`` or ``.safetensors``); a checkpoint
     holding ``{"model": state_dict}`` or ``{"state_dict": ...}`` works too."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"weights file {str(path)!r} is a folder; pass the state-dict file inside it "
+                                f"(.pt, .pth or .safetensors)")
     if not path.is_file():
         raise FileNotFoundError(f"weights file {str(path)!r} does not exist")
     kind = file_format(path)

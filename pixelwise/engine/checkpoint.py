@@ -1,8 +1,15 @@
-"""Checkpoints written atomically: a crash at any moment leaves the previous file intact."""
+"""Checkpoints written atomically: a crash at any moment leaves the previous file intact.
+
+Each checkpoint carries a SHA-256 digest of its tensors (``"checksum"``), verified on load: bytes
+changed on disk are an error, not weights that load silently and are written back.
+"""
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
+import re
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -13,6 +20,8 @@ from pixelwise.data.classes import ClassInfo
 from pixelwise.encoders.weights import file_format
 from pixelwise.models import create_model
 from pixelwise.safe_load import UntrustedFileError, load_torch_file, read_safetensors
+
+logger = logging.getLogger(__name__)
 
 # What a checkpoint needs besides the weights to predict without its recipe (see train.checkpoint_state).
 _PREDICTION_KEYS = ("model_spec", "classes", "normalization")
@@ -28,6 +37,8 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    state = {**{key: value for key, value in state.items() if key != "checksum"},
+             "checksum": tensor_digest(state)}
     try:
         with open(temporary, "wb") as handle:
             torch.save(state, handle)
@@ -37,6 +48,65 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     finally:
         temporary.unlink(missing_ok=True)
     _fsync_folder(path.parent)
+
+
+def tensor_digest(state: Any) -> str:
+    """SHA-256 over every tensor of ``state`` (nested dicts and lists; the ``"checksum"`` entry
+    itself excluded): their places, dtypes, shapes and bytes, in a fixed order."""
+    digest = hashlib.sha256()
+
+    def visit(value: Any, place: str) -> None:
+        if isinstance(value, torch.Tensor):
+            flat = value.detach().cpu().contiguous().reshape(-1)
+            digest.update(f"{place}:{flat.dtype}:{tuple(value.shape)};".encode())
+            digest.update(memoryview(flat.view(torch.uint8).numpy()))
+        elif isinstance(value, dict):
+            for key in sorted(value, key=str):
+                if not (place == "" and key == "checksum"):
+                    visit(value[key], f"{place}/{key}")
+        elif isinstance(value, (list, tuple)):
+            for index, item in enumerate(value):
+                visit(item, f"{place}/{index}")
+
+    visit(state, "")
+    return digest.hexdigest()
+
+
+def remove_orphan_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the temporary files of checkpoint writes that were interrupted (``.NAME.PID.tmp``
+    whose writing process is gone); returns what was deleted."""
+    removed = []
+    for candidate in Path(folder).glob(".*.tmp"):
+        match = re.fullmatch(r"\.(.+)\.(\d+)\.tmp", candidate.name)
+        if match is None or _process_alive(int(match.group(2))):
+            continue
+        candidate.unlink(missing_ok=True)
+        removed.append(candidate)
+    if removed:
+        logger.info("removed %d temporary file(s) of interrupted checkpoint writes in %s", len(removed), folder)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+def non_finite_tensors(weights: dict[str, Any]) -> list[str]:
+    """Names of the floating-point tensors in a state dict that hold NaN or infinite values."""
+    return [name for name, tensor in weights.items()
+            if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+
+
+def _listing(names: list[str], head: int = 3) -> str:
+    return ", ".join(names[:head]) + (f" and {len(names) - head} more" if len(names) > head else "")
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -84,6 +154,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"{error} — use the run's other checkpoint (last.pt / best.pt)") from error
     if not isinstance(state, dict) or "model" not in state:
         raise ValueError(f"{str(path)!r} is not a pixelwise checkpoint (no 'model' entry)")
+    if "checksum" in state and tensor_digest(state) != state["checksum"]:
+        raise ValueError(f"checkpoint {str(path)!r} is damaged: its tensors no longer match the checksum written "
+                         f"with them (bytes changed on disk); use the run's other checkpoint (last.pt / best.pt) "
+                         f"or a backup")
     return state
 
 
@@ -164,6 +238,11 @@ def model_from_checkpoint(state: dict[str, Any], device: str | torch.device = "c
         raise ValueError(f"{source} holds weights but lacks {missing}, which rebuild the model without its recipe "
                          f"(a bare state dict?); pass a run's best.pt or last.pt, or load bare weights with "
                          f"create_model(name, weights=...)")
+    diverged = non_finite_tensors(state["model"])
+    if diverged:
+        raise ValueError(f"{source} holds NaN or infinite values in {_listing(diverged)}: the run diverged before "
+                         f"this was written, so it would predict nonsense; use an earlier checkpoint (best.pt), "
+                         f"or train again with a lower optim.lr or optim.clip_grad_norm")
     spec = state["model_spec"]
     model = create_model(spec["name"], num_classes=spec["num_classes"], **spec["options"])
     model.load_state_dict(state["model"])

@@ -4,11 +4,15 @@
 root, options, validation split) comes from the recipe recorded in it, and any of these can be
 overridden (another format drops the recorded root and options: they belong to the recorded
 format). Inference runs whole-image, sliding-window and/or with test-time augmentation through
-:func:`~pixelwise.engine.inference.predict_logits`, the path training's validation takes too;
-with the defaults (whole image, no augmentation, the precision the run validated with, which the
-checkpoint records) it computes what validation computed, so the numbers agree with the run's
-log. ``--runtime`` / ``--precision`` measure the same checkpoint in another runtime (optimised
-PyTorch, bf16, ONNX Runtime), and an exported ``.onnx`` file (fp32 or int8) is evaluated alike.
+:func:`~pixelwise.engine.inference.predict_logits`, the path training's validation takes too.
+Validation runs whole images, without augmentation, in eager PyTorch at the run's training
+precision (``train.amp``, recorded in the checkpoint), on the recorded validation split. So on
+a checkpoint saved at an evaluation (``best.pt``), evaluated with every option left at its
+default (which are exactly those) on the same device, the metrics equal that evaluation's line
+in the run's log. With another mode, augmentation, runtime, precision, split or device it
+measures something else, and its numbers need not match the log. ``--runtime`` /
+``--precision`` measure the same checkpoint in another runtime (optimised PyTorch, bf16, ONNX
+Runtime), and an exported ``.onnx`` file (fp32 or int8) is evaluated alike.
 
 With ``out_dir``, writes ``metrics.json`` (the summary, per-class IoU / Dice / accuracy with
 class names, the confusion matrix, and the data and inference options used) and
@@ -151,7 +155,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data_format: str | None = None, 
         runtime: ``"torch"``, ``"torch-optimized"`` or ``"onnxruntime"``
             (see :func:`~pixelwise.engine.loading.load_predictor`).
         precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (default: the precision the run
-            validated with, so the result reproduces the logged mIoU).
+            validated with; with every other option at its default too, the result on
+            ``best.pt`` reproduces the logged validation mIoU).
         out_dir: folder for ``metrics.json`` and ``confusion_matrix.png`` (``None``: no files).
         on_image: progress callback ``on_image(done, total)``.
     """

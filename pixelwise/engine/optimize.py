@@ -14,6 +14,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from pixelwise.models.base import SegmentationModel
+
 
 def conv_bn_pairs(model: nn.Module, example: Tensor) -> list[tuple[str, str]]:
     """Names of (convolution, batch norm) pairs where the batch norm consumes the convolution's
@@ -76,10 +78,12 @@ def optimize_for_inference(model: nn.Module, example: Tensor | None = None, chan
     """An eval-mode copy of ``model`` that computes the same logits faster.
 
     Args:
-        model: a segmentation model (the original is left untouched).
+        model: a segmentation model. Its weights and layout are not changed (the result is a copy),
+            but it is switched to eval mode to check the copy against it, and stays there.
         example: an input to trace the data flow with and to check the result on; by default a
             random ``1×3×64×64`` image.
-        channels_last: store weights (and convert inputs) in the channels-last layout.
+        channels_last: store weights in the channels-last layout (a
+            :class:`~pixelwise.models.SegmentationModel` converts its inputs to it too).
         fold_batch_norm: fold batch norms into the convolutions they follow.
         tolerance: largest accepted absolute difference of the logits, relative to their scale.
 
@@ -91,9 +95,10 @@ def optimize_for_inference(model: nn.Module, example: Tensor | None = None, chan
     optimized = copy.deepcopy(model).eval()
     if fold_batch_norm:
         fold_batch_norms(optimized, example)
-    if channels_last:
-        optimized = optimized.to(memory_format=torch.channels_last)
-        optimized.channels_last = True  # SegmentationModel.forward converts inputs too
+    if channels_last and isinstance(optimized, SegmentationModel):
+        optimized.to_channels_last()
+    elif channels_last:
+        optimized.to(memory_format=torch.channels_last)
     with torch.no_grad():
         expected, actual = original(example), optimized(example)
     error = (expected - actual).abs().max().item()

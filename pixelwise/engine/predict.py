@@ -13,8 +13,10 @@
 **Inputs.** Files, folders (their image files, not recursively) and glob patterns (``**``
 allowed; they too expand to image files only). A folder or pattern with no images, or a file
 that does not exist, is an error; a file named twice is predicted once; two inputs that would
-write the same output name, or an output that would overwrite an input, are errors before any
-work starts. Images are read as a viewer shows them (EXIF orientation applied), so masks and
+write the same output name (``a.jpg`` and ``a.png``; ``a.jpg``'s overlay and an input
+``a_overlay.png``), an output that would overwrite an input, and an output that would replace a
+file already in the folder that pixelwise did not write (the folder's ``.pixelwise-predict.json``
+lists what it wrote) are errors before any work starts; ``overwrite=True`` allows the last. Images are read as a viewer shows them (EXIF orientation applied), so masks and
 overlays line up with what the user sees.
 
 **Unreadable images.** By default the first unreadable image stops the run with a
@@ -32,10 +34,12 @@ memory-mapped ``.npy`` file block by block.
 from __future__ import annotations
 
 import glob
+import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -45,6 +49,7 @@ from torch import Tensor
 from pixelwise.data.classes import ClassInfo
 from pixelwise.data.formats import IMAGE_EXTENSIONS
 from pixelwise.data.io import DataError, decode_image
+from pixelwise.data.png import write_png_bands
 from pixelwise.engine.checkpoint import LoadedModel
 from pixelwise.engine.inference import (
     Blend,
@@ -109,19 +114,63 @@ def output_paths(image: Path, out_dir: Path) -> dict[str, Path]:
             "probabilities": out_dir / f"{image.stem}_probs.npy"}
 
 
-def _check_outputs(images: Sequence[Path], out_dir: Path) -> None:
-    """Refuse runs whose outputs would collide with each other or overwrite an input."""
+# Written into the output folder: the names of the files pixelwise wrote there, which a later run
+# may replace. Any other file already there is the user's, and is never overwritten silently.
+OUTPUTS_RECORD = ".pixelwise-predict.json"
+
+
+def planned_outputs(images: Sequence[Path], out_dir: Path, save_probabilities: bool,
+                    overwrite: bool = False) -> list[Path]:
+    """Every file the run will write, checked before any work starts.
+
+    Raises:
+        ValueError: two images would write the same file (``a.jpg`` and ``a.png``; ``a.jpg``'s
+            overlay and an input ``a_overlay.png``), an output would overwrite an input, or (unless
+            ``overwrite``) a file not written by an earlier prediction is already there.
+    """
     inputs = {path.resolve() for path in images}
-    owners: dict[str, Path] = {}
+    owners: dict[Path, Path] = {}
     for image in images:
-        if image.stem in owners:
-            raise ValueError(f"{owners[image.stem]} and {image} would both write {image.stem}.png; "
-                             "predict them into separate output folders")
-        owners[image.stem] = image
-        clashes = [path for path in output_paths(image, out_dir).values() if path.resolve() in inputs]
-        if clashes:
-            raise ValueError(f"writing the outputs of {image} would overwrite the input {clashes[0]}; "
-                             "choose another output folder")
+        for kind, path in output_paths(image, out_dir).items():
+            if kind == "probabilities" and not save_probabilities:
+                continue
+            key = path.resolve()
+            if key in owners:
+                raise ValueError(f"{owners[key]} and {image} would both write {path.name}; predict them into "
+                                 f"separate output folders")
+            if key in inputs:
+                raise ValueError(f"writing the outputs of {image} would overwrite the input {path}; choose another "
+                                 f"output folder")
+            owners[key] = image
+    if not overwrite:
+        ours = _recorded_outputs(out_dir)
+        foreign = [path for path in owners if path.exists() and path.name not in ours]
+        if foreign:
+            more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+            raise ValueError(f"{out_dir} already holds {foreign[0].name}{more}, not written by pixelwise predict, "
+                             f"which this run would replace (the outputs of {owners[foreign[0]].name}); predict into "
+                             f"another folder (--out), or pass --overwrite to replace such files")
+    return list(owners)
+
+
+def _recorded_outputs(out_dir: Path) -> set[str]:
+    record = out_dir / OUTPUTS_RECORD
+    if not record.is_file():
+        return set()
+    try:
+        names = json.loads(record.read_text()).get("written", [])
+    except (OSError, ValueError, AttributeError):
+        return set()  # unreadable: treat every existing file as the user's
+    return {name for name in names if isinstance(name, str)}
+
+
+def _record_outputs(out_dir: Path, outputs: Sequence[Path]) -> None:
+    """Add ``outputs`` to the folder's record, before they are written (a run cut short leaves
+    names claimed, which a rerun replaces)."""
+    names = sorted(_recorded_outputs(out_dir) | {path.name for path in outputs})
+    temporary = out_dir / f"{OUTPUTS_RECORD}.{os.getpid()}.tmp"
+    temporary.write_text(json.dumps({"written": names}))
+    os.replace(temporary, out_dir / OUTPUTS_RECORD)
 
 
 # Outputs ---------------------------------------------------------------------------------------
@@ -143,22 +192,45 @@ def label_image(labels: np.ndarray, classes: ClassInfo) -> Image.Image:
     return image
 
 
-def overlay(pixels: np.ndarray, labels: np.ndarray, classes: ClassInfo, alpha: float = 0.5,
-            rows_per_chunk: int = 1024) -> np.ndarray:
-    """The image ``(H, W, 3)`` uint8 blended with the colours of ``labels`` ``(H, W)``.
+# Pixels per band when outputs are computed and written a band of rows at a time.
+BAND_PIXELS = 1 << 20
 
-    Blended a band of rows at a time, so a huge image costs one float copy of a band, not of
-    the whole image.
-    """
+
+def _band_rows(width: int) -> int:
+    return max(1, BAND_PIXELS // max(1, width))
+
+
+def overlay(pixels: np.ndarray, labels: np.ndarray, classes: ClassInfo, alpha: float = 0.5) -> np.ndarray:
+    """The image ``(H, W, 3)`` uint8 blended with the colours of ``labels`` ``(H, W)``."""
+    return np.concatenate(list(overlay_bands(pixels, labels, classes, alpha)))
+
+
+def overlay_bands(pixels: np.ndarray, labels: np.ndarray, classes: ClassInfo,
+                  alpha: float = 0.5) -> Iterator[np.ndarray]:
+    """:func:`overlay` a band of rows at a time, top to bottom: a huge image costs float copies
+    of a band (about :data:`BAND_PIXELS` pixels), not of the whole image."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"overlay alpha must be in [0, 1], got {alpha}")
     table = colour_table(classes)
-    blended = np.empty_like(pixels)
+    rows_per_chunk = _band_rows(pixels.shape[1])
     for top in range(0, pixels.shape[0], rows_per_chunk):
         rows = slice(top, top + rows_per_chunk)
-        mixed = pixels[rows] * (1.0 - alpha) + table[labels[rows]] * alpha
-        blended[rows] = np.rint(mixed).astype(np.uint8)
-    return blended
+        yield np.rint(pixels[rows] * (1.0 - alpha) + table[labels[rows]] * alpha).astype(np.uint8)
+
+
+def write_outputs(pixels: np.ndarray, labels: np.ndarray, classes: ClassInfo, mask_path: Path,
+                  overlay_path: Path, alpha: float = 0.5) -> None:
+    """Write the class-index PNG (:func:`label_image`'s format) and the overlay PNG, a band of rows
+    at a time (no full-size copy of either is formed)."""
+    height, width = labels.shape
+    rows_per_chunk = _band_rows(width)
+    bands = range(0, height, rows_per_chunk)
+    if classes.num_classes > 256:
+        write_png_bands(mask_path, height, width, (labels[top:top + rows_per_chunk].astype(np.uint16) for top in bands))
+    else:
+        write_png_bands(mask_path, height, width, (labels[top:top + rows_per_chunk].astype(np.uint8) for top in bands),
+                        palette=colour_table(classes)[:256])
+    write_png_bands(overlay_path, height, width, overlay_bands(pixels, labels, classes, alpha))
 
 
 # Predicting one image --------------------------------------------------------------------------
@@ -244,8 +316,7 @@ def _predict_one(loaded: LoadedModel, source: Path, out_dir: Path, options: Infe
         labels, probs_tensor = predict_whole(loaded, pixels, options)
         if probs_path is not None:
             np.save(probs_path, probs_tensor.numpy().astype(probability_dtype))
-    label_image(labels, loaded.classes).save(paths["mask"])
-    Image.fromarray(overlay(pixels, labels, loaded.classes, overlay_alpha)).save(paths["overlay"])
+    write_outputs(pixels, labels, loaded.classes, paths["mask"], paths["overlay"], overlay_alpha)
     return PredictedImage(source, paths["mask"], paths["overlay"], probs_path, (height, width), tiled,
                           time.perf_counter() - start, notes)
 
@@ -257,7 +328,7 @@ def predict_files(checkpoint: str | Path | LoadedModel, inputs: Sequence[str | P
                   save_probabilities: bool = False,
                   probability_dtype: str = "float16", tile_threshold_pixels: int = DEFAULT_TILE_THRESHOLD,
                   overlay_alpha: float = 0.5, skip_unreadable: bool = False,
-                  on_image: ProgressCallback | None = None) -> PredictionReport:
+                  on_image: ProgressCallback | None = None, overwrite: bool = False) -> PredictionReport:
     """Segment image files with a trained model and write masks, overlays and probabilities.
 
     See the module docstring for the outputs, inputs, errors and large images.
@@ -284,21 +355,27 @@ def predict_files(checkpoint: str | Path | LoadedModel, inputs: Sequence[str | P
         overlay_alpha: weight of the class colours in the overlay.
         skip_unreadable: list unreadable images in the report and go on, instead of raising.
         on_image: progress callback ``on_image(done, total)``.
+        overwrite: replace files in ``out_dir`` that an earlier prediction did not write (by
+            default such files are never overwritten: the run is refused before it starts).
 
     Raises:
         DataError: an unreadable image (unless ``skip_unreadable``), naming the file.
         FileNotFoundError: a missing input, or a folder or pattern with no images.
-        ValueError: bad options, or outputs that would collide or overwrite an input.
+        ValueError: bad options, or outputs that would collide, overwrite an input, or (unless
+            ``overwrite``) replace a file pixelwise did not write.
     """
     options = InferenceOptions.create(mode, window, stride, blend, scales, flip, batch_size)
     if probability_dtype not in ("float16", "float32"):
         raise ValueError(f"probability_dtype must be 'float16' or 'float32', got {probability_dtype!r}")
     images = expand_inputs(inputs)
     out_dir = Path(out_dir)
-    _check_outputs(images, out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"output folder {str(out_dir)!r} is a file; choose a folder with --out")
+    outputs = planned_outputs(images, out_dir, save_probabilities, overwrite)
     loaded = checkpoint if isinstance(checkpoint, LoadedModel) else load_predictor(checkpoint, runtime, precision,
                                                                                      device)
     out_dir.mkdir(parents=True, exist_ok=True)
+    _record_outputs(out_dir, outputs)
     report = PredictionReport(out_dir)
     for done, source in enumerate(images, start=1):
         try:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -30,17 +31,19 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 
-from pixelwise.config import Config, config_to_dict, save_config
-from pixelwise.data import ClassInfo, SegmentationDataset, create_dataset
+from pixelwise.config import Config, ConfigError, config_to_dict, save_config
+from pixelwise.data import ClassInfo, DataError, SegmentationDataset, create_dataset
 from pixelwise.data.transforms import IMAGENET_MEAN, IMAGENET_STD, train_transform, val_transform
 from pixelwise.engine.budget import EVAL_PROBE_IMAGES, RECENT_STEPS, BudgetClock, BudgetPlan, iterations_for_budget
-from pixelwise.engine.checkpoint import load_checkpoint, save_checkpoint
+from pixelwise.engine.checkpoint import (load_checkpoint, non_finite_tensors, remove_orphan_temporaries,
+                                         save_checkpoint)
 from pixelwise.engine.inference import InferenceOptions
 from pixelwise.engine.distributed import (DistributedContext, broadcast_object, convert_sync_batchnorm,
                                           distributed_session, gather_objects, mean_over_processes, sync_buffers,
                                           unwrap, wrap_model)
 from pixelwise.engine.run_log import RunLog, plot_curves
 from pixelwise.engine.sampling import ResumableBatchSampler, SeededSamples, _mix
+from pixelwise.errors import PixelwiseError
 from pixelwise.losses import (class_pixel_counts, create_loss, inverse_frequency_weights, loss_with_aux,
                               median_frequency_weights)
 from pixelwise.metrics import ConfusionMatrix
@@ -54,8 +57,21 @@ logger = logging.getLogger(__name__)
 OPEN_ENDED = sys.maxsize
 
 
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite."""
+class TrainingDiverged(PixelwiseError, RuntimeError):
+    """The loss, a weight or a batch-norm statistic became NaN or infinite."""
+
+
+class RunFolderInUse(ValueError):
+    """A new run would replace the files of an earlier one."""
+
+
+# What a run writes into its folder (``--overwrite`` removes these, and only these).
+RUN_FILES = ("config.yaml", "metrics.jsonl", "best.pt", "last.pt", "loss.png", "miou.png", "tensorboard",
+             "evaluation")
+# Settings a resumed run may change: they alter neither the model nor the data it sees (the data
+# set may move: data.root).
+RESUMABLE_CHANGES = ("train.iterations", "train.eval_every", "train.checkpoint_every", "train.output_dir",
+                     "data.root", "data.workers")
 
 
 @dataclass
@@ -251,28 +267,66 @@ def checkpoint_state(model: nn.Module, optimizer: torch.optim.Optimizer, config:
 
 def train(config: Config, resume: bool = False, device: str | torch.device = "cpu",
           on_step: Callable[[int, float], None] | None = None,
-          on_total: Callable[[int, BudgetPlan | None], None] | None = None) -> TrainResult:
+          on_total: Callable[[int, BudgetPlan | None], None] | None = None, overwrite: bool = False) -> TrainResult:
     """Run (or resume) a training run described by ``config``, in one process or under torchrun.
 
     Args:
         config: the recipe.
-        resume: continue from ``<output_dir>/last.pt`` exactly where it stopped.
+        resume: continue from ``<output_dir>/last.pt`` exactly where it stopped. The recipe must
+            be the run's, except for :data:`RESUMABLE_CHANGES` (a new ``train.iterations`` sets
+            the run's new length); ``config.yaml`` then records what runs.
         device: where to train (``"cuda"`` becomes ``cuda:LOCAL_RANK`` under torchrun).
         on_step: called after every step with ``(iteration, loss)`` (progress display, tests).
         on_total: called with ``(total iterations, None)`` once the total is known at the start,
             and with ``(total, plan)`` when a time budget fixes it.
+        overwrite: start afresh in a folder that holds an earlier run, deleting its files
+            (:data:`RUN_FILES`); without it (or ``resume``) such a folder is refused.
+
+    Raises:
+        RunFolderInUse: the run folder is not empty, and neither ``resume`` nor ``overwrite`` was given.
+        ConfigError: resuming with settings the run did not use.
+        TrainingDiverged: the loss, a weight or a batch-norm statistic became NaN or infinite;
+            the last checkpoint written is kept, and it holds finite values.
     """
+    if resume and overwrite:
+        raise ValueError("resume continues the run in the folder and overwrite replaces it: pass one of the two")
     with distributed_session(device) as context:
-        return _train(config, resume, context, on_step, on_total)
+        return _train(config, resume, overwrite, context, on_step, on_total)
 
 
-def _train(config: Config, resume: bool, context: DistributedContext,
+def prepare_run_folder(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Create the folder, refusing to start a new run over an earlier one's files; remove the
+    temporary files of interrupted checkpoint writes."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunFolderInUse(f"train.output_dir {str(run_dir)!r} is a file, not a folder; choose another "
+                             f"train.output_dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    remove_orphan_temporaries(run_dir)
+    if resume:
+        return
+    if overwrite:
+        for name in RUN_FILES:
+            target = run_dir / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            else:
+                target.unlink(missing_ok=True)
+        return
+    present = sorted(entry.name for entry in run_dir.iterdir())
+    if present:
+        shown = ", ".join(present[:4]) + (", ..." if len(present) > 4 else "")
+        raise RunFolderInUse(f"run folder {str(run_dir)!r} is not empty ({shown}): a new run would replace its "
+                             f"files. Pass --resume to continue the run there, --overwrite to replace it, or "
+                             f"choose another folder with train.output_dir=...")
+
+
+def _train(config: Config, resume: bool, overwrite: bool, context: DistributedContext,
            on_step: Callable[[int, float], None] | None,
            on_total: Callable[[int, BudgetPlan | None], None] | None) -> TrainResult:
     session_start = time.perf_counter()
     run_dir = Path(config.train.output_dir)
     if context.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        prepare_run_folder(run_dir, resume, overwrite)
     torch.manual_seed(config.train.seed)
     train_set, val_set = build_datasets(config)
     model = _build_training_model(config, train_set.classes.num_classes, context)
@@ -287,7 +341,8 @@ def _train(config: Config, resume: bool, context: DistributedContext,
     sampler = ResumableBatchSampler(len(train_set), config.data.batch_size, config.train.seed, progress.iteration,
                                     OPEN_ENDED if config.train.time_budget_min is not None else progress.total,
                                     context.rank, context.world_size)  # a budget's total may be revised
-    batches = iter(DataLoader(SeededSamples(train_set), batch_sampler=sampler, num_workers=config.data.workers))
+    batches = _plain_data_errors(iter(DataLoader(SeededSamples(train_set), batch_sampler=sampler,
+                                                 num_workers=config.data.workers)))
     # After creating the loader's iterator, which draws a seed from the global generator:
     # restoring first would leave a resumed run one draw apart from an uninterrupted one.
     _restore_rng(state, config, context)
@@ -310,9 +365,32 @@ def _build_training_model(config: Config, num_classes: int, context: Distributed
         model = convert_sync_batchnorm(model, context)
     model = model.to(context.device)
     if config.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-        model.channels_last = True
+        model = model.to_channels_last()
     return model
+
+
+def _plain_data_errors(batches):
+    """The batches; a :class:`DataError` raised in a loader worker arrives as its own message (the
+    loader wraps it in the worker's traceback), naming the file and the fix."""
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except DataError as error:
+            raise type(error)(worker_message(error)) from None
+        yield batch
+
+
+def worker_message(error: BaseException) -> str:
+    """An exception's own message when a DataLoader worker re-raised it wrapped in its traceback
+    (``Caught X in DataLoader worker ...``); other messages unchanged."""
+    text = str(error)
+    if not text.startswith(f"Caught {type(error).__name__} in DataLoader worker"):
+        return text
+    kind = type(error)
+    marker = f"{kind.__module__}.{kind.__qualname__}: "
+    return text.rsplit(marker, 1)[-1].strip() if marker in text else text
 
 
 def _load_resume_state(run_dir: Path, context: DistributedContext) -> dict:
@@ -326,13 +404,52 @@ def _restore(state: dict | None, model: nn.Module, optimizer: torch.optim.Optimi
     if state is None:
         total = None if config.train.time_budget_min is not None else config.train.iterations
         return Progress(total=total)
+    check_resume_config(config, state.get("config") or {})
+    diverged = non_finite_tensors(state["model"])
+    if diverged:
+        raise TrainingDiverged(f"last.pt holds NaN or infinite values ({', '.join(diverged[:3])}), so the run cannot "
+                               f"continue from it; train again with --overwrite and a lower optim.lr")
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     total = state["total_iterations"]
-    if total is None and config.train.time_budget_min is None:
-        total = config.train.iterations  # stopped while measuring for a budget that is now gone
+    if config.train.time_budget_min is None:
+        if total is not None and config.train.iterations != total:
+            if config.train.iterations < state["iteration"]:
+                raise ConfigError(f"train.iterations = {config.train.iterations} is below the {state['iteration']} "
+                                  f"iterations the run has done; pass at least {state['iteration']} to resume it")
+            logger.warning("resuming with train.iterations = %d (the run was set to %d): the schedule now ends at "
+                           "%d", config.train.iterations, total, config.train.iterations)
+        total = config.train.iterations  # what the recipe says (also: a budget that is now gone)
     return Progress(state["iteration"], total, state["best_miou"], state.get("train_seconds", 0.0),
                     state.get("time_budget"))
+
+
+def check_resume_config(config: Config, recorded: dict) -> None:
+    """Refuse to resume with settings other than the run's, except :data:`RESUMABLE_CHANGES`.
+
+    Raises:
+        ConfigError: naming each changed key with its recorded and new values.
+    """
+    before, now = _flatten(recorded), _flatten(config_to_dict(config))
+    changed = [key for key in now if key in before and now[key] != before[key]
+               and not any(key == allowed or key.startswith(allowed + ".") for allowed in RESUMABLE_CHANGES)]
+    if changed:
+        listing = "; ".join(f"{key}: {before[key]!r} -> {now[key]!r}" for key in changed)
+        raise ConfigError(f"--resume continues the run as it was set up, but these settings differ from its "
+                          f"config.yaml: {listing}. Resume with the run's settings (only "
+                          f"{', '.join(RESUMABLE_CHANGES)} may change), or start a new run (--overwrite, or "
+                          f"another train.output_dir)")
+
+
+def _flatten(record: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in record.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, name + "."))
+        else:
+            flat[name] = list(value) if isinstance(value, tuple) else value
+    return flat
 
 
 def _restore_rng(state: dict | None, config: Config, context: DistributedContext) -> None:
@@ -454,9 +571,13 @@ class _Run:
         return (time.perf_counter() - start) * len(shard) / len(probe)
 
     def _evaluate_and_save(self, log: RunLog) -> None:
-        """Evaluate and checkpoint when due (the same iterations on every process)."""
+        """Evaluate and checkpoint when due (the same iterations on every process); never with
+        non-finite weights or batch-norm statistics."""
         progress, train_config = self.progress, self.config.train
         final = progress.total is not None and progress.iteration >= progress.total
+        if final or progress.iteration % train_config.eval_every == 0 \
+                or progress.iteration % train_config.checkpoint_every == 0:
+            self._check_finite()
         saves = []
         if progress.iteration % train_config.eval_every == 0 or final:
             start = time.perf_counter()
@@ -474,6 +595,16 @@ class _Run:
             saves.append("last.pt")
         if saves:
             self._save(saves)
+
+    def _check_finite(self) -> None:
+        """Batch-norm running statistics can overflow before the loss does: a model with NaN or
+        infinite weights or statistics predicts one class everywhere, and must not be kept."""
+        diverged = non_finite_tensors(unwrap(self.model).state_dict())
+        if diverged:
+            raise TrainingDiverged(f"at iteration {self.progress.iteration} the model's {', '.join(diverged[:3])}"
+                                   f"{' and more' if len(diverged) > 3 else ''} became NaN or infinite; lower "
+                                   f"optim.lr or add optim.clip_grad_norm. Nothing was written: the last "
+                                   f"checkpoint is kept, and it holds finite values.")
 
     def _save(self, names: list[str]) -> None:
         """Write checkpoints from rank 0 (every process takes part in gathering the random states)."""

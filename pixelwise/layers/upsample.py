@@ -16,11 +16,16 @@ so swapping kinds changes what can be learned, not where training starts.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-UPSAMPLE_KINDS: tuple[str, ...] = ("transposed", "nearest", "bilinear", "pixelshuffle")
+from pixelwise.registry import Registry
+
+Upsampler = Callable[[int, int, int], nn.Module]
+UPSAMPLERS: Registry[Upsampler] = Registry("upsample kind")
 
 
 def bilinear_kernel(scale: int) -> Tensor:
@@ -47,6 +52,7 @@ def _init_conv_as_identity_or_default(conv: nn.Conv2d) -> None:
             nn.init.zeros_(conv.bias)
 
 
+@UPSAMPLERS.register("transposed")
 class TransposedUpsample(nn.Module):
     """Transposed convolution, bilinear-initialised, exact at the borders."""
 
@@ -82,6 +88,17 @@ class ResizeConv(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=self.scale, mode=self.mode, **kwargs))
 
 
+@UPSAMPLERS.register("nearest")
+def _nearest_resize_conv(in_channels: int, out_channels: int, scale: int) -> ResizeConv:
+    return ResizeConv(in_channels, out_channels, scale, "nearest")
+
+
+@UPSAMPLERS.register("bilinear")
+def _bilinear_resize_conv(in_channels: int, out_channels: int, scale: int) -> ResizeConv:
+    return ResizeConv(in_channels, out_channels, scale, "bilinear")
+
+
+@UPSAMPLERS.register("pixelshuffle")
 class PixelShuffleUpsample(nn.Module):
     """Sub-pixel convolution with ICNR initialisation."""
 
@@ -107,11 +124,15 @@ def icnr_(conv: nn.Conv2d, scale: int) -> None:
         conv.bias.copy_(base.bias.repeat_interleave(scale**2, dim=0))
 
 
+UPSAMPLE_KINDS: tuple[str, ...] = tuple(UPSAMPLERS)
+
+
 def make_upsampler(kind: str, in_channels: int, out_channels: int, scale: int) -> nn.Module:
     """Build an upsampler.
 
     Args:
-        kind: one of :data:`UPSAMPLE_KINDS`.
+        kind: one of :data:`UPSAMPLE_KINDS` (an unknown kind raises
+            :class:`~pixelwise.registry.UnknownNameError`).
         in_channels: channels of the input.
         out_channels: channels of the output.
         scale: integer upsampling factor; 1 gives identity (or a 1×1 conv to change channels).
@@ -119,14 +140,9 @@ def make_upsampler(kind: str, in_channels: int, out_channels: int, scale: int) -
     Returns:
         A module mapping ``(N, in_channels, H, W)`` to ``(N, out_channels, scale·H, scale·W)``.
     """
-    if kind not in UPSAMPLE_KINDS:
-        raise ValueError(f"unknown upsample kind {kind!r}; choose one of {list(UPSAMPLE_KINDS)}")
+    build = UPSAMPLERS[kind]
     if not isinstance(scale, int) or scale < 1:
         raise ValueError(f"upsampling scale must be a positive integer, got {scale!r}")
     if scale == 1:
         return nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
-    if kind == "transposed":
-        return TransposedUpsample(in_channels, out_channels, scale)
-    if kind == "pixelshuffle":
-        return PixelShuffleUpsample(in_channels, out_channels, scale)
-    return ResizeConv(in_channels, out_channels, scale, kind)
+    return build(in_channels, out_channels, scale)

@@ -1,11 +1,39 @@
 """What every segmentation model shares: any input size in, logits at that size out."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Sequence
+
 import torch
 from torch import Tensor, nn
 
 from pixelwise.layers.padding import pad_to_multiple
 from pixelwise.layers.resize import resize_bilinear, scaled_size
+
+
+@dataclass(frozen=True)
+class DesignedSizes:
+    """The input sizes a model takes with no padding by its design, and why
+    (see :meth:`SegmentationModel.designed_sizes`).
+
+    Attributes:
+        sizes: the sizes, heights and widths alike, in the range asked about.
+        explanation: the rule, in a sentence.
+        period: the spacing of the sizes where the design fixes it (1: every size); ``None``:
+            read it off ``sizes``.
+    """
+
+    sizes: tuple[int, ...]
+    explanation: str
+    period: int | None = None
+
+
+def size_listing(sizes: Sequence[int], head: int = 4) -> str:
+    """Sizes for a sentence: the first ``head``, then the last (``4, 20, 36, 52, …, 1012``)."""
+    if not sizes:
+        return "none in range"
+    shown = ", ".join(map(str, sizes[:head]))
+    return shown + (f", …, {sizes[-1]}" if len(sizes) > head else "")
 
 
 class SegmentationModel(nn.Module):
@@ -21,11 +49,15 @@ class SegmentationModel(nn.Module):
         size_divisor: input multiple the architecture needs (1: none).
         min_train_size: smallest side a training batch of one image is padded to (models with
             ``size_divisor == 1`` only).
-        channels_last: convert inputs to the channels-last layout (set by
-            :func:`pixelwise.engine.optimize_for_inference` with the weights).
+        channels_last: convert inputs to the channels-last layout; set, with the weights'
+            layout, by :meth:`to_channels_last`.
         input_scale: the network runs on the input resized by this factor (bilinear,
             antialiased) and its logits are resized back to the input's size: a cheaper model
-            at the same output size (``create_model(..., input_scale=0.5)``; 1: no resizing).
+            at the same output size (1: no resizing); set by :meth:`set_input_scale`
+            (``create_model(..., input_scale=0.5)`` calls it).
+
+    These two change how :meth:`forward` treats its input, not the weights' meaning; they are
+    set only through those two methods.
     """
 
     num_classes: int
@@ -59,6 +91,21 @@ class SegmentationModel(nn.Module):
             outputs = [resize_bilinear(output, size) for output in outputs]
         return tuple(outputs) if return_aux else outputs[0]
 
+    def set_input_scale(self, scale: float) -> SegmentationModel:
+        """Run the network on inputs resized by ``scale`` (in ``(0, 4]``) and resize its logits
+        back to the input's size; returns the model itself."""
+        if not 0 < scale <= 4:
+            raise ValueError(f"input_scale must be in (0, 4], got {scale}")
+        self.input_scale = float(scale)
+        return self
+
+    def to_channels_last(self) -> SegmentationModel:
+        """Store the 4-D weights in the channels-last layout and convert inputs to it in
+        :meth:`forward`, so convolutions see one layout; returns the model itself."""
+        self.to(memory_format=torch.channels_last)
+        self.channels_last = True
+        return self
+
     def _min_padded_size(self, x: Tensor) -> int:
         """A 1×1 deepest map leaves batch norm one value per channel, which training at batch
         size 1 cannot normalise: pad to at least two cells of the coarsest grid. Models that
@@ -71,6 +118,22 @@ class SegmentationModel(nn.Module):
     def forward_padded(self, x: Tensor, return_aux: bool) -> tuple[Tensor, Tensor | None]:
         """Logits (and auxiliary logits when asked, else ``None``) at the padded input size."""
         raise NotImplementedError
+
+    def designed_sizes(self, min_size: int, max_size: int) -> DesignedSizes | None:
+        """The input sizes from ``min_size`` to ``max_size`` that need no padding, by design;
+        ``None`` when the design does not say (the layers decide, see
+        :func:`pixelwise.analysis.valid_input_sizes`).
+
+        A model that pads to a multiple of ``size_divisor`` needs none at its multiples from
+        twice it, the smallest size it pads to.
+        """
+        if self.size_divisor <= 1:
+            return None
+        divisor = self.size_divisor
+        sizes = tuple(n for n in range(min_size, max_size + 1) if n % divisor == 0 and n >= 2 * divisor)
+        return DesignedSizes(sizes, (
+            f"{type(self).__name__} pads every input to a multiple of {divisor}, at least {2 * divisor}; "
+            f"multiples of {divisor} from {2 * divisor} ({size_listing(sizes)}) need no padding."))
 
     @property
     def has_aux(self) -> bool:

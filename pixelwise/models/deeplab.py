@@ -11,8 +11,9 @@ that feature at several rates plus a global image-pooling branch. v3 upsamples i
 straight to the input size; v3+ first mixes the upsampled ASPP feature with a stride-4 encoder
 feature, which sharpens object boundaries.
 
-The heads keep torchvision's layouts (:class:`DeepLabHead`, :class:`FCNHead`), so
-:mod:`pixelwise.models.torchvision_compat` rebuilds torchvision's models from these same parts.
+The heads keep torchvision's layouts (:class:`DeepLabHead` here, the auxiliary
+:class:`~pixelwise.models.fcn.FCNHead`), so :mod:`pixelwise.models.torchvision_compat` rebuilds
+torchvision's models from these same parts.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from torch import Tensor, nn
 from pixelwise.encoders import Encoder, EncoderWeights, create_encoder
 from pixelwise.layers import ASPP, ConvNormAct, aspp_rates, make_conv_block, make_upsampler, resize_bilinear
 from pixelwise.models.base import SegmentationModel
+from pixelwise.models.fcn import FCNHead
 from pixelwise.models.registry import register_model
 
 OUTPUT_STRIDES: tuple[int, ...] = (8, 16)
@@ -31,23 +33,6 @@ LOW_LEVEL_STRIDE = 4  # v3+ decodes at a quarter of the input resolution
 
 
 # --- building blocks -------------------------------------------------------------------------
-
-
-class FCNHead(nn.Sequential):
-    """3×3 conv-norm-act to a quarter of the channels, dropout 0.1, 1×1 convolution to classes.
-
-    The auxiliary head of torchvision's FCN and DeepLab models (and FCN-ResNet's main head);
-    the module indices (0 conv, 1 norm, 3 dropout, 4 classifier) are torchvision's, so its
-    weights load unchanged.
-    """
-
-    def __init__(self, in_channels: int, num_classes: int, dropout: float = 0.1) -> None:
-        inter_channels = max(in_channels // 4, 1)
-        super().__init__(
-            *ConvNormAct(in_channels, inter_channels, 3),
-            nn.Dropout(dropout),
-            nn.Conv2d(inter_channels, num_classes, 1),
-        )
 
 
 class DeepLabHead(nn.Sequential):
@@ -202,7 +187,7 @@ class DeepLabV3Plus(SegmentationModel):
 # --- builders --------------------------------------------------------------------------------
 
 
-@register_model(family="DeepLab", default_encoder="resnet50")
+@register_model(family="DeepLab")
 def deeplabv3(
     num_classes: int = 21,
     encoder: str = "resnet50",
@@ -224,7 +209,7 @@ def deeplabv3(
     return DeepLabV3(atrous_encoder(encoder, encoder_weights, output_stride), num_classes, upsample, aux)
 
 
-@register_model(family="DeepLab", default_encoder="resnet50")
+@register_model(family="DeepLab")
 def deeplabv3plus(
     num_classes: int = 21,
     encoder: str = "resnet50",

@@ -20,6 +20,10 @@ Two modes:
 - ``paper=True``: the reference network exactly: 100 pixels of padding on conv1_1, ceil-mode
   pooling, unpadded fc6, bilinear-filled transposed convolutions without padding, and the
   reference's crop offsets (:data:`PAPER_CROP_OFFSETS`).
+
+:class:`FCNHead` is torchvision's FCN head (a 3×3 block before the 1×1 classifier): the main head
+of :func:`~pixelwise.models.torchvision_compat.fcn_resnet50` and the auxiliary head of the DeepLab
+models and of torchvision's FCN.
 """
 from __future__ import annotations
 
@@ -29,8 +33,9 @@ import torch
 from torch import Tensor, nn
 
 from pixelwise.encoders import Encoder, VGGEncoder, create_encoder
+from pixelwise.layers import ConvNormAct
 from pixelwise.layers.upsample import bilinear_kernel, make_upsampler
-from pixelwise.models.base import SegmentationModel
+from pixelwise.models.base import DesignedSizes, SegmentationModel
 from pixelwise.models.registry import register_model
 
 # How many skip connections each variant fuses (pool4, then pool3).
@@ -63,6 +68,23 @@ PAPER_CROP_OFFSETS: dict[str, dict[str, int]] = {
     "fcn16s": {"score_pool4": 5, "upscore16": 27},
     "fcn8s": {"score_pool4": 5, "score_pool3": 9, "upscore8": 31},
 }
+
+
+class FCNHead(nn.Sequential):
+    """3×3 conv-norm-act to a quarter of the channels, dropout 0.1, 1×1 convolution to classes.
+
+    The auxiliary head of torchvision's FCN and DeepLab models (and FCN-ResNet's main head);
+    the module indices (0 conv, 1 norm, 3 dropout, 4 classifier) are torchvision's, so its
+    weights load unchanged.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, dropout: float = 0.1) -> None:
+        inter_channels = max(in_channels // 4, 1)
+        super().__init__(
+            *ConvNormAct(in_channels, inter_channels, 3),
+            nn.Dropout(dropout),
+            nn.Conv2d(inter_channels, num_classes, 1),
+        )
 
 
 def paper_upsampler(num_classes: int, scale: int) -> nn.ConvTranspose2d:
@@ -174,6 +196,16 @@ class FCN(SegmentationModel):
                                f"at offset {offset}")
         return scores[..., offset:offset + height, offset:offset + width]
 
+    def designed_sizes(self, min_size: int, max_size: int) -> DesignedSizes | None:
+        """The paper network takes every size as it is; the default mode pads to ``size_divisor``."""
+        if not self.paper:
+            return super().designed_sizes(min_size, max_size)
+        crops = ", ".join(f"{layer} {offset}" for layer, offset in self.crop_offsets.items())
+        return DesignedSizes(tuple(range(min_size, max_size + 1)), (
+            f"The paper {self.variant.upper()} takes every size as it is: conv1_1's 100 pixels of padding keep "
+            f"fc6 valid even for tiny inputs, ceil-mode pooling keeps partial windows, and the crops "
+            f"({crops}) cut the output back onto the input."), period=1)
+
 
 def _check_paper_upsample(upsample: str) -> None:
     """``paper=True`` means the reference geometry; refuse anything else rather than misalign."""
@@ -206,7 +238,7 @@ def _build(variant: str, num_classes: int, encoder: str, upsample: str,
     return FCN(trunk, num_classes, variant, upsample, paper)
 
 
-@register_model(family="FCN", default_encoder="vgg16")
+@register_model(family="FCN")
 def fcn32s(num_classes: int = 21, encoder: str = "vgg16", upsample: str = "transposed",
            encoder_weights: str | os.PathLike[str] | None = None, paper: bool = False) -> FCN:
     """FCN-32s: stride-32 class scores upsampled ×32 (Long et al., 2015).
@@ -216,7 +248,7 @@ def fcn32s(num_classes: int = 21, encoder: str = "vgg16", upsample: str = "trans
     return _build("fcn32s", num_classes, encoder, upsample, encoder_weights, paper)
 
 
-@register_model(family="FCN", default_encoder="vgg16")
+@register_model(family="FCN")
 def fcn16s(num_classes: int = 21, encoder: str = "vgg16", upsample: str = "transposed",
            encoder_weights: str | os.PathLike[str] | None = None, paper: bool = False) -> FCN:
     """FCN-16s: FCN-32s scores ×2 plus pool4 scores, upsampled ×16 (Long et al., 2015).
@@ -226,7 +258,7 @@ def fcn16s(num_classes: int = 21, encoder: str = "vgg16", upsample: str = "trans
     return _build("fcn16s", num_classes, encoder, upsample, encoder_weights, paper)
 
 
-@register_model(family="FCN", default_encoder="vgg16")
+@register_model(family="FCN")
 def fcn8s(num_classes: int = 21, encoder: str = "vgg16", upsample: str = "transposed",
           encoder_weights: str | os.PathLike[str] | None = None, paper: bool = False) -> FCN:
     """FCN-8s: FCN-16s scores ×2 plus pool3 scores, upsampled ×8 (Long et al., 2015).

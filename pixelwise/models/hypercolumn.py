@@ -107,7 +107,7 @@ class HyperColumn(SegmentationModel):
         return self.upsample_logits(logits), None
 
 
-@register_model(family="HyperColumn", default_encoder="vgg16")
+@register_model(family="HyperColumn")
 def hypercolumn(
     num_classes: int = 21,
     encoder: str = "vgg16",

@@ -1,7 +1,8 @@
 """The model registry: ``create_model(name, ...)`` and ``list_models()``.
 
 Builders are typed functions registered by :func:`register_model`; the function name is the
-model name and a duplicate is an error, so every name maps to exactly one place in the code.
+model name and a duplicate is an error, so every name maps to exactly one place in the code. A
+builder's ``encoder`` parameter default is the model's default encoder.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Callable
 
 from pixelwise.encoders.weights import is_weights_file, load_file, load_into
 from pixelwise.models.base import SegmentationModel
-from pixelwise.naming import lookup
+from pixelwise.registry import Registry
 
 Builder = Callable[..., SegmentationModel]
 
@@ -23,33 +24,41 @@ class ModelInfo:
 
     name: str
     family: str
-    default_encoder: str | None
     description: str
     builder: Builder
+    fixed_encoder: str | None = None
 
     @property
     def parameters(self) -> list[str]:
         """Names of the builder's keyword arguments."""
         return list(inspect.signature(self.builder).parameters)
 
+    @property
+    def default_encoder(self) -> str | None:
+        """The encoder built when none is given: the default of the builder's ``encoder``
+        parameter, else the one it always builds (``None``: the architecture's own trunk)."""
+        parameter = inspect.signature(self.builder).parameters.get("encoder")
+        return self.fixed_encoder if parameter is None else parameter.default
 
-_REGISTRY: dict[str, ModelInfo] = {}
+
+MODELS: Registry[ModelInfo] = Registry("model")
 
 
-def register_model(family: str, default_encoder: str | None) -> Callable[[Builder], Builder]:
+def register_model(family: str, fixed_encoder: str | None = None) -> Callable[[Builder], Builder]:
     """Register a builder under its function name.
 
     Args:
         family: architecture family shown in listings ("FCN", "U-Net", ...).
-        default_encoder: the encoder used when none is given (``None`` for built-in trunks).
+        fixed_encoder: the encoder a builder without an ``encoder`` parameter always builds;
+            a builder with one states its default there (its signature's default).
     """
 
     def decorator(builder: Builder) -> Builder:
-        name = builder.__name__
-        if name in _REGISTRY:
-            raise ValueError(f"model {name!r} is already registered (by {_REGISTRY[name].builder.__module__})")
+        if fixed_encoder is not None and "encoder" in inspect.signature(builder).parameters:
+            raise ValueError(f"builder {builder.__name__!r} takes an encoder parameter: its default, not "
+                             f"fixed_encoder={fixed_encoder!r}, is the default encoder")
         description = (inspect.getdoc(builder) or "").split("\n")[0]
-        _REGISTRY[name] = ModelInfo(name, family, default_encoder, description, builder)
+        MODELS.add(builder.__name__, ModelInfo(builder.__name__, family, description, builder, fixed_encoder))
         return builder
 
     return decorator
@@ -57,12 +66,12 @@ def register_model(family: str, default_encoder: str | None) -> Callable[[Builde
 
 def list_models() -> list[str]:
     """Registered model names, sorted."""
-    return sorted(_REGISTRY)
+    return MODELS.names()
 
 
 def model_info(name: str) -> ModelInfo:
-    """The registry entry of ``name``; an unknown name raises with the closest matches."""
-    return lookup(_REGISTRY, name, "model")
+    """The registry entry of ``name``; an unknown name raises :class:`~pixelwise.registry.UnknownNameError`."""
+    return MODELS[name]
 
 
 def create_model(
@@ -93,8 +102,6 @@ def create_model(
     info = model_info(name)
     if num_classes < 1:
         raise ValueError(f"num_classes must be at least 1, got {num_classes}")
-    if not 0 < input_scale <= 4:
-        raise ValueError(f"input_scale must be in (0, 4], got {input_scale}")
     if weights == "imagenet":
         weights, encoder_weights = None, "imagenet"
     # None for these three means "the builder's default"; any other option passes as given
@@ -104,8 +111,7 @@ def create_model(
     unknown = sorted(set(options) - set(info.parameters))
     if unknown:
         raise ValueError(f"model {name!r} does not take {unknown}; it takes {info.parameters}")
-    model = info.builder(num_classes=num_classes, **options)
-    model.input_scale = float(input_scale)
+    model = info.builder(num_classes=num_classes, **options).set_input_scale(input_scale)
     if weights is not None:
         if not is_weights_file(weights):
             raise ValueError(f"weights must be None, 'imagenet' or a file path, got {weights!r}")

@@ -20,11 +20,13 @@ from torch import Tensor, nn
 from pixelwise.encoders import EncoderWeights, ResNetEncoder, create_encoder
 from pixelwise.layers import resize_bilinear
 from pixelwise.models.base import SegmentationModel
-from pixelwise.models.deeplab import DeepLabHead, FCNHead
+from pixelwise.models.deeplab import DeepLabHead
+from pixelwise.models.fcn import FCNHead
 from pixelwise.models.registry import register_model
 
 # torchvision's segmentation ResNets: dilated at output stride 8, heads on layer4 (2048
 # channels) and, for the auxiliary loss, layer3 (1024 channels).
+BACKBONE = "resnet50"
 OUTPUT_STRIDE = 8
 LAYER4_CHANNELS, LAYER3_CHANNELS = 2048, 1024
 
@@ -72,10 +74,10 @@ def _resize_like_torchvision(logits: Tensor, image: Tensor) -> Tensor:
 def _resnet50_backbone(encoder_weights: EncoderWeights) -> ResNetEncoder:
     # ResNetEncoder keeps torchvision's names (conv1, bn1, layer1..4) and its dilation equals
     # replace_stride_with_dilation=[False, True, True], as IntermediateLayerGetter sees it.
-    return create_encoder("resnet50", weights=encoder_weights, output_stride=OUTPUT_STRIDE)
+    return create_encoder(BACKBONE, weights=encoder_weights, output_stride=OUTPUT_STRIDE)
 
 
-@register_model(family="FCN", default_encoder="resnet50")
+@register_model(family="FCN", fixed_encoder=BACKBONE)
 def fcn_resnet50(num_classes: int = 21, aux: bool = True,
                  encoder_weights: EncoderWeights = None) -> TorchvisionSegmentation:
     """torchvision's FCN-ResNet50, with identical state-dict keys and outputs.
@@ -94,7 +96,7 @@ def fcn_resnet50(num_classes: int = 21, aux: bool = True,
                                    num_classes, aux_classifier)
 
 
-@register_model(family="DeepLab", default_encoder="resnet50")
+@register_model(family="DeepLab", fixed_encoder=BACKBONE)
 def deeplabv3_resnet50(num_classes: int = 21, aux: bool = True,
                        encoder_weights: EncoderWeights = None) -> TorchvisionSegmentation:
     """torchvision's DeepLabV3-ResNet50, with identical state-dict keys and outputs.

@@ -29,14 +29,16 @@ from torch import Tensor, nn
 
 from pixelwise.encoders import Encoder, EncoderWeights, create_encoder
 from pixelwise.layers import ConvNormAct, LayerSpec, make_upsampler, mirror_pad
-from pixelwise.models.base import SegmentationModel
+from pixelwise.models.base import DesignedSizes, SegmentationModel, size_listing
 from pixelwise.models.registry import register_model
 
 # Size arithmetic of the paper's network --------------------------------------------------------
 #
-# Call ``bottom`` the side of the deepest feature after its two valid convolutions. Going up the
-# contracting path each level's input is ``2·s + 4`` (undo the pool, then the two convolutions'
-# borders); going up the expanding path each level's output is ``2·o - 4``. Solving both
+# This is for ``padding="valid"``; with ``"same"`` every convolution keeps its size and the
+# network's output is its (padded) input's size. Call ``bottom`` the side of the deepest feature
+# after its two valid convolutions. Going up the contracting path each level's input is
+# ``2·s + 4`` (undo the pool, then the two convolutions' borders); going up the expanding path
+# each level's output is ``2·o - 4``. Solving both
 # recurrences at depth d:
 #   input  = 2^d · bottom + 2^(d+3) - 4        (depth 4: 16·bottom + 124)
 #   output = 2^d · (bottom - 4) + 4            (depth 4: 16·bottom - 60)
@@ -151,7 +153,9 @@ def center_crop(x: Tensor, height: int, width: int) -> Tensor:
 
 class ExpandingBlock(nn.Module):
     """One level of the paper's expanding path: upsample ×2 halving the channels (the paper's
-    2×2 up-convolution), crop-and-concatenate the skip feature, two valid convolutions."""
+    2×2 up-convolution), concatenate the skip feature, two 3×3 convolutions. With
+    ``padding=0`` (the paper's valid convolutions) the skip is centre-cropped to the upsampled
+    map first; with ``padding=1`` (same) both already have the same size."""
 
     def __init__(self, in_channels: int, upsample: str, norm: LayerSpec, padding: int = 0) -> None:
         super().__init__()
@@ -164,8 +168,9 @@ class ExpandingBlock(nn.Module):
     def forward(self, x: Tensor, skip: Tensor) -> Tensor:
         x = self.up(x)
         if self.crop_skip:
-            # Valid convolutions left the skip larger than the upsampled map; the border it has
-            # in excess has no counterpart below, so the paper keeps only the centre.
+            # Valid convolutions only (same-padded ones never get here): they left the skip
+            # larger than the upsampled map; the border it has in excess has no counterpart
+            # below, so the paper keeps only the centre.
             skip = center_crop(skip, x.shape[-2], x.shape[-1])
         return self.convs(torch.cat([skip, x], dim=1))
 
@@ -192,15 +197,16 @@ class DecoderBlock(nn.Module):
 
 
 class UNet(SegmentationModel):
-    """The paper's U-Net with valid convolutions and the overlap-tile strategy.
+    """The paper's U-Net: valid convolutions with the overlap-tile strategy (``padding="valid"``),
+    or the same network with zero-padded convolutions on the image itself (``padding="same"``).
 
-    The paper's 2×2 stride-2 up-convolution needs no pixel beyond its input, so its network is
-    valid throughout and tiles shifted by multiples of ``2^depth`` agree exactly. The upsamplers
-    of :func:`~pixelwise.layers.make_upsampler` (the transposed one included: its kernel is 4,
-    bilinear-initialised) look one or two pixels past the borders of their input through
-    padding, so a tile's logits depend slightly on where the tile ends within a band along its
-    edges (up to 30 pixels at depth 4); one tile for the whole image, as :meth:`forward` does,
-    is unaffected.
+    With valid convolutions: the paper's 2×2 stride-2 up-convolution needs no pixel beyond its
+    input, so its network is valid throughout and tiles shifted by multiples of ``2^depth``
+    agree exactly. The upsamplers of :func:`~pixelwise.layers.make_upsampler` (the transposed
+    one included: its kernel is 4, bilinear-initialised) look one or two pixels past the
+    borders of their input through padding, so a tile's logits depend slightly on where the
+    tile ends within a band along its edges (up to 30 pixels at depth 4); one tile for the
+    whole image, as :meth:`forward` does, is unaffected.
 
     Args:
         num_classes: number of classes.
@@ -275,6 +281,19 @@ class UNet(SegmentationModel):
         logits = self.forward_core(mirror_pad(x, margin, bottom, margin, right))
         return logits[..., :height, :width], None
 
+    def designed_sizes(self, min_size: int, max_size: int) -> DesignedSizes:
+        """Overlap-tile mirrors the margin onto every side; the sizes whose mirrored image is a
+        valid input of the network need nothing more. A same-padded U-Net pads to its size
+        divisor instead, like any other model."""
+        if self.padding == "same":
+            return super().designed_sizes(min_size, max_size)
+        margin = unet_margin(self.depth)
+        sizes = tuple(n for n in range(min_size, max_size + 1) if unet_input_size(n, self.depth) - n == 2 * margin)
+        return DesignedSizes(sizes, (
+            f"The paper U-Net (depth {self.depth}) always mirrors {margin} pixels onto each side (overlap-tile); "
+            f"sizes {size_listing(sizes)} need nothing more (its valid network then sees "
+            f"{size_listing(tuple(n + 2 * margin for n in sizes))})."))
+
 
 class EncoderUNet(SegmentationModel):
     """U-Net decoder with padded convolutions over any encoder's features.
@@ -332,7 +351,7 @@ def _decoder_blocks(encoder: Encoder, upsample: str, decoder_channels: list[int]
 # Registered builders -------------------------------------------------------------------------
 
 
-@register_model(family="U-Net", default_encoder=None)
+@register_model(family="U-Net")
 def unet(
     num_classes: int = 21,
     encoder: str | None = None,
@@ -349,9 +368,10 @@ def unet(
 
     Args:
         num_classes: number of classes.
-        encoder: ``None`` for the paper's own contracting path (valid convolutions, crop-and-
-            concatenate, overlap-tile inference); an encoder name for padded convolutions over
-            that encoder's features.
+        encoder: ``None`` for the paper's own contracting path (with ``padding="valid"``: valid
+            convolutions, crop-and-concatenate, overlap-tile inference; with ``"same"``:
+            zero-padded convolutions, nothing cropped or mirrored); an encoder name for padded
+            convolutions over that encoder's features.
         upsample: ``"transposed"`` (the paper's up-convolution), ``"nearest"``, ``"bilinear"``
             or ``"pixelshuffle"``.
         encoder_weights: ``None``, ``"imagenet"`` or a local file (encoder-backed variant only).

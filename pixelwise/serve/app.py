@@ -19,7 +19,7 @@ non-image body (400), a wrong content type (415), more requests waiting than ``m
 their masks with an opacity slider, lists the classes with their shares (each can be hidden),
 offers the mask PNG, and on a click asks ``POST /explain?x=&y=`` for the pixel's top classes and
 the receptive field of that output pixel, from pixelwise's own geometry
-(:func:`pixelwise.analysis.tracing.trace`), drawn on the image.
+(:func:`pixelwise.analysis.trace`), drawn on the image.
 
 **Concurrency.** The network runs one request at a time in a worker thread (PyTorch and ONNX
 Runtime already use every core for one image); requests beyond it wait, up to ``max_queue``.
@@ -142,7 +142,7 @@ class _Model:
 
     def _field(self, size: tuple[int, int], y: int, x: int) -> dict[str, Any]:
         if size not in self.fields:  # the geometry depends on the size only: traced once per size
-            from pixelwise.analysis.tracing import trace
+            from pixelwise.analysis import trace
 
             last = trace(self.geometry, size).rows[-1]
             self.fields[size] = (tuple(map(float, last.center)), tuple(map(float, last.rf)))
