@@ -412,6 +412,26 @@ def test_camvid_fixture_maps_void_to_ignore(tmp_path: Path) -> None:
     assert formats.CamVidDataset.available_splits(tmp_path) == ["train"]
 
 
+def test_camvid_holdout_validates_on_sequences_training_never_sees(tmp_path: Path) -> None:
+    frames = {"train": ["0001TP_006690", "0006R0_f01", "0006R0_f02", "0016E5_00390"], "val": ["0016E5_07959"]}
+    for split, stems in frames.items():
+        for stem in stems:
+            save(tmp_path / split / f"{stem}.png", rgb())
+            save(tmp_path / f"{split}annot" / f"{stem}.png", labels(11))
+
+    def stems(split: str, **options) -> list[str]:
+        return [image.stem for image, _ in create_dataset("camvid", root=tmp_path, split=split, **options).pairs]
+
+    assert stems("val") == ["0016E5_07959"], "without holdout: the released splits"
+    assert stems("train", holdout="0006R0") == ["0001TP_006690", "0016E5_00390", "0016E5_07959"]
+    assert stems("val", holdout="0006R0") == ["0006R0_f01", "0006R0_f02"]
+    assert stems("val", holdout=["0001TP", "0016E5"]) == ["0001TP_006690", "0016E5_00390", "0016E5_07959"]
+    with pytest.raises(ValueError, match=r"holdout \['0005VD'\] names no sequence.*'0001TP', '0006R0', '0016E5'"):
+        create_dataset("camvid", root=tmp_path, split="val", holdout="0005VD")
+    with pytest.raises(ValueError, match="the test split is never redrawn"):
+        create_dataset("camvid", root=tmp_path, split="test", holdout="0006R0")
+
+
 @pytest.mark.skipif(not CAMVID.is_dir(), reason=f"real CamVid not at {CAMVID}")
 def test_real_camvid() -> None:
     train = create_dataset("camvid", root=CAMVID, split="train")
@@ -422,3 +442,9 @@ def test_real_camvid() -> None:
             x, y = dataset[index]
             assert x.shape == (3, 360, 480) and x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
             assert y.shape == (360, 480) and set(y.unique().tolist()) <= set(range(11)) | {255}
+    # Cross-sequence validation: 0006R0 (101 frames, all in train) against the other two.
+    held_out = create_dataset("camvid", root=CAMVID, split="val", holdout="0006R0")
+    rest = create_dataset("camvid", root=CAMVID, split="train", holdout="0006R0")
+    assert (len(rest), len(held_out)) == (367, 101)
+    assert {image.stem[:6] for image, _ in held_out.pairs} == {"0006R0"}
+    assert {image.stem[:6] for image, _ in rest.pairs} == {"0001TP", "0016E5"}

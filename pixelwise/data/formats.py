@@ -537,21 +537,36 @@ CAMVID_VOID = 11
 class CamVidDataset(PairedFileDataset):
     """CamVid as released with SegNet: 11 classes at 480×360; value 11 (Unlabelled) is ignored.
 
-    Layout: ``{train,val,test}/*.png`` with the same names in ``{train,val,test}annot/``.
+    Layout: ``{train,val,test}/*.png`` with the same names in ``{train,val,test}annot/``. File
+    names start with the video sequence the frame comes from (``0016E5_08640.png``).
+
+    **Cross-sequence validation.** The released val split is 101 frames of 0016E5, the sequence
+    of 204 of the 367 training frames, so it rewards remembering that sequence; the test split's
+    frames come from later in 0001TP and from Seq05VD, which training never sees. With
+    ``holdout="0006R0"`` (or a list of sequences) the ``"train"`` split is every train and val
+    frame of the other sequences and the ``"val"`` split every train and val frame of the
+    held-out ones: a validation on a sequence training never saw. In a recipe:
+    ``data.options: {holdout: 0006R0}``.
 
     Args:
         root: the folder holding ``train/``, ``trainannot/``, ...
         split: ``"train"``, ``"val"`` or ``"test"``.
         transform: joint image+mask transform.
         strict: raise on pairing problems (``False`` keeps them in :attr:`problems`).
+        holdout: sequences (file-name prefixes such as ``"0006R0"``) to validate on instead of
+            the released val split; see above.
     """
 
     format_name = "CamVid"
 
     def __init__(self, root: str | Path, split: str = "train", transform: JointTransform | None = None,
-                 strict: bool = True) -> None:
+                 strict: bool = True, holdout: str | Sequence[str] | None = None) -> None:
         self.label_map = np.arange(256, dtype=np.int64)
         self.label_map[CAMVID_VOID] = IGNORE_INDEX
+        self.holdout = (holdout,) if isinstance(holdout, str) else tuple(holdout or ())
+        if self.holdout and split not in ("train", "val"):
+            raise ValueError(f"CamVid holdout={list(self.holdout)} redraws the train and val splits; split "
+                             f"{split!r} is not one of them (the test split is never redrawn)")
         super().__init__(root, split, transform, class_info(CAMVID_CLASSES, CAMVID_PALETTE), strict)
 
     @classmethod
@@ -561,10 +576,29 @@ class CamVidDataset(PairedFileDataset):
                 if (root / split).is_dir() or (root / f"{split}annot").is_dir()]
 
     def find_pairs(self) -> Pairing:
-        image_dir = _require_dir(self.root / self.split, f"the CamVid {self.split} images")
-        mask_dir = _require_dir(self.root / f"{self.split}annot", f"the CamVid {self.split} masks")
+        if not self.holdout:
+            return self._released_pairs(self.split)
+        both = [self._released_pairs(split) for split in ("train", "val")]
+        pairs = sorted(pair for pairing in both for pair in pairing.pairs)
+        present = {_camvid_sequence(image) for image, _ in pairs}
+        unknown = sorted(set(self.holdout) - present)
+        if unknown:
+            raise ValueError(f"{self.root}: CamVid holdout {unknown} names no sequence of the train and val frames; "
+                             f"the sequences there are {sorted(present)}")
+        keep = (lambda image: _camvid_sequence(image) in self.holdout) if self.split == "val" else (
+            lambda image: _camvid_sequence(image) not in self.holdout)
+        return Pairing([pair for pair in pairs if keep(pair[0])], [p for pairing in both for p in pairing.problems])
+
+    def _released_pairs(self, split: str) -> Pairing:
+        image_dir = _require_dir(self.root / split, f"the CamVid {split} images")
+        mask_dir = _require_dir(self.root / f"{split}annot", f"the CamVid {split} masks")
         images, problems = index_files(image_dir, IMAGE_EXTENSIONS)
         masks, mask_problems = index_files(mask_dir, MASK_EXTENSIONS)
         pairing = pair_by_key(images, masks, f"{mask_dir}/", f"{image_dir}/")
         pairing.problems[:0] = problems + mask_problems
         return pairing
+
+
+def _camvid_sequence(image: Path) -> str:
+    """The video sequence of a CamVid frame: its file name up to the first underscore."""
+    return image.stem.split("_", 1)[0]
