@@ -16,8 +16,12 @@ that does only that), and reports:
 The model is a small U-Net (random weights, 11 classes) written by this script, since the
 network's working memory per window is measured by ``sliding_window.py`` already.
 
+``--reference-tree DIR`` runs the same command a second time with ``DIR`` (another checkout of
+pixelwise, e.g. ``git worktree add /tmp/before <commit>``) first on ``PYTHONPATH``, and prints
+the ratio of the two peaks' growth: the change measured side by side, in one run.
+
 Usage:
-    python benchmarks/predict_memory.py [--sizes 2000 4000 9000] [--window 512]
+    python benchmarks/predict_memory.py [--sizes 2000 4000 9000] [--window 512] [--reference-tree DIR]
 
 Prints a table and writes ``benchmarks/results/predict_memory.json``.
 """
@@ -66,9 +70,12 @@ def _image(path: Path, side: int) -> None:
     Image.fromarray(band).save(path, compress_level=1)
 
 
-def _peak_mib(command: list[str]) -> float:
-    """Peak resident memory of ``command`` (run in a fresh process), MiB."""
-    output = subprocess.run([sys.executable, "-c", _CHILD, *command], capture_output=True, text=True, check=True)
+def _peak_mib(command: list[str], tree: str | None = None) -> float:
+    """Peak resident memory of ``command`` (run in a fresh process; ``tree`` first on its
+    ``PYTHONPATH``), MiB."""
+    env = dict(os.environ, PYTHONPATH=tree) if tree else None
+    output = subprocess.run([sys.executable, "-c", _CHILD, *command], capture_output=True, text=True, check=True,
+                            env=env)
     peak_kib, returncode = map(int, output.stdout.split())
     if returncode != 0:
         raise RuntimeError(f"{' '.join(command)} exited with {returncode}")
@@ -79,6 +86,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 4000, 9000])
     parser.add_argument("--window", type=int, default=512)
+    parser.add_argument("--reference-tree", help="another pixelwise checkout to measure side by side")
     args = parser.parse_args()
     executable = str(Path(sys.executable).with_name("pixelwise"))
     rows = []
@@ -92,6 +100,8 @@ def main() -> None:
 
         _image(folder / "small.png", 64)
         baseline = _peak_mib(command(folder / "small.png", "small"))
+        reference_baseline = _peak_mib(command(folder / "small.png", "small_ref"), args.reference_tree) \
+            if args.reference_tree else None
         print(f"baseline (64×64): {baseline:.0f} MiB", flush=True)
         for side in args.sizes:
             image = folder / f"image_{side}.png"
@@ -100,16 +110,23 @@ def main() -> None:
             peak = _peak_mib(command(image, f"out_{side}"))
             seconds = time.perf_counter() - start
             floor = side * side * 7 / 2**20
-            rows.append({"side": side, "baseline_mib": baseline, "peak_mib": peak, "floor_mib": floor,
-                         "growth_over_floor": (peak - baseline) / floor, "seconds": seconds})
+            row = {"side": side, "baseline_mib": baseline, "peak_mib": peak, "floor_mib": floor,
+                   "growth_over_floor": (peak - baseline) / floor, "seconds": seconds}
+            if args.reference_tree:
+                reference = _peak_mib(command(image, f"ref_{side}"), args.reference_tree)
+                row.update(reference_peak_mib=reference, reference_growth_mib=reference - reference_baseline,
+                           growth_ratio=(peak - baseline) / (reference - reference_baseline))
+            rows.append(row)
             print(f"{side}²: peak {peak:.0f} MiB, growth {peak - baseline:.0f} MiB, floor {floor:.0f} MiB, "
                   f"growth / floor {(peak - baseline) / floor:.2f}, {seconds:.0f} s", flush=True)
             image.unlink()
-    print("\n| image | peak | growth over the 64² baseline | floor (decoded image) | growth / floor |")
-    print("|---|---:|---:|---:|---:|")
+    reference = " | reference growth | growth / reference's" if args.reference_tree else ""
+    print(f"\n| image | peak | growth over the 64² baseline | floor (decoded image) | growth / floor{reference} |")
+    print("|---|---:|---:|---:|---:|" + ("---:|---:|" if args.reference_tree else ""))
     for row in rows:
+        extra = f" {row['reference_growth_mib']:.0f} MiB | {row['growth_ratio']:.2f}× |" if args.reference_tree else ""
         print(f"| {row['side']}² | {row['peak_mib']:.0f} MiB | {row['peak_mib'] - row['baseline_mib']:.0f} MiB | "
-              f"{row['floor_mib']:.0f} MiB | {row['growth_over_floor']:.2f} |")
+              f"{row['floor_mib']:.0f} MiB | {row['growth_over_floor']:.2f} |{extra}")
     write_report({"window": args.window, "cpus": os.cpu_count(), "rows": rows},
                  Path(__file__).parent / "results" / "predict_memory.json")
 
