@@ -394,3 +394,25 @@ def test_shapes_command_model_args_and_errors(capsys: pytest.CaptureFixture[str]
 def test_build_model_refuses_weights() -> None:
     with pytest.raises(ValueError, match="weights=None"):
         build_model("torchvision:resnet18", weights="IMAGENET1K_V1")
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_large", "vgg16_bn", "timm:resnet18"])
+def test_feature_geometry_finds_where_each_encoder_map_sits(name: str) -> None:
+    """ResNet's and MobileNet's even-padded strides centre pixel y of a stride-s map on input s·y;
+    VGG's 2×2 pooling on s·y + (s - 1)/2. Traced, not tabulated: timm encoders included."""
+    from pixelwise.analysis import feature_geometry
+    from pixelwise.encoders import create_encoder
+
+    if name.startswith("timm:"):
+        pytest.importorskip("timm")
+    for output_stride in (32, 8):
+        encoder = create_encoder(name, output_stride=output_stride).to("meta")
+        geometry = feature_geometry(encoder, (64, 96))
+        assert [axes[0].stride for axes in geometry] == encoder.reductions
+        assert all((h.stride, h.center) == (w.stride, w.center) for h, w in geometry), "the same on both axes"
+        natural = [2, 4, 8, 16, 32]
+        expected = [Fraction(s - 1, 2) if name.startswith("vgg") else Fraction(0)
+                    for s in natural[:len(encoder.reductions)]]
+        # A dilated stage keeps the grid of the last strided one.
+        expected = [expected[min(i, natural.index(r))] for i, r in enumerate(encoder.reductions)]
+        assert [axes[0].center for axes in geometry] == expected

@@ -27,7 +27,7 @@ from pixelwise.analysis.sizes import (
 )
 from pixelwise.analysis.geometry import Axis
 from pixelwise.analysis.report import Row, Trace
-from pixelwise.analysis.tracer import TraceError, trace
+from pixelwise.analysis.tracer import TraceError, feature_geometry, trace
 from pixelwise.analysis.valid_sizes import ValidSizes, valid_input_sizes
 from pixelwise.models.build import build_model
 
@@ -35,6 +35,7 @@ __all__ = [
     "Axis", "ConvolutionalizeReport", "FullyConvolutional", "OverlapMap", "Replacement", "Row", "ScoreRow",
     "Trace", "TraceError", "ValidSizes", "build_model", "checkerboard_score", "compare_upsamplers",
     "conv_input_sizes", "conv_output_size", "conv_transpose_input_size", "conv_transpose_output_size",
-    "convolutionalize", "convolutionalize_report", "exact_input_sizes", "overlap_counts_1d", "overlap_map",
+    "convolutionalize", "convolutionalize_report", "exact_input_sizes", "feature_geometry", "overlap_counts_1d",
+    "overlap_map",
     "pool_input_sizes", "pool_output_size", "torchvision_classifier", "trace", "valid_input_sizes",
 ]

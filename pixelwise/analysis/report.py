@@ -109,6 +109,9 @@ class Trace:
         input_shape: shape of the traced input, batch of one included.
         total_params: ``sum(p.numel() for p in model.parameters())`` (layers never called included).
         model_type: class name of the traced model.
+        outputs: the geometry (height axis, width axis) of each tensor the forward pass returned,
+            in the order of its flattened output (``None`` for one not computed from the input,
+            or flattened); e.g. an encoder's feature maps, highest resolution first.
     """
 
     rows: list[Row]
@@ -116,6 +119,7 @@ class Trace:
     total_params: int
     model_type: str
     graph: _Graph = field(default_factory=lambda: _Graph(), repr=False, compare=False)
+    outputs: tuple[Axes | None, ...] = field(default=(), compare=False)
 
     @property
     def total_macs(self) -> int:

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from pixelwise.analysis.effects import _Call, _Effect, _Node, _tensors
-from pixelwise.analysis.geometry import INPUT_AXES, Axes, _pair
+from pixelwise.analysis.geometry import INPUT_AXES, Axes, Axis, _pair
 from pixelwise.analysis.ops import _effect
 from pixelwise.analysis.propagation import _Graph, _resolve_rules, _SizeOp
 from pixelwise.analysis.report import Row, Trace
@@ -204,7 +204,7 @@ def trace(model: nn.Module, input_size: int | tuple[int, int], *, in_channels: i
     try:
         model.eval()  # batch norm on one image, dropout off
         with torch.no_grad(), tracer:
-            (forward or model)(x)
+            out = (forward or model)(x)
     finally:
         for handle in handles:
             handle.remove()
@@ -212,7 +212,28 @@ def trace(model: nn.Module, input_size: int | tuple[int, int], *, in_channels: i
             module.train(training)
     _resolve_rules(tracer.graph)
     total = sum(p.numel() for p in model.parameters())
-    return Trace(tracer.rows, tuple(x.shape), total, type(model).__name__, tracer.graph)
+    outputs = tuple(_output_axes(tracer, tensor) for tensor in _tensors(out))
+    return Trace(tracer.rows, tuple(x.shape), total, type(model).__name__, tracer.graph, outputs)
+
+
+def _output_axes(tracer: _Tracer, tensor: Tensor) -> Axes | None:
+    node = tracer.nodes.get(id(tensor))
+    return node.axes if node is not None and node.tensor is tensor and node.dims is not None else None
+
+
+def feature_geometry(module: nn.Module, input_size: int | tuple[int, int] = 64, *,
+                     in_channels: int | None = None) -> list[tuple[Axis, Axis] | None]:
+    """Where each feature map a module returns sits on its input, found by tracing it (on the
+    meta device when its weights are there too, so no memory is spent).
+
+    Returns:
+        Per returned tensor, its (height, width) :class:`~pixelwise.analysis.geometry.Axis`:
+        ``stride`` and ``center`` (the input position of its pixel 0). For an encoder, the
+        strides are its ``reductions``, and the centres say whether its maps are centred on
+        ``stride·y`` (0 for ResNet's even-padded strides) or elsewhere (VGG's 2×2 pooling:
+        ``(stride - 1)/2``).
+    """
+    return list(trace(module, input_size, in_channels=in_channels).outputs)
 
 
 def _hook(model: nn.Module, tracer: _Tracer) -> list[Any]:
