@@ -13,6 +13,21 @@ so swapping kinds changes what can be learned, not where training starts.
 - ``"pixelshuffle"``: a 3×3 convolution to ``s²`` times the channels, then sub-pixel shuffling
   (Shi et al., 2016), ICNR-initialised (Aitken et al., 2017) so it starts as nearest-neighbour
   upsampling of its convolution and free of checkerboard.
+
+The resize rules above place output pixel ``j`` at input coordinate ``(j + 1/2)/s - 1/2``
+(half-pixel centres, ``align_corners=False``). With ``aligned=True`` every kind instead places
+output pixel ``j`` at input coordinate ``j/s`` (input pixel ``m`` lands on output pixel ``s·m``,
+:func:`~pixelwise.layers.align.aligned_upsample`), the geometry of encoders whose stride-2 layers
+pad evenly; each kind then starts as that aligned resize rule:
+
+- ``"transposed"``: a triangle kernel of size ``2s - 1`` (taps ``1 - |t - (s-1)|/s``), padding
+  ``s - 1``, the input replicate-padded by one pixel at the bottom and right and the output
+  cropped to ``s·H × s·W``: aligned bilinear, borders included.
+- ``"nearest"`` / ``"bilinear"``: aligned resize (``floor(j/s + 1/2)`` / linear between
+  ``floor(j/s)`` and the next pixel), then the 3×3 convolution.
+- ``"pixelshuffle"``: the 3×3 convolution (replicate padding) starts with sub-pixel ``(r, c)`` of
+  input pixel ``(m, n)`` equal to the bilinear mix of pixels ``m, m+1`` (weights ``1 - r/s, r/s``)
+  and ``n, n+1`` (``1 - c/s, c/s``): aligned bilinear, borders included.
 """
 from __future__ import annotations
 
@@ -22,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pixelwise.layers.align import aligned_upsample
 from pixelwise.registry import Registry
 
 Upsampler = Callable[[int, int, int], nn.Module]
@@ -34,6 +50,11 @@ def bilinear_kernel(scale: int) -> Tensor:
     center = scale - 1 if size % 2 == 1 else scale - 0.5
     taps = 1 - (torch.arange(size, dtype=torch.float64) - center).abs() / scale
     return (taps[:, None] * taps[None, :]).float()
+
+
+def triangle_taps(scale: int) -> Tensor:
+    """The ``2·scale - 1`` linear-interpolation taps ``1 - |t - (scale - 1)|/scale`` (float64)."""
+    return 1 - (torch.arange(2 * scale - 1, dtype=torch.float64) - (scale - 1)).abs() / scale
 
 
 def _projection(in_channels: int, out_channels: int) -> Tensor:
@@ -54,11 +75,27 @@ def _init_conv_as_identity_or_default(conv: nn.Conv2d) -> None:
 
 @UPSAMPLERS.register("transposed")
 class TransposedUpsample(nn.Module):
-    """Transposed convolution, bilinear-initialised, exact at the borders."""
+    """Transposed convolution, bilinear-initialised, exact at the borders.
 
-    def __init__(self, in_channels: int, out_channels: int, scale: int) -> None:
+    With ``aligned=True`` output pixel ``j`` sits at input coordinate ``j/scale`` (see the module
+    docstring) and the kernel starts as aligned bilinear interpolation.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, scale: int, aligned: bool = False) -> None:
         super().__init__()
         self.scale = scale
+        self.aligned = aligned
+        if aligned:
+            # Output o gathers input i through tap o + (s - 1) - i·s, weight 1 - |o/s - i|: linear
+            # interpolation at o/s. The replicated last row/column feeds o/s in (H - 1, H); the
+            # transposed conv yields s·H + 1 rows, the last is cropped in forward.
+            taps = triangle_taps(scale)
+            kernel = (taps[:, None] * taps[None, :]).float()
+            self.conv = nn.ConvTranspose2d(in_channels, out_channels, kernel.shape[-1], stride=scale,
+                                           padding=scale - 1, bias=False)
+            with torch.no_grad():
+                self.conv.weight.copy_(_projection(in_channels, out_channels).t()[:, :, None, None] * kernel)
+            return
         kernel = bilinear_kernel(scale)
         # One replicated pixel each side (see forward) makes the border taps interpolate like
         # F.interpolate; the conv's own padding then crops exactly that pad (s) and the kernel's
@@ -70,44 +107,60 @@ class TransposedUpsample(nn.Module):
             self.conv.weight.copy_(_projection(in_channels, out_channels).t()[:, :, None, None] * kernel)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.aligned:
+            height, width = self.scale * x.shape[-2], self.scale * x.shape[-1]
+            return self.conv(F.pad(x, (0, 1, 0, 1), mode="replicate"))[..., :height, :width]
         return self.conv(F.pad(x, (1, 1, 1, 1), mode="replicate"))
 
 
 class ResizeConv(nn.Module):
-    """Resize (nearest or bilinear), then a 3×3 convolution."""
+    """Resize (nearest or bilinear), then a 3×3 convolution. With ``aligned=True`` the resize is
+    :func:`~pixelwise.layers.align.aligned_upsample` (output pixel ``j`` at input ``j/scale``)."""
 
-    def __init__(self, in_channels: int, out_channels: int, scale: int, mode: str) -> None:
+    def __init__(self, in_channels: int, out_channels: int, scale: int, mode: str, aligned: bool = False) -> None:
         super().__init__()
         self.scale = scale
         self.mode = mode
+        self.aligned = aligned
         self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
         _init_conv_as_identity_or_default(self.conv)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.aligned:
+            return self.conv(aligned_upsample(x, self.scale, self.mode))
         kwargs = {"align_corners": False} if self.mode == "bilinear" else {}
         return self.conv(F.interpolate(x, scale_factor=self.scale, mode=self.mode, **kwargs))
 
 
 @UPSAMPLERS.register("nearest")
-def _nearest_resize_conv(in_channels: int, out_channels: int, scale: int) -> ResizeConv:
-    return ResizeConv(in_channels, out_channels, scale, "nearest")
+def _nearest_resize_conv(in_channels: int, out_channels: int, scale: int, aligned: bool = False) -> ResizeConv:
+    return ResizeConv(in_channels, out_channels, scale, "nearest", aligned)
 
 
 @UPSAMPLERS.register("bilinear")
-def _bilinear_resize_conv(in_channels: int, out_channels: int, scale: int) -> ResizeConv:
-    return ResizeConv(in_channels, out_channels, scale, "bilinear")
+def _bilinear_resize_conv(in_channels: int, out_channels: int, scale: int, aligned: bool = False) -> ResizeConv:
+    return ResizeConv(in_channels, out_channels, scale, "bilinear", aligned)
 
 
 @UPSAMPLERS.register("pixelshuffle")
 class PixelShuffleUpsample(nn.Module):
-    """Sub-pixel convolution with ICNR initialisation."""
+    """Sub-pixel convolution with ICNR initialisation.
 
-    def __init__(self, in_channels: int, out_channels: int, scale: int) -> None:
+    With ``aligned=True`` the convolution pads by replication and starts as
+    :func:`bilinear_icnr_` (aligned bilinear upsampling, output pixel ``j`` at input ``j/scale``).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, scale: int, aligned: bool = False) -> None:
         super().__init__()
         self.scale = scale
-        self.conv = nn.Conv2d(in_channels, out_channels * scale**2, 3, padding=1)
+        self.aligned = aligned
+        self.conv = nn.Conv2d(in_channels, out_channels * scale**2, 3, padding=1,
+                              padding_mode="replicate" if aligned else "zeros")
         self.shuffle = nn.PixelShuffle(scale)
-        icnr_(self.conv, scale)
+        if aligned:
+            bilinear_icnr_(self.conv, scale)
+        else:
+            icnr_(self.conv, scale)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.shuffle(self.conv(x))
@@ -124,10 +177,36 @@ def icnr_(conv: nn.Conv2d, scale: int) -> None:
         conv.bias.copy_(base.bias.repeat_interleave(scale**2, dim=0))
 
 
+def bilinear_icnr_(conv: nn.Conv2d, scale: int) -> None:
+    """Initialise a 3×3 conv feeding ``PixelShuffle(scale)`` as aligned bilinear upsampling.
+
+    Output channel ``c·scale² + r·scale + q`` (sub-pixel ``(r, q)`` of channel ``c``) gets taps
+    ``(1 - r/s)`` at row offset 0 and ``r/s`` at row offset +1, times ``(1 - q/s)`` / ``q/s`` at
+    column offsets 0 / +1, times a channel map (identity when the channel counts match, else
+    PyTorch's default 1×1 init); the bias starts at zero. With replicate padding the bottom and
+    right border then equal :func:`~pixelwise.layers.align.aligned_upsample` too.
+    """
+    if conv.kernel_size != (3, 3) or conv.out_channels % scale**2:
+        raise ValueError(f"bilinear ICNR needs a 3×3 conv with a multiple of {scale**2} output channels, "
+                         f"got kernel {conv.kernel_size} and {conv.out_channels} channels")
+    out_channels = conv.out_channels // scale**2
+    fractions = torch.arange(scale, dtype=torch.float64) / scale
+    taps = torch.zeros(scale, 3, dtype=torch.float64)  # (sub-pixel, tap offset -1/0/+1)
+    taps[:, 1], taps[:, 2] = 1 - fractions, fractions
+    spatial = taps[:, None, :, None] * taps[None, :, None, :]  # (r, q, 3, 3)
+    projection = _projection(conv.in_channels, out_channels).double()  # (out, in)
+    weight = projection[:, None, None, :, None, None] * spatial[None, :, :, None]  # (out, r, q, in, 3, 3)
+    with torch.no_grad():
+        conv.weight.copy_(weight.reshape(conv.out_channels, conv.in_channels, 3, 3))
+        if conv.bias is not None:
+            nn.init.zeros_(conv.bias)
+
+
 UPSAMPLE_KINDS: tuple[str, ...] = tuple(UPSAMPLERS)
 
 
-def make_upsampler(kind: str, in_channels: int, out_channels: int, scale: int) -> nn.Module:
+def make_upsampler(kind: str, in_channels: int, out_channels: int, scale: int,
+                   aligned: bool = False) -> nn.Module:
     """Build an upsampler.
 
     Args:
@@ -136,6 +215,9 @@ def make_upsampler(kind: str, in_channels: int, out_channels: int, scale: int) -
         in_channels: channels of the input.
         out_channels: channels of the output.
         scale: integer upsampling factor; 1 gives identity (or a 1×1 conv to change channels).
+        aligned: place output pixel ``j`` at input coordinate ``j/scale`` (input pixel ``m`` on
+            output pixel ``scale·m``) instead of ``(j + 1/2)/scale - 1/2``; for feature maps whose
+            pixel ``y`` is centred on image pixel ``stride·y`` (see :mod:`pixelwise.layers.align`).
 
     Returns:
         A module mapping ``(N, in_channels, H, W)`` to ``(N, out_channels, scale·H, scale·W)``.
@@ -145,4 +227,6 @@ def make_upsampler(kind: str, in_channels: int, out_channels: int, scale: int) -
         raise ValueError(f"upsampling scale must be a positive integer, got {scale!r}")
     if scale == 1:
         return nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
+    if aligned:
+        return build(in_channels, out_channels, scale, aligned=True)
     return build(in_channels, out_channels, scale)
