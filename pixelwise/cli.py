@@ -241,7 +241,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     with progress:
         result = evaluate_checkpoint(source, data_format=args.format, root=args.root, split=args.split,
                                      data_options=_parse_model_args(args.data_options), out_dir=out_dir,
-                                     on_image=on_image, **_inference_options(args))
+                                     on_image=on_image, boundary_width=args.boundary_width,
+                                     **_inference_options(args))
     print_evaluation(result, console)
     return 0
 
@@ -400,6 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="format options over the recorded ones, e.g. num_classes=5")
     evaluate.add_argument("--out", help="folder for metrics.json and confusion_matrix.png "
                                         "(default: evaluation/ beside the checkpoint)")
+    evaluate.add_argument("--boundary-width", type=int, default=3, metavar="PX",
+                          help="band in pixels along class edges for Boundary IoU and trimap accuracy "
+                               "(default: 3; 0 leaves them out)")
     _add_inference_arguments(evaluate)
     evaluate.set_defaults(run=_cmd_evaluate)
 

@@ -14,7 +14,9 @@ from pixelwise.data.synthetic import CLASS_NAMES
 from pixelwise.data.transforms import val_transform
 from pixelwise.engine.checkpoint import load_model, save_checkpoint
 from pixelwise.engine.evaluation import evaluate_checkpoint, resolve_data, row_normalised
+from pixelwise.engine.inference import InferenceOptions
 from pixelwise.engine.train import evaluate
+from pixelwise.metrics import BoundaryMetric
 
 # What the tiny_checkpoint fixture (conftest.py) trained on.
 VAL_SET = {"size": 64, "length": 8, "shapes_per_image": [2, 4]}  # as the tiny checkpoint records (conftest.py)
@@ -49,6 +51,43 @@ def test_api_writes_metrics_equal_to_training_evaluation(tiny_checkpoint: Path, 
     assert matrix["class_names"] == list(CLASS_NAMES)
     width, height = _valid_png(tmp_path / "confusion_matrix.png")
     assert width > 200 and height > 200
+
+
+def test_boundary_metrics_equal_a_boundary_metric_on_the_same_predictions(tiny_checkpoint: Path,
+                                                                         tmp_path: Path) -> None:
+    result = evaluate_checkpoint(tiny_checkpoint, out_dir=tmp_path, boundary_width=2)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+
+    model, classes, normalization, _ = load_model(tiny_checkpoint)
+    val_set = create_dataset("synthetic", split="val", transform=val_transform(**normalization), **VAL_SET)
+    expected = BoundaryMetric.for_classes(classes, width=2)
+    for image, mask in val_set:
+        expected.update_logits(mask[None], InferenceOptions.create().logits(model, image[None]))
+    assert torch.equal(result.boundary.counts, expected.counts)
+    wanted = expected.summary()
+    assert metrics["summary"]["mean_boundary_iou"] == wanted["mean_boundary_iou"]
+    assert metrics["summary"]["trimap_accuracy"] == wanted["trimap_accuracy"]
+    assert metrics["summary"]["trimap_pixels"] == wanted["trimap_pixels"] > 0
+    assert metrics["summary"]["boundary_width"] == 2
+    assert [row["boundary_iou"] for row in metrics["per_class"]] == wanted["boundary_iou"]
+
+
+def test_cli_boundary_width(tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["evaluate", "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "a"),
+                 "--data-options", "length=2"]) == 0
+    printed = capsys.readouterr().out
+    assert "BIoU" in printed and "within 3 px of class edges" in printed and "trimap accuracy" in printed
+    assert json.loads((tmp_path / "a" / "metrics.json").read_text())["summary"]["boundary_width"] == 3
+
+    assert main(["evaluate", "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "b"),
+                 "--data-options", "length=2", "--boundary-width", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert "BIoU" not in printed and "trimap" not in printed
+    metrics = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert "mean_boundary_iou" not in metrics["summary"] and "boundary_iou" not in metrics["per_class"][0]
+
+    assert main(["evaluate", "--checkpoint", str(tiny_checkpoint), "--boundary-width", "-1"]) == 2
+    assert "boundary width must be a whole number of pixels, 0 or more" in capsys.readouterr().out
 
 
 def test_slide_with_a_window_covering_the_image_equals_whole(tiny_checkpoint: Path) -> None:

@@ -14,8 +14,12 @@ measures something else, and its numbers need not match the log. ``--runtime`` /
 ``--precision`` measure the same checkpoint in another runtime (optimised PyTorch, bf16, ONNX
 Runtime), and an exported ``.onnx`` file (fp32 or int8) is evaluated alike.
 
-With ``out_dir``, writes ``metrics.json`` (the summary, per-class IoU / Dice / accuracy with
-class names, the confusion matrix, and the data and inference options used) and
+Alongside the confusion matrix, a :class:`~pixelwise.metrics.BoundaryMetric` measures how well
+class edges are placed: per-class Boundary IoU and trimap accuracy within ``boundary_width``
+pixels (3 by default; 0 leaves them out) of the ground-truth edges.
+
+With ``out_dir``, writes ``metrics.json`` (the summary, per-class IoU / Dice / accuracy / Boundary
+IoU with class names, the confusion matrix, and the data and inference options used) and
 ``confusion_matrix.png`` (rows normalised to sum to 1: row *i* shows where the ground-truth
 pixels of class *i* went).
 """
@@ -37,7 +41,7 @@ from pixelwise.engine.checkpoint import LoadedModel, load_checkpoint
 from pixelwise.engine.inference import Blend, InferenceOptions, Mode, Size
 from pixelwise.engine.loading import is_onnx, load_predictor
 from pixelwise.engine.predict import ProgressCallback
-from pixelwise.metrics import ConfusionMatrix
+from pixelwise.metrics import BoundaryMetric, ConfusionMatrix
 
 
 @dataclass
@@ -53,6 +57,7 @@ class EvaluationResult:
         runtime: what ran the network: ``runtime`` and ``precision``.
         iteration: the training iteration the checkpoint was saved at, when recorded.
         files: the files written (empty without ``out_dir``).
+        boundary: Boundary IoU and trimap accuracy; ``None`` when not measured.
     """
 
     matrix: ConfusionMatrix
@@ -63,18 +68,30 @@ class EvaluationResult:
     iteration: int | None = None
     files: list[Path] = field(default_factory=list)
     runtime: dict[str, str] = field(default_factory=dict)
+    boundary: BoundaryMetric | None = None
 
     def summary(self) -> dict:
-        """Every metric, JSON-able (see :meth:`ConfusionMatrix.summary`)."""
-        return self.matrix.summary()
+        """Every metric, JSON-able: :meth:`ConfusionMatrix.summary`, and with a boundary metric
+        ``boundary_iou`` (per class), ``mean_boundary_iou``, ``trimap_accuracy``,
+        ``trimap_pixels`` and ``boundary_width`` (see :meth:`BoundaryMetric.summary`)."""
+        stats = self.matrix.summary()
+        if self.boundary is not None:
+            boundary = self.boundary.summary()
+            stats |= {"boundary_width": boundary.pop("width"), **boundary}
+        return stats
 
     def per_class(self) -> list[dict]:
-        """One record per class: index, name, IoU, Dice, accuracy (None where undefined), pixels."""
+        """One record per class: index, name, IoU, Dice, accuracy, Boundary IoU when measured
+        (None where undefined), pixels."""
         stats = self.summary()
-        return [{"index": index, "name": name, "iou": stats["iou"][index], "dice": stats["dice"][index],
+        rows = [{"index": index, "name": name, "iou": stats["iou"][index], "dice": stats["dice"][index],
                  "accuracy": stats["class_accuracy"][index], "gt_pixels": stats["gt_pixels"][index],
                  "predicted_pixels": stats["predicted_pixels"][index]}
                 for index, name in enumerate(self.classes.names)]
+        if self.boundary is not None:
+            for row, value in zip(rows, stats["boundary_iou"]):
+                row["boundary_iou"] = value
+        return rows
 
     def to_dict(self) -> dict:
         """The contents of ``metrics.json``."""
@@ -133,7 +150,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data_format: str | None = None, 
                         blend: Blend = "gaussian", scales: Sequence[float] = (1.0,), flip: bool = False,
                         batch_size: int = 4, device: str | torch.device = "cpu", runtime: str | None = None,
                         precision: str | None = None, out_dir: str | Path | None = None,
-                        on_image: ProgressCallback | None = None) -> EvaluationResult:
+                        on_image: ProgressCallback | None = None, boundary_width: int = 3) -> EvaluationResult:
     """Measure a checkpoint (or an exported ONNX file) on a data set split; optionally write
     ``metrics.json`` and a plot.
 
@@ -159,13 +176,16 @@ def evaluate_checkpoint(checkpoint: str | Path, data_format: str | None = None, 
             ``best.pt`` reproduces the logged validation mIoU).
         out_dir: folder for ``metrics.json`` and ``confusion_matrix.png`` (``None``: no files).
         on_image: progress callback ``on_image(done, total)``.
+        boundary_width: band width in pixels for Boundary IoU and trimap accuracy (0: not
+            measured).
     """
+    _check_boundary_width(boundary_width)
     options = InferenceOptions.create(mode, window, stride, blend, scales, flip, batch_size)
     state = None if is_onnx(checkpoint) else load_checkpoint(checkpoint)
     loaded = load_predictor(checkpoint, runtime, precision, device, state=state)
     recorded = (state.get("config") or {}).get("data") if state is not None else None
     data = resolve_data(recorded, data_format, root, split, data_options)
-    result = evaluate_loaded(loaded, data, options, device, on_image)
+    result = evaluate_loaded(loaded, data, options, device, on_image, boundary_width=boundary_width)
     result.checkpoint, result.iteration = str(checkpoint), None if state is None else state.get("iteration")
     if out_dir is not None:
         result.files = write_evaluation(result, out_dir)
@@ -174,25 +194,40 @@ def evaluate_checkpoint(checkpoint: str | Path, data_format: str | None = None, 
 
 def evaluate_loaded(loaded: LoadedModel, data: dict[str, Any], options: InferenceOptions,
                     device: str | torch.device = "cpu", on_image: ProgressCallback | None = None,
-                    limit: int | None = None) -> EvaluationResult:
+                    limit: int | None = None, boundary_width: int = 3) -> EvaluationResult:
     """Measure a loaded model (any runtime) on a data set split (see :func:`resolve_data`).
 
     Args:
         limit: evaluate only the first ``limit`` images.
+        boundary_width: band width in pixels for Boundary IoU and trimap accuracy (0: not
+            measured).
     """
+    _check_boundary_width(boundary_width)
     dataset = _open_dataset(data, loaded)
     count = len(dataset) if limit is None else min(limit, len(dataset))
     data = {**data, "num_images": count}
-    matrix = ConfusionMatrix(loaded.classes.num_classes, dataset.classes.ignore_index, device=device)
+    num_classes, ignore_index = loaded.classes.num_classes, dataset.classes.ignore_index
+    matrix = ConfusionMatrix(num_classes, ignore_index, device=device)
+    boundary = BoundaryMetric(num_classes, ignore_index, boundary_width, device) if boundary_width else None
     for index in range(count):
         image, mask = dataset[index]
         logits = options.logits(loaded.model, image[None])
-        matrix.update_logits(mask[None].to(logits.device), logits)
+        target = mask[None].to(logits.device)
+        matrix.update_logits(target, logits)
+        if boundary is not None:
+            boundary.update_logits(target, logits)
         if on_image is not None:
             on_image(index + 1, count)
     runtime = {"runtime": getattr(loaded.model, "name", "torch"),
                "precision": getattr(loaded.model, "precision", options.precision or "fp32")}
-    return EvaluationResult(matrix, loaded.classes, "", data, options, None, runtime=runtime)
+    return EvaluationResult(matrix, loaded.classes, "", data, options, None, runtime=runtime, boundary=boundary)
+
+
+def _check_boundary_width(boundary_width: int) -> None:
+    """Raise a ValueError unless the width is a whole number of pixels, 0 or more."""
+    if isinstance(boundary_width, bool) or not isinstance(boundary_width, int) or boundary_width < 0:
+        raise ValueError(f"boundary width must be a whole number of pixels, 0 or more (0: no boundary metrics), "
+                         f"got {boundary_width!r}")
 
 
 # Files -----------------------------------------------------------------------------------------
@@ -258,20 +293,24 @@ def _percent(value: float | None) -> str:
 
 
 def evaluation_table(result: EvaluationResult) -> Table:
-    """Per-class IoU, Dice, accuracy and pixel counts, then the means, as a rich table."""
+    """Per-class IoU, Dice, accuracy, Boundary IoU (when measured) and pixel counts, then the
+    means, as a rich table."""
     data = result.data
     table = Table(title=f"{Path(result.checkpoint).name} on {data['format']} {data['split']} "
                         f"({data['num_images']} images, {result.inference.mode}, "
                         f"{' '.join(result.runtime.values())})")
-    for column in ("class", "IoU %", "Dice %", "Acc %", "gt px", "pred px"):
+    boundary = result.boundary is not None
+    columns = ["class", "IoU %", "Dice %", "Acc %"] + (["BIoU %"] if boundary else []) + ["gt px", "pred px"]
+    for column in columns:
         table.add_column(column, justify="left" if column == "class" else "right")
     for row in result.per_class():
-        table.add_row(row["name"], _percent(row["iou"]), _percent(row["dice"]), _percent(row["accuracy"]),
-                      str(row["gt_pixels"]), str(row["predicted_pixels"]))
+        scores = [row["iou"], row["dice"], row["accuracy"]] + ([row["boundary_iou"]] if boundary else [])
+        table.add_row(row["name"], *map(_percent, scores), str(row["gt_pixels"]), str(row["predicted_pixels"]))
     stats = result.summary()
     table.add_section()
-    table.add_row("mean", _percent(stats["mean_iou"]), _percent(stats["mean_dice"]),
-                  _percent(stats["mean_class_accuracy"]), str(stats["num_pixels"]), "")
+    means = [stats["mean_iou"], stats["mean_dice"], stats["mean_class_accuracy"]]
+    means += [stats["mean_boundary_iou"]] if boundary else []
+    table.add_row("mean", *map(_percent, means), str(stats["num_pixels"]), "")
     return table
 
 
@@ -283,5 +322,10 @@ def print_evaluation(result: EvaluationResult, console: Console) -> None:
                   f"mean class accuracy {_percent(stats['mean_class_accuracy'])}%, frequency-weighted IoU "
                   f"{_percent(stats['frequency_weighted_iou'])}% over {stats['present_classes']} present classes "
                   "('-': the class is absent)", markup=False, highlight=False)
+    if result.boundary is not None:
+        console.print(f"within {stats['boundary_width']} px of class edges: mean Boundary IoU (BIoU) "
+                      f"{_percent(stats['mean_boundary_iou'])}%, trimap accuracy "
+                      f"{_percent(stats['trimap_accuracy'])}% over {stats['trimap_pixels']} pixels",
+                      markup=False, highlight=False)
     for path in result.files:
         console.print(f"wrote {path}", markup=False, highlight=False)
