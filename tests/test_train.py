@@ -290,3 +290,15 @@ def test_input_scale_from_the_recipe_travels_with_the_checkpoint(tmp_path: Path)
     loaded = load_model(tmp_path / "last.pt")
     assert loaded.model.input_scale == 0.5
     assert loaded.model(torch.randn(1, 3, 30, 42)).shape == (1, loaded.model.num_classes, 30, 42)
+
+
+def test_bf16_on_a_cpu_without_bf16_units_is_flagged(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pixelwise.runtimes import torch_runtime
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(torch_runtime, "cpu_has_bf16", lambda: False)
+    assert "train.amp: null" in torch_runtime.slow_precision_warning("bf16", cpu)
+    assert torch_runtime.slow_precision_warning(None, cpu) is None
+    monkeypatch.setattr(torch_runtime, "cpu_has_bf16", lambda: True)
+    assert torch_runtime.slow_precision_warning("bf16", cpu) is None
+

@@ -49,6 +49,7 @@ from pixelwise.losses import (class_pixel_counts, create_loss, inverse_frequency
 from pixelwise.metrics import ConfusionMatrix
 from pixelwise.models import SegmentationModel, create_model
 from pixelwise.runtimes import autocast_context
+from pixelwise.runtimes.torch_runtime import slow_precision_warning
 
 logger = logging.getLogger(__name__)
 
@@ -325,6 +326,9 @@ def _train(config: Config, resume: bool, overwrite: bool, context: DistributedCo
            on_total: Callable[[int, BudgetPlan | None], None] | None) -> TrainResult:
     session_start = time.perf_counter()
     run_dir = Path(config.train.output_dir)
+    slow = slow_precision_warning(config.train.amp, context.device)
+    if slow and context.is_main:
+        logger.warning("train.amp = bf16: %s", slow)
     if context.is_main:
         prepare_run_folder(run_dir, resume, overwrite)
     torch.manual_seed(config.train.seed)
