@@ -12,7 +12,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pixelwise.layers import UPSAMPLE_KINDS, Grid, aligned_resize, aligned_upsample, make_upsampler
+from pixelwise.layers import (
+    UPSAMPLE_KINDS,
+    Grid,
+    ResizeConv,
+    aligned_resize,
+    aligned_upsample,
+    half_pixel_shift,
+    make_upsampler,
+    shifted_upsample,
+    upsampler_between,
+    upsampling_step,
+)
 
 SCALES = (2, 3, 4, 8)
 
@@ -149,12 +160,76 @@ def test_grid_geometry_and_errors() -> None:
 @pytest.mark.parametrize("kind", UPSAMPLE_KINDS)
 @pytest.mark.parametrize("scale", SCALES)
 def test_aligned_upsampler_at_init_is_its_aligned_resize_rule(kind: str, scale: int) -> None:
-    upsampler = make_upsampler(kind, 4, 4, scale, aligned=True)
+    upsampler = make_upsampler(kind, 4, 4, scale, shift=0)
     mode = "nearest" if kind == "nearest" else "bilinear"
     for size in ((1, 1), (5, 3), (8, 7)):
         x = torch.randn(2, 4, *size)
         with torch.no_grad():
             torch.testing.assert_close(upsampler(x), aligned_upsample(x, scale, mode), atol=1e-5, rtol=0)
+
+
+SHIFTS = (Fraction(-1, 2), Fraction(1, 4), Fraction(-1, 3), Fraction(-7, 8))
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+@pytest.mark.parametrize("scale", SCALES)
+@pytest.mark.parametrize("shift", SHIFTS + (Fraction(0), None))
+def test_shifted_upsample_reads_shift_plus_j_over_scale(mode: str, scale: int, shift: Fraction | None) -> None:
+    if shift is None:
+        shift = half_pixel_shift(scale)
+        if mode == "nearest":
+            return  # nearest at half-pixel centres is floor(j/s) in PyTorch, not this rounding rule
+    x = torch.randn(1, 2, 5, 3, dtype=torch.float64)
+    size = (scale * 5, scale * 3)
+    expected = _reference(x.numpy(), size, Grid(scale), Grid(1, scale * shift), mode)
+    np.testing.assert_allclose(shifted_upsample(x, scale, shift, mode).numpy(), expected, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", UPSAMPLE_KINDS)
+@pytest.mark.parametrize("scale", SCALES)
+@pytest.mark.parametrize("shift", SHIFTS)
+def test_shifted_upsampler_at_init_is_its_shifted_resize_rule(kind: str, scale: int, shift: Fraction) -> None:
+    if shift == half_pixel_shift(scale):
+        return  # the half-pixel layers: test_the_half_pixel_shift_builds_the_half_pixel_layers
+    if kind == "pixelshuffle" and shift > Fraction(1, scale):
+        with pytest.raises(ValueError, match="3×3 window"):
+            make_upsampler(kind, 4, 4, scale, shift=shift)
+        return
+    upsampler = make_upsampler(kind, 4, 4, scale, shift=shift)
+    assert upsampler.sampling == (scale, shift)
+    mode = "nearest" if kind == "nearest" else "bilinear"
+    for size in ((1, 1), (5, 3), (8, 7)):
+        x = torch.randn(2, 4, *size)
+        with torch.no_grad():
+            torch.testing.assert_close(upsampler(x), shifted_upsample(x, scale, shift, mode), atol=1e-5, rtol=0)
+
+
+def test_the_half_pixel_shift_builds_the_half_pixel_layers() -> None:
+    for kind in UPSAMPLE_KINDS:
+        torch.manual_seed(1)
+        legacy = make_upsampler(kind, 3, 2, 4)
+        torch.manual_seed(1)
+        shifted = make_upsampler(kind, 3, 2, 4, shift=half_pixel_shift(4))
+        x = torch.randn(1, 3, 5, 6)
+        assert torch.equal(legacy(x), shifted(x))
+
+
+def test_upsampler_between_grids_and_at_scale_one() -> None:
+    source, target = Grid(8, 7), Grid(4, 1)
+    assert upsampling_step(source, target) == (2, Fraction(-3, 4))
+    up = upsampler_between("bilinear", 2, 2, source, target)
+    assert up.sampling == (2, Fraction(-3, 4))
+    with pytest.raises(ValueError, match="integer scale"):
+        upsampling_step(Grid(8), Grid(3))
+    # One stride, two grids (a dilated stage after a patchify stem): a fixed shift, no weights.
+    same_stride = upsampler_between("transposed", 2, 2, Grid(8, Fraction(15, 2)), Grid(8, Fraction(7, 2)))
+    x = torch.randn(1, 2, 4, 5)
+    torch.testing.assert_close(same_stride(x), aligned_resize(x, (4, 5), Grid(8, Fraction(15, 2)), Grid(8, Fraction(7, 2))))
+    assert not list(same_stride.parameters())
+    assert isinstance(upsampler_between("bilinear", 2, 2, Grid(4), Grid(2), aligned=False), ResizeConv)
+    assert upsampler_between("bilinear", 2, 2, Grid(4), Grid(2), aligned=False).sampling is None
+    with pytest.raises(ValueError, match=r"\(-1, 1\)"):
+        make_upsampler("transposed", 2, 2, 2, shift=1)
 
 
 def _centre_of_mass(y: torch.Tensor) -> tuple[float, float]:
@@ -172,7 +247,7 @@ def test_an_impulse_lands_on_output_pixel_k_m_only_when_aligned(kind: str, scale
     x = torch.zeros(1, 1, 9, 8)
     x[0, 0, m[0], m[1]] = 1
     with torch.no_grad():
-        aligned = make_upsampler(kind, 1, 1, scale, aligned=True)(x)
+        aligned = make_upsampler(kind, 1, 1, scale, shift=0)(x)
         unaligned = make_upsampler(kind, 1, 1, scale)(x)
     target = (scale * m[0], scale * m[1])
     assert aligned[0, 0, target[0], target[1]] == pytest.approx(1, abs=1e-6)
@@ -191,14 +266,14 @@ def test_an_impulse_lands_on_output_pixel_k_m_only_when_aligned(kind: str, scale
 @pytest.mark.parametrize("kind", UPSAMPLE_KINDS)
 @pytest.mark.parametrize("scale", SCALES)
 def test_aligned_upsampler_output_shape_is_exact(kind: str, scale: int) -> None:
-    upsampler = make_upsampler(kind, 3, 5, scale, aligned=True)
+    upsampler = make_upsampler(kind, 3, 5, scale, shift=0)
     for size in ((1, 1), (1, 4), (3, 1), (5, 7), (9, 3)):
         assert upsampler(torch.randn(2, 3, *size)).shape == (2, 5, scale * size[0], scale * size[1])
 
 
 @pytest.mark.parametrize("kind", UPSAMPLE_KINDS)
 def test_gradients_flow_through_aligned_upsamplers(kind: str) -> None:
-    upsampler = make_upsampler(kind, 3, 4, 3, aligned=True)
+    upsampler = make_upsampler(kind, 3, 4, 3, shift=0)
     x = torch.randn(2, 3, 5, 4, requires_grad=True)
     upsampler(x).square().sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0 and torch.isfinite(x.grad).all()
@@ -213,14 +288,14 @@ def test_gradient_of_aligned_resize_matches_finite_differences() -> None:
 
 
 def test_scale_one_and_unaligned_defaults_are_unchanged() -> None:
-    assert isinstance(make_upsampler("bilinear", 3, 3, 1, aligned=True), nn.Identity)
+    assert isinstance(make_upsampler("bilinear", 3, 3, 1, shift=0), nn.Identity)
     torch.manual_seed(0)
     x = torch.randn(1, 3, 4, 5)
     for kind in UPSAMPLE_KINDS:
         torch.manual_seed(1)
         default = make_upsampler(kind, 3, 2, 2)
         torch.manual_seed(1)
-        explicit = make_upsampler(kind, 3, 2, 2, aligned=False)
+        explicit = make_upsampler(kind, 3, 2, 2, shift=None)
         assert torch.equal(default(x), explicit(x))
 
 
@@ -247,7 +322,7 @@ class _AlignedUpsample(nn.Module):
 
 @pytest.mark.parametrize("module", [_AlignedResize("bilinear"), _AlignedResize("nearest"),
                                     _AlignedUpsample(4, "bilinear"), _AlignedUpsample(8, "nearest"),
-                                    make_upsampler("transposed", 2, 2, 4, aligned=True)],
+                                    make_upsampler("transposed", 2, 2, 4, shift=0)],
                          ids=["aligned_resize-bilinear", "aligned_resize-nearest", "aligned_upsample-bilinear",
                               "aligned_upsample-nearest", "transposed-aligned"])
 def test_exports_with_dynamic_height_and_width(module: nn.Module) -> None:
@@ -271,7 +346,7 @@ def test_onnx_export_with_dynamic_sizes_matches_eager() -> None:
 
         def __init__(self) -> None:
             super().__init__()
-            self.up = make_upsampler("bilinear", 2, 2, 3, aligned=True)
+            self.up = make_upsampler("bilinear", 2, 2, 3, shift=0)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return aligned_resize(self.up(x), (x.shape[-2] + 2, x.shape[-1] + 2), Grid(1), Grid(3, -3))

@@ -53,19 +53,24 @@ def test_skip_score_layers_start_at_zero() -> None:
     assert model.score_fr.weight.any()
 
 
-@pytest.mark.parametrize("upsample", ["nearest", "pixelshuffle"])
-def test_fcn16s_and_fcn8s_start_as_fcn32s(upsample: str) -> None:
-    """Zero skips fused by adding change nothing; nearest ×2 ×2 ×8 is exactly nearest ×32, so the
-    whole outputs match (bilinear steps compose to a different interpolation than one ×32 step)."""
+@pytest.mark.parametrize(("upsample", "aligned"), [("nearest", False), ("pixelshuffle", False), ("bilinear", True),
+                                                  ("transposed", True), ("pixelshuffle", True)])
+def test_fcn16s_and_fcn8s_start_as_fcn32s(upsample: str, aligned: bool) -> None:
+    """Zero skips fused by adding change nothing, and the upsampling steps compose: half-pixel
+    nearest ×2 ×2 ×8 is exactly nearest ×32, and aligned linear interpolation ×2 ×2 ×8 is linear
+    interpolation ×32 (the knots of each step lie on the next one's line), so the whole outputs
+    match. Half-pixel bilinear steps compose to a different interpolation than one ×32 step, and
+    aligned nearest steps round twice."""
     encoder = create_encoder("resnet18").eval()
-    models = {variant: FCN(encoder, 4, variant, upsample).eval() for variant in VARIANTS}
+    models = {variant: FCN(encoder, 4, variant, upsample, aligned=aligned).eval() for variant in VARIANTS}
     for variant in ("fcn16s", "fcn8s"):
         models[variant].score_fr.load_state_dict(models["fcn32s"].score_fr.state_dict())
     images = torch.randn(2, 3, 45, 70)
+    tolerance = 1e-5 if aligned else 0
     with torch.no_grad():
         coarse = models["fcn32s"](images)
         for variant in ("fcn16s", "fcn8s"):
-            torch.testing.assert_close(models[variant](images), coarse, rtol=0, atol=0)
+            torch.testing.assert_close(models[variant](images), coarse, rtol=0, atol=tolerance)
 
 
 @pytest.mark.parametrize("upsample", UPSAMPLE_KINDS)

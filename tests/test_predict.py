@@ -36,6 +36,11 @@ def _logits(loaded: LoadedModel, path: Path, **options) -> torch.Tensor:
     return predict_logits(loaded.model, normalised[None], **options)[0]
 
 
+def _crop_to(image: Image.Image, top: int, left: int, path: Path, size: int = 128) -> Path:
+    image.crop((left, top, left + size, top + size)).save(path)
+    return path
+
+
 def _indices(path: Path) -> np.ndarray:
     with Image.open(path) as mask:
         assert mask.mode == "P"
@@ -186,12 +191,17 @@ def test_large_image_is_tiled_and_agrees_with_whole_and_sliding_prediction(tiny_
     sliding = _logits(loaded, source, mode="slide", window=128, stride=96).argmax(0).numpy()
     labels = _indices(tiled.mask)
     assert np.array_equal(labels, sliding)
-    # Windows see less context than the whole image. A 4-step network's argmax follows far context
-    # strongly (with He-initialised decoders, 78% of pixels agree here; 90% with PyTorch's default
-    # init), so this bar checks placement, not a trained model's robustness.
-    assert (labels == whole).mean() > 0.75
     probs = np.load(tiled.probabilities, mmap_mode="r")
     assert probs.shape == (loaded.classes.num_classes, 300, 400)
+    # Placement: pixels that only the first and the last window cover are those windows' own
+    # predictions, put back where the windows were cut. (Agreement with whole-image prediction
+    # measures the model, not the tiling: a 4-step network's argmax follows far context, and
+    # 45% to 90% of pixels agree, by seed.)
+    with Image.open(source) as image:
+        for top, left, region in ((0, 0, np.s_[:80, :80]), (172, 272, np.s_[-32:, -32:])):
+            window = _logits(loaded, _crop_to(image, top, left, tmp_path / f"window{top}.png")).softmax(0)
+            np.testing.assert_allclose(probs[(slice(None), *region)].astype(np.float32),
+                                       window[(slice(None), *region)].numpy(), atol=2e-3)
     np.testing.assert_allclose(probs.astype(np.float32).sum(0), 1.0, atol=2e-3)
     with Image.open(tiled.overlay) as overlay:
         assert overlay.size == (400, 300)

@@ -88,10 +88,11 @@ def test_registered_without_upsample_or_encoder(name: str) -> None:
 
 
 def test_general_deeplabv3_starts_as_torchvision() -> None:
-    """``deeplabv3`` shares torchvision's heads, and its bilinear upsampler starts as a plain
-    bilinear resize: with torchvision's weights (renamed) it gives torchvision's outputs."""
+    """``deeplabv3`` shares torchvision's heads, and with torchvision's half-pixel geometry
+    (``aligned=False``) its bilinear upsampler starts as a plain bilinear resize: with
+    torchvision's weights (renamed) it gives torchvision's outputs."""
     theirs = torchvision_model("deeplabv3_resnet50", 21)
-    ours = deeplabv3(encoder="resnet50", output_stride=8, aux=True).eval()
+    ours = deeplabv3(encoder="resnet50", output_stride=8, aux=True, aligned=False).eval()
     missing, unexpected = ours.load_state_dict(_rename_for_deeplabv3(theirs.state_dict()), strict=False)
     assert not unexpected and all(k.startswith("upsample.") for k in missing)
     x = torch.randn(1, 3, 64, 96)  # a multiple of the output stride: no padding

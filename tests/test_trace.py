@@ -125,16 +125,21 @@ def test_unet_overlap_tile_mirrors_92_pixels_and_lines_the_output_up(unet_model:
     assert len(result.merges) == 4 and all(row.aligned for row in result.merges)
 
 
-def test_deeplabv3plus_aspp_concat_is_aligned_and_the_decoder_concat_is_not() -> None:
-    result = trace(create_model("deeplabv3plus", num_classes=3, encoder="resnet18"), 64)
+@pytest.mark.parametrize("aligned", [True, False])
+def test_deeplabv3plus_decoder_concat_is_aligned_unless_built_half_pixel(aligned: bool) -> None:
+    result = trace(create_model("deeplabv3plus", num_classes=3, encoder="resnet18", aligned=aligned), 64)
     aspp = result["aspp:concat"]
     assert aspp.type == "concat" and len(aspp.details["inputs"]) == 5 and aspp.aligned
     assert {inp["stride"] for inp in aspp.details["inputs"]} == {both(16)}
-    # ResNet's "same"-padded stride-2 layers centre pixel y of a stride-s map on input s·y;
-    # resizing with half-pixel centres (what every pixelwise upsampler does) assumes
-    # s·y + (s - 1)/2. From stride 16 to 4 that is 7.5 - 1.5 = 6 input pixels of shift
-    # (measured with gradients in test_resnet_style_downsampling_then_resizing_shifts_the_grid).
     decoder = result["decoder:concat"]
+    if aligned:
+        assert decoder.aligned and [inp["center"] for inp in decoder.details["inputs"]] == [both(0), both(0)]
+        assert result.rows[-1].center == both(0)
+        return
+    # ResNet's "same"-padded stride-2 layers centre pixel y of a stride-s map on input s·y;
+    # resizing with half-pixel centres (the geometry of aligned=False) assumes s·y + (s - 1)/2.
+    # From stride 16 to 4 that is 7.5 - 1.5 = 6 input pixels of shift (measured with gradients in
+    # test_resnet_style_downsampling_then_resizing_shifts_the_grid).
     assert not decoder.aligned and decoder.details["misalignment"] == both(6)
     assert [inp["center"] for inp in decoder.details["inputs"]] == [both(-6), both(0)]
     assert result.rows[-1].center == both(-7.5)  # the logits sit 7.5 pixels up and left
@@ -385,6 +390,9 @@ def test_shapes_command_json_for_torchvision(capsys: pytest.CaptureFixture[str])
 
 def test_shapes_command_model_args_and_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["shapes", "deeplabv3plus", "--model-args", "encoder=resnet18", "--size", "32", "32"]) == 0
+    assert "MISALIGNED" not in capsys.readouterr().out
+    assert main(["shapes", "deeplabv3plus", "--model-args", "encoder=resnet18", "aligned=False",
+                 "--size", "32", "32"]) == 0
     assert "MISALIGNED by 6 px" in capsys.readouterr().out
     assert main(["shapes", "torchvision:not_a_model", "--size", "32", "32"]) == 2
     assert main(["shapes", "unet", "--model-args", "base_channels", "--size", "32", "32"]) == 2

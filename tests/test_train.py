@@ -302,3 +302,22 @@ def test_bf16_on_a_cpu_without_bf16_units_is_flagged(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(torch_runtime, "cpu_has_bf16", lambda: True)
     assert torch_runtime.slow_precision_warning("bf16", cpu) is None
 
+
+def test_a_run_started_before_alignment_resumes_with_its_own_geometry(tmp_path: Path) -> None:
+    """A checkpoint whose model spec has no ``aligned`` (written before decoders were aligned)
+    resumes with the half-pixel model its weights belong to, and config.yaml says so."""
+    overrides = ("model.name=unet", "model.options={decoder_channels: [8, 8, 8, 8, 8]}", "model.upsample=transposed",
+                 "train.iterations=4", "train.checkpoint_every=2", "train.eval_every=2")
+    with pytest.raises(_Interrupt):
+        train(_tiny(tmp_path, *overrides, "model.options={decoder_channels: [8, 8, 8, 8, 8], aligned: false}"),
+              on_step=_stop_at(3))
+    last = tmp_path / "last.pt"
+    state = load_checkpoint(last)
+    del state["model_spec"]["options"]["aligned"]  # as an earlier version wrote it
+    state["config"]["model"]["options"].pop("aligned")
+    save_checkpoint(state, last)
+    (tmp_path / "config.yaml").write_text((tmp_path / "config.yaml").read_text().replace("aligned: false", ""))
+    result = train(_tiny(tmp_path, *overrides), resume=True)
+    assert result.iterations == 4
+    assert "aligned: false" in (tmp_path / "config.yaml").read_text()
+    assert load_checkpoint(tmp_path / "last.pt")["model_spec"]["options"]["aligned"] is False

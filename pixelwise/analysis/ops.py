@@ -369,7 +369,7 @@ def _elementwise(call: _Call) -> _Effect:
 
 _MIXING = {"softmax", "log_softmax", "cumsum", "cumprod", "flip", "fliplr", "flipud", "roll", "rot90", "sort",
            "argsort", "topk", "unfold", "fold", "grid_sample", "affine_grid", "stack", "unbind",
-           "conv1d", "conv3d", "max_pool1d", "max_pool3d", "avg_pool1d", "avg_pool3d", "expand", "repeat", "tile"}
+           "index_select", "gather", "conv1d", "conv3d", "max_pool1d", "max_pool3d", "avg_pool1d", "avg_pool3d", "expand", "repeat", "tile"}
 
 _HANDLERS: dict[str, Callable[[_Call], _Effect]] = {
     "conv2d": _conv2d, "conv_transpose2d": _conv_transpose2d, "max_pool2d": _pool2d, "avg_pool2d": _pool2d,

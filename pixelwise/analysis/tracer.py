@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any, Callable
 
 import torch
@@ -23,9 +24,9 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from pixelwise.analysis.effects import _Call, _Effect, _Node, _tensors
-from pixelwise.analysis.geometry import INPUT_AXES, Axes, Axis, _pair
+from pixelwise.analysis.geometry import INPUT_AXES, Axes, Axis, _pair, _two
 from pixelwise.analysis.ops import _effect
-from pixelwise.analysis.propagation import _Graph, _resolve_rules, _SizeOp
+from pixelwise.analysis.propagation import _Graph, _resolve_rules, _Rule, _SizeOp
 from pixelwise.analysis.report import Row, Trace
 
 
@@ -138,10 +139,31 @@ class _Tracer(TorchFunctionMode):
         label = self._unique(name or type(module).__name__) if leaf else name
         self.frames.append(_Frame(label, module, leaf))
 
-    def exit(self, output: Any) -> None:
+    def exit(self, inputs: tuple, output: Any) -> None:
         frame = self.frames.pop()
+        sampling = getattr(frame.module, "sampling", None)
+        if sampling is not None:
+            self._declared_sampling(sampling, inputs, output)
         if frame.leaf:
             self._layer_row(frame, output)
+
+    def _declared_sampling(self, sampling: tuple[int, Fraction], inputs: tuple, output: Any) -> None:
+        """A module that declares ``sampling = (scale, shift)`` (the upsamplers of
+        :mod:`pixelwise.layers.upsample`) puts output pixel ``j`` at its input's coordinate
+        ``shift + j/scale``, whatever its operations look like (learned kernels, gathers): that
+        is its geometry, with the receptive field the operations traced."""
+        source = self.nodes.get(id(inputs[0])) if inputs and isinstance(inputs[0], Tensor) else None
+        target = self.nodes.get(id(output)) if isinstance(output, Tensor) else None
+        if source is None or target is None or source.dims is None or target.dims is None:
+            return
+        scale, shift = Fraction(sampling[0]), Fraction(sampling[1])
+        axes = _two(lambda i: Axis(source.axes[i].stride / scale, target.axes[i].rf,
+                                   source.axes[i].center + shift * source.axes[i].stride))
+        before, after = source.spatial(), target.spatial()
+        rules = _two(lambda i: _Rule("scale", (scale,)) if after[i] == before[i] * scale
+                     else _Rule("resize_to", (after[i],)))
+        node = self._add_node(output, axes, target.dims, target.producer)
+        self.graph.ops.append(_SizeOp((source.index,), node.index, rules))
 
     def _layer_row(self, frame: _Frame, output: Any) -> None:
         nodes = [self.nodes.get(id(t)) for t in _tensors(output)]
@@ -241,5 +263,5 @@ def _hook(model: nn.Module, tracer: _Tracer) -> list[Any]:
     handles = []
     for name, module in model.named_modules():
         handles.append(module.register_forward_pre_hook(lambda m, args, name=name: tracer.enter(name, m)))
-        handles.append(module.register_forward_hook(lambda m, args, out: tracer.exit(out), always_call=True))
+        handles.append(module.register_forward_hook(lambda m, args, out: tracer.exit(args, out), always_call=True))
     return handles

@@ -39,10 +39,13 @@ def create_encoder(name: str, weights: EncoderWeights = None, output_stride: int
         WeightsUnavailableError: ``"imagenet"`` was asked for and cannot be downloaded.
     """
     if name.startswith("timm:"):
-        return TimmEncoder(name.removeprefix("timm:"), output_stride=output_stride,
-                           weights=None if weights is None else os.fspath(weights))
+        encoder = TimmEncoder(name.removeprefix("timm:"), output_stride=output_stride,
+                              weights=None if weights is None else os.fspath(weights))
+        _share_grids(encoder, (name, output_stride, ()))
+        return encoder
     spec = TORCHVISION_ENCODERS[name]
     encoder = spec.builder(output_stride=output_stride, **kwargs)
+    _share_grids(encoder, (name, output_stride, tuple(sorted(kwargs.items()))))
     if weights is None:
         return encoder
     if is_weights_file(weights):
@@ -56,6 +59,16 @@ def create_encoder(name: str, weights: EncoderWeights = None, output_stride: int
     else:
         load_into(encoder, state, source, convert=encoder.convert_state_dict)
     return encoder
+
+
+# Grids depend on the architecture, not the weights: trace each configuration once per process.
+_GRIDS: dict[tuple, list] = {}
+
+
+def _share_grids(encoder: Encoder, key: tuple) -> None:
+    if key not in _GRIDS:
+        _GRIDS[key] = encoder.grids
+    encoder._grids = list(_GRIDS[key])
 
 
 def _looks_converted(encoder: Encoder, state: dict) -> bool:

@@ -1,14 +1,17 @@
 """The encoder contract and the pieces every encoder shares.
 
 An encoder maps an image batch to a list of feature maps, highest resolution first, and says
-what it returns: ``channels[i]`` and ``reductions[i]`` (the stride of feature ``i`` relative
-to the input). Decoders consume only this, so any encoder works with any decoder.
+what it returns: ``channels[i]``, ``reductions[i]`` (the stride of feature ``i`` relative to the
+input) and ``grids[i]`` (where that map's pixels sit on the input, found by tracing the encoder).
+Decoders consume only this, so any encoder works with any decoder.
 """
 from __future__ import annotations
 
 from typing import Sequence
 
 from torch import Tensor, nn
+
+from pixelwise.layers.align import Grid
 
 
 class Encoder(nn.Module):
@@ -19,6 +22,20 @@ class Encoder(nn.Module):
 
     def forward(self, x: Tensor) -> list[Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    @property
+    def grids(self) -> list[Grid]:
+        """Where each returned map sits on the input: pixel ``j`` of feature ``i`` is centred on
+        input position ``grids[i].offset + reductions[i]·j``. ResNet and MobileNet, whose stride-2
+        layers pad evenly, give offset 0 at every stride; VGG's 2×2 poolings ``(stride - 1)/2``;
+        TensorFlow-style "same" padding ``stride - 1``. Found by tracing the encoder once
+        (:func:`pixelwise.analysis.feature_geometry`), not read from a table, so any encoder
+        (timm's included) declares it."""
+        grids = self.__dict__.get("_grids")
+        if grids is None:
+            grids = traced_grids(self)
+            self._grids = grids
+        return list(grids)
 
     @property
     def output_stride(self) -> int:
@@ -75,3 +92,29 @@ def dilate_for_output_stride(stages: Sequence[nn.Module], natural: Sequence[int]
             dilation = new_dilation
         previous_natural = natural_stride
     return reductions
+
+
+def traced_grids(encoder: Encoder) -> list[Grid]:
+    """The grid of each feature ``encoder`` returns, from one traced forward pass at a size every
+    stride divides twice (the sizes the models pad their inputs to).
+
+    Raises:
+        ValueError: a map's stride differs from the declared reduction, or its pixels sit
+            differently along the height and the width (no single grid describes it).
+    """
+    from pixelwise.analysis.tracer import feature_geometry  # analysis imports the models
+
+    size = 2 * max(32, max(encoder.reductions))
+    grids = []
+    for index, (axes, reduction) in enumerate(zip(feature_geometry(encoder, size), encoder.reductions)):
+        if axes is None:
+            raise ValueError(f"{type(encoder).__name__} feature {index} is not a 2-D map on its input")
+        height, width = axes
+        if height != width and (height.stride, height.center) != (width.stride, width.center):
+            raise ValueError(f"{type(encoder).__name__} feature {index} sits differently along the height "
+                             f"({height}) and the width ({width}); decoders need one grid per map")
+        if height.stride != reduction:
+            raise ValueError(f"{type(encoder).__name__} declares reduction {reduction} for feature {index}, "
+                             f"but tracing finds stride {height.stride}")
+        grids.append(Grid(height.stride, height.center))
+    return grids

@@ -18,7 +18,7 @@ import torch
 
 from pixelwise.data.classes import ClassInfo
 from pixelwise.encoders.weights import file_format
-from pixelwise.models import create_model
+from pixelwise.models import create_model, saved_options
 from pixelwise.safe_load import UntrustedFileError, load_torch_file, read_safetensors
 
 logger = logging.getLogger(__name__)
@@ -244,7 +244,7 @@ def model_from_checkpoint(state: dict[str, Any], device: str | torch.device = "c
                          f"this was written, so it would predict nonsense; use an earlier checkpoint (best.pt), "
                          f"or train again with a lower optim.lr or optim.clip_grad_norm")
     spec = state["model_spec"]
-    model = create_model(spec["name"], num_classes=spec["num_classes"], **spec["options"])
+    model = create_model(spec["name"], num_classes=spec["num_classes"], **saved_options(spec["name"], spec["options"]))
     model.load_state_dict(state["model"])
     normalization = {key: [float(v) for v in state["normalization"][key]] for key in ("mean", "std")}
     return LoadedModel(model.to(device).eval(), ClassInfo.from_dict(state["classes"]), normalization,

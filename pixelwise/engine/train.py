@@ -47,7 +47,7 @@ from pixelwise.errors import PixelwiseError
 from pixelwise.losses import (class_pixel_counts, create_loss, inverse_frequency_weights, loss_with_aux,
                               median_frequency_weights)
 from pixelwise.metrics import ConfusionMatrix
-from pixelwise.models import SegmentationModel, create_model
+from pixelwise.models import SegmentationModel, create_model, saved_options, spec_options
 from pixelwise.runtimes import autocast_context
 from pixelwise.runtimes.torch_runtime import slow_precision_warning
 
@@ -149,7 +149,7 @@ def model_spec(config: Config, num_classes: int) -> dict:
         options["encoder"] = config.model.encoder
     if config.model.upsample is not None:
         options["upsample"] = config.model.upsample
-    return {"name": config.model.name, "num_classes": num_classes, "options": options}
+    return {"name": config.model.name, "num_classes": num_classes, "options": spec_options(config.model.name, options)}
 
 
 def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
@@ -333,11 +333,13 @@ def _train(config: Config, resume: bool, overwrite: bool, context: DistributedCo
         prepare_run_folder(run_dir, resume, overwrite)
     torch.manual_seed(config.train.seed)
     train_set, val_set = build_datasets(config)
+    state = _load_resume_state(run_dir, context) if resume else None
+    if state is not None:
+        _keep_earlier_defaults(config, state)
     model = _build_training_model(config, train_set.classes.num_classes, context)
     optimizer = build_optimizer(config, model)
     loss_fn = create_loss(config.loss, ignore_index=train_set.classes.ignore_index,
                           class_weights=class_weights(config, train_set.classes)).to(context.device)
-    state = _load_resume_state(run_dir, context) if resume else None
     progress = _restore(state, model, optimizer, config)
     model = wrap_model(model, context)
     if context.is_main:
@@ -401,6 +403,20 @@ def _load_resume_state(run_dir: Path, context: DistributedContext) -> dict:
     """``last.pt``, read by rank 0 and sent to the others (their nodes need not see the file)."""
     state = load_checkpoint(run_dir / "last.pt") if context.is_main else None
     return broadcast_object(state, context)
+
+
+def _keep_earlier_defaults(config: Config, state: dict) -> None:
+    """A run started before a builder default changed (see
+    :data:`~pixelwise.models.registry.EARLIER_DEFAULTS`) continues with the model it started with:
+    its recipe gets that default written out, so ``config.yaml`` says what runs."""
+    saved = state.get("model_spec")
+    if saved is None or saved.get("name") != config.model.name:
+        return
+    for key, value in saved_options(saved["name"], saved["options"]).items():
+        if key not in saved["options"] and key not in config.model.options:
+            logger.info("the run was started with model.options.%s = %r (the default then); it continues so",
+                        key, value)
+            config.model.options[key] = value
 
 
 def _restore(state: dict | None, model: nn.Module, optimizer: torch.optim.Optimizer, config: Config) -> Progress:

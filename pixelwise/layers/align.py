@@ -202,3 +202,43 @@ def aligned_upsample(x: Tensor, scale: int, mode: str = "bilinear") -> Tensor:
                              align_corners=True)[..., :height, :width]
     shift = scale // 2
     return F.interpolate(padded, scale_factor=scale, mode="nearest")[..., shift:shift + height, shift:shift + width]
+
+
+def half_pixel_shift(scale: int) -> Fraction:
+    """The shift of half-pixel-centre upsampling by ``scale`` (``align_corners=False``): output
+    pixel ``j`` reads input coordinate ``(j + 1/2)/scale - 1/2 = (1 - scale)/(2·scale) + j/scale``."""
+    return Fraction(1 - scale, 2 * scale)
+
+
+def upsampling_step(source: Grid, target: Grid) -> tuple[int, Fraction]:
+    """``(scale, shift)`` of the upsampling from grid ``source`` to the denser grid ``target``:
+    target pixel ``j`` reads source coordinate ``shift + j/scale``.
+
+    Raises:
+        ValueError: ``source.stride / target.stride`` is not a positive integer.
+    """
+    ratio = source.stride / target.stride
+    if ratio.denominator != 1:
+        raise ValueError(f"upsampling from {source} to {target} needs an integer scale, got {ratio}")
+    return int(ratio), target.shift_from(source)
+
+
+def shifted_upsample(x: Tensor, scale: int, shift: Number, mode: str = "bilinear") -> Tensor:
+    """``x`` upsampled by the integer ``scale``, output pixel ``j`` reading input coordinate
+    ``shift + j/scale`` (clamped to the border), output ``scale·H × scale·W``.
+
+    ``shift = 0`` is :func:`aligned_upsample`; the half-pixel shift (:func:`half_pixel_shift`)
+    is ``F.interpolate(align_corners=False)`` (bilinear); any other shift is
+    :func:`aligned_resize` between ``Grid(scale)`` and ``Grid(1, scale·shift)``.
+    """
+    shift = _fraction(shift, "shift")
+    if shift == 0:
+        return aligned_upsample(x, scale, mode)
+    if mode == "bilinear" and shift == half_pixel_shift(scale):
+        return F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
+    size = (scale * x.shape[-2], scale * x.shape[-1])
+    return aligned_resize(x, size, Grid(scale), Grid(1, scale * shift), mode)
+
+
+#: The input image's own grid: pixel ``j`` at position ``j``. Logits on it are centred on the pixels they label.
+IMAGE_GRID = Grid(1)

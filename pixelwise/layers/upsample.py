@@ -15,29 +15,34 @@ so swapping kinds changes what can be learned, not where training starts.
   upsampling of its convolution and free of checkerboard.
 
 The resize rules above place output pixel ``j`` at input coordinate ``(j + 1/2)/s - 1/2``
-(half-pixel centres, ``align_corners=False``). With ``aligned=True`` every kind instead places
-output pixel ``j`` at input coordinate ``j/s`` (input pixel ``m`` lands on output pixel ``s·m``,
-:func:`~pixelwise.layers.align.aligned_upsample`), the geometry of encoders whose stride-2 layers
-pad evenly; each kind then starts as that aligned resize rule:
+(half-pixel centres, ``align_corners=False``). Given a ``shift`` δ, every kind instead places
+output pixel ``j`` at input coordinate ``δ + j/s`` (:func:`~pixelwise.layers.align.shifted_upsample`):
+δ = 0 puts input pixel ``m`` on output pixel ``s·m``, the geometry of encoders whose stride-2
+layers pad evenly; a decoder takes δ from the grids of the two maps
+(:func:`~pixelwise.layers.align.upsampling_step`). Each kind then starts as linear (or nearest)
+interpolation at those coordinates, borders replicated:
 
-- ``"transposed"``: a triangle kernel of size ``2s - 1`` (taps ``1 - |t - (s-1)|/s``), padding
-  ``s - 1``, the input replicate-padded by one pixel at the bottom and right and the output
-  cropped to ``s·H × s·W``: aligned bilinear, borders included.
-- ``"nearest"`` / ``"bilinear"``: aligned resize (``floor(j/s + 1/2)`` / linear between
-  ``floor(j/s)`` and the next pixel), then the 3×3 convolution.
-- ``"pixelshuffle"``: the 3×3 convolution (replicate padding) starts with sub-pixel ``(r, c)`` of
-  input pixel ``(m, n)`` equal to the bilinear mix of pixels ``m, m+1`` (weights ``1 - r/s, r/s``)
-  and ``n, n+1`` (``1 - c/s, c/s``): aligned bilinear, borders included.
+- ``"transposed"``: tap ``t = o - s·i`` of output ``o`` from input ``i`` weighs
+  ``max(0, 1 - |t + s·δ|/s)`` (a triangle kernel; ``2s - 1`` taps for δ = 0) on the input
+  replicate-padded by a pixel (two after it for δ > 1/s), the output cropped to ``s·H × s·W``.
+- ``"nearest"`` / ``"bilinear"``: the shifted resize, then the 3×3 convolution.
+- ``"pixelshuffle"``: the 3×3 convolution (replicate padding) starts with sub-pixel ``r`` of input
+  pixel ``m`` equal to the linear mix of the pixels around ``m + δ + r/s`` (per axis).
+
+An upsampler with a shift declares it in ``sampling`` (``(scale, shift)``), which
+:func:`pixelwise.analysis.trace` reads as the module's geometry.
 """
 from __future__ import annotations
 
+import math
+from fractions import Fraction
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pixelwise.layers.align import aligned_upsample
+from pixelwise.layers.align import Grid, Number, _fraction, half_pixel_shift, shifted_upsample, upsampling_step
 from pixelwise.registry import Registry
 
 Upsampler = Callable[[int, int, int], nn.Module]
@@ -50,11 +55,6 @@ def bilinear_kernel(scale: int) -> Tensor:
     center = scale - 1 if size % 2 == 1 else scale - 0.5
     taps = 1 - (torch.arange(size, dtype=torch.float64) - center).abs() / scale
     return (taps[:, None] * taps[None, :]).float()
-
-
-def triangle_taps(scale: int) -> Tensor:
-    """The ``2·scale - 1`` linear-interpolation taps ``1 - |t - (scale - 1)|/scale`` (float64)."""
-    return 1 - (torch.arange(2 * scale - 1, dtype=torch.float64) - (scale - 1)).abs() / scale
 
 
 def _projection(in_channels: int, out_channels: int) -> Tensor:
@@ -73,97 +73,136 @@ def _init_conv_as_identity_or_default(conv: nn.Conv2d) -> None:
             nn.init.zeros_(conv.bias)
 
 
+def _shift_taps(scale: int, shift: Fraction) -> tuple[Tensor, int]:
+    """Linear-interpolation taps of a transposed convolution at ``shift``: tap ``k`` of the
+    returned 1-D kernel serves offset ``t = o - scale·i = k + first`` (output ``o``, input ``i``)
+    with weight ``max(0, 1 - |t + scale·shift| / scale)``. Returns ``(taps, first)``."""
+    centre = -scale * shift
+    first = math.floor(centre - scale) + 1
+    last = math.ceil(centre + scale) - 1
+    offsets = [Fraction(first + k) for k in range(last - first + 1)]
+    taps = torch.tensor([float(max(Fraction(0), 1 - abs(t - centre) / scale)) for t in offsets], dtype=torch.float64)
+    return taps, first
+
+
+def _check_shift(shift: Fraction, scale: int) -> None:
+    if not -1 < shift < 1:
+        raise ValueError(f"an upsampler's shift must lie in (-1, 1) input pixels, got {shift} (scale {scale}); "
+                         f"the grids of the two maps are more than a pixel apart")
+
+
 @UPSAMPLERS.register("transposed")
 class TransposedUpsample(nn.Module):
     """Transposed convolution, bilinear-initialised, exact at the borders.
 
-    With ``aligned=True`` output pixel ``j`` sits at input coordinate ``j/scale`` (see the module
-    docstring) and the kernel starts as aligned bilinear interpolation.
+    With a ``shift`` output pixel ``j`` sits at input coordinate ``shift + j/scale`` (see the
+    module docstring) and the kernel starts as linear interpolation there.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, scale: int, aligned: bool = False) -> None:
+    def __init__(self, in_channels: int, out_channels: int, scale: int, shift: Number | None = None) -> None:
         super().__init__()
         self.scale = scale
-        self.aligned = aligned
-        if aligned:
-            # Output o gathers input i through tap o + (s - 1) - i·s, weight 1 - |o/s - i|: linear
-            # interpolation at o/s. The replicated last row/column feeds o/s in (H - 1, H); the
-            # transposed conv yields s·H + 1 rows, the last is cropped in forward.
-            taps = triangle_taps(scale)
+        self.sampling = None if shift is None else (scale, _fraction(shift, "shift"))
+        if shift is not None:
+            _check_shift(self.sampling[1], scale)
+            taps, first = _shift_taps(scale, self.sampling[1])
             kernel = (taps[:, None] * taps[None, :]).float()
+            # Outputs read input coordinates in (shift - 1, H - 1/scale + shift + 1): the input gets
+            # one replicated pixel in front and one or two after. Output o of the unpadded map is then
+            # output o + scale - first of an unpadded transposed convolution; its own padding crops
+            # what it can of that offset and of the excess at the end, forward slices the rest.
+            self.pad_after = 1 + max(0, math.ceil(self.sampling[1] - Fraction(1, scale)))
+            start, size = scale - first, kernel.shape[-1]
+            crop = min(start, self.pad_after * scale + size - start)
+            self.start = start - crop
+            self.conv = nn.ConvTranspose2d(in_channels, out_channels, size, stride=scale, padding=crop, bias=False)
+        else:
+            kernel = bilinear_kernel(scale)
+            # One replicated pixel each side (see forward) makes the border taps interpolate like
+            # F.interpolate; the conv's own padding then crops exactly that pad (s) and the kernel's
+            # half-overhang (s // 2) from every side, so no sliced copy of the output is made.
             self.conv = nn.ConvTranspose2d(in_channels, out_channels, kernel.shape[-1], stride=scale,
-                                           padding=scale - 1, bias=False)
-            with torch.no_grad():
-                self.conv.weight.copy_(_projection(in_channels, out_channels).t()[:, :, None, None] * kernel)
-            return
-        kernel = bilinear_kernel(scale)
-        # One replicated pixel each side (see forward) makes the border taps interpolate like
-        # F.interpolate; the conv's own padding then crops exactly that pad (s) and the kernel's
-        # half-overhang (s // 2) from every side, so no sliced copy of the output is made.
-        self.conv = nn.ConvTranspose2d(in_channels, out_channels, kernel.shape[-1], stride=scale,
-                                       padding=scale + scale // 2, bias=False)
+                                           padding=scale + scale // 2, bias=False)
         with torch.no_grad():
-            # weight is (in, out, k, k): bilinear taps scaled by a channel projection.
+            # weight is (in, out, k, k): the interpolation taps scaled by a channel projection.
             self.conv.weight.copy_(_projection(in_channels, out_channels).t()[:, :, None, None] * kernel)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.aligned:
-            height, width = self.scale * x.shape[-2], self.scale * x.shape[-1]
-            return self.conv(F.pad(x, (0, 1, 0, 1), mode="replicate"))[..., :height, :width]
-        return self.conv(F.pad(x, (1, 1, 1, 1), mode="replicate"))
+        if self.sampling is None:
+            return self.conv(F.pad(x, (1, 1, 1, 1), mode="replicate"))
+        out = self.conv(F.pad(x, (1, self.pad_after, 1, self.pad_after), mode="replicate"))
+        height, width, start = self.scale * x.shape[-2], self.scale * x.shape[-1], self.start
+        return out[..., start:start + height, start:start + width]
 
 
 class ResizeConv(nn.Module):
-    """Resize (nearest or bilinear), then a 3×3 convolution. With ``aligned=True`` the resize is
-    :func:`~pixelwise.layers.align.aligned_upsample` (output pixel ``j`` at input ``j/scale``)."""
+    """Resize (nearest or bilinear), then a 3×3 convolution. With a ``shift`` the resize is
+    :func:`~pixelwise.layers.align.shifted_upsample` (output pixel ``j`` at input ``shift + j/scale``)."""
 
-    def __init__(self, in_channels: int, out_channels: int, scale: int, mode: str, aligned: bool = False) -> None:
+    def __init__(self, in_channels: int, out_channels: int, scale: int, mode: str,
+                 shift: Number | None = None) -> None:
         super().__init__()
         self.scale = scale
         self.mode = mode
-        self.aligned = aligned
+        self.sampling = None if shift is None else (scale, _fraction(shift, "shift"))
+        if shift is not None:
+            _check_shift(self.sampling[1], scale)
         self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
         _init_conv_as_identity_or_default(self.conv)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.aligned:
-            return self.conv(aligned_upsample(x, self.scale, self.mode))
+        if self.sampling is not None:
+            return self.conv(shifted_upsample(x, self.scale, self.sampling[1], self.mode))
         kwargs = {"align_corners": False} if self.mode == "bilinear" else {}
         return self.conv(F.interpolate(x, scale_factor=self.scale, mode=self.mode, **kwargs))
 
 
 @UPSAMPLERS.register("nearest")
-def _nearest_resize_conv(in_channels: int, out_channels: int, scale: int, aligned: bool = False) -> ResizeConv:
-    return ResizeConv(in_channels, out_channels, scale, "nearest", aligned)
+def _nearest_resize_conv(in_channels: int, out_channels: int, scale: int, shift: Number | None = None) -> ResizeConv:
+    return ResizeConv(in_channels, out_channels, scale, "nearest", shift)
 
 
 @UPSAMPLERS.register("bilinear")
-def _bilinear_resize_conv(in_channels: int, out_channels: int, scale: int, aligned: bool = False) -> ResizeConv:
-    return ResizeConv(in_channels, out_channels, scale, "bilinear", aligned)
+def _bilinear_resize_conv(in_channels: int, out_channels: int, scale: int, shift: Number | None = None) -> ResizeConv:
+    return ResizeConv(in_channels, out_channels, scale, "bilinear", shift)
 
 
 @UPSAMPLERS.register("pixelshuffle")
 class PixelShuffleUpsample(nn.Module):
     """Sub-pixel convolution with ICNR initialisation.
 
-    With ``aligned=True`` the convolution pads by replication and starts as
-    :func:`bilinear_icnr_` (aligned bilinear upsampling, output pixel ``j`` at input ``j/scale``).
+    With a ``shift`` the convolution pads by replication and starts as :func:`bilinear_icnr_`
+    (linear interpolation at input coordinate ``shift + j/scale``).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, scale: int, aligned: bool = False) -> None:
+    def __init__(self, in_channels: int, out_channels: int, scale: int, shift: Number | None = None) -> None:
         super().__init__()
         self.scale = scale
-        self.aligned = aligned
+        # ICNR's nearest upsampling reads floor(j/scale), centred (on average) on half-pixel centres.
+        self.sampling = (scale, half_pixel_shift(scale) if shift is None else _fraction(shift, "shift"))
         self.conv = nn.Conv2d(in_channels, out_channels * scale**2, 3, padding=1,
-                              padding_mode="replicate" if aligned else "zeros")
+                              padding_mode="zeros" if shift is None else "replicate")
         self.shuffle = nn.PixelShuffle(scale)
-        if aligned:
-            bilinear_icnr_(self.conv, scale)
-        else:
+        if shift is None:
             icnr_(self.conv, scale)
+        else:
+            bilinear_icnr_(self.conv, scale, self.sampling[1])
 
     def forward(self, x: Tensor) -> Tensor:
         return self.shuffle(self.conv(x))
+
+
+class ShiftedResize(nn.Module):
+    """A fixed (parameter-free) :func:`~pixelwise.layers.align.shifted_upsample`: what a decoder
+    uses where two maps of one stride sit on different grids (``scale = 1``)."""
+
+    def __init__(self, scale: int, shift: Number, mode: str = "bilinear") -> None:
+        super().__init__()
+        self.scale, self.mode = scale, mode
+        self.sampling = (scale, _fraction(shift, "shift"))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return shifted_upsample(x, self.scale, self.sampling[1], self.mode)
 
 
 def icnr_(conv: nn.Conv2d, scale: int) -> None:
@@ -177,22 +216,36 @@ def icnr_(conv: nn.Conv2d, scale: int) -> None:
         conv.bias.copy_(base.bias.repeat_interleave(scale**2, dim=0))
 
 
-def bilinear_icnr_(conv: nn.Conv2d, scale: int) -> None:
-    """Initialise a 3×3 conv feeding ``PixelShuffle(scale)`` as aligned bilinear upsampling.
+def bilinear_icnr_(conv: nn.Conv2d, scale: int, shift: Number = 0) -> None:
+    """Initialise a 3×3 conv feeding ``PixelShuffle(scale)`` as linear interpolation at input
+    coordinate ``shift + j/scale``.
 
-    Output channel ``c·scale² + r·scale + q`` (sub-pixel ``(r, q)`` of channel ``c``) gets taps
-    ``(1 - r/s)`` at row offset 0 and ``r/s`` at row offset +1, times ``(1 - q/s)`` / ``q/s`` at
-    column offsets 0 / +1, times a channel map (identity when the channel counts match, else
-    PyTorch's default 1×1 init); the bias starts at zero. With replicate padding the bottom and
-    right border then equal :func:`~pixelwise.layers.align.aligned_upsample` too.
+    Along each axis, sub-pixel ``r`` of input pixel ``m`` reads ``u = m + shift + r/scale``: taps
+    ``1 - w`` at offset ``floor(shift + r/s)`` and ``w`` at the next offset (``w`` the fractional
+    part), times the same for the other axis, times a channel map (identity when the channel
+    counts match, else PyTorch's default 1×1 init); the bias starts at zero. With replicate
+    padding the borders equal :func:`~pixelwise.layers.align.shifted_upsample` too.
+
+    Raises:
+        ValueError: the conv is not 3×3 with a multiple of ``scale²`` outputs, or the shift needs
+            taps beyond the 3×3 window.
     """
     if conv.kernel_size != (3, 3) or conv.out_channels % scale**2:
         raise ValueError(f"bilinear ICNR needs a 3×3 conv with a multiple of {scale**2} output channels, "
                          f"got kernel {conv.kernel_size} and {conv.out_channels} channels")
+    shift = _fraction(shift, "shift")
     out_channels = conv.out_channels // scale**2
-    fractions = torch.arange(scale, dtype=torch.float64) / scale
     taps = torch.zeros(scale, 3, dtype=torch.float64)  # (sub-pixel, tap offset -1/0/+1)
-    taps[:, 1], taps[:, 2] = 1 - fractions, fractions
+    for r in range(scale):
+        position = shift + Fraction(r, scale)
+        low = math.floor(position)
+        weight = position - low
+        if low < -1 or low + (weight > 0) > 1:
+            raise ValueError(f"a pixel-shuffle upsampler by {scale} with shift {shift} reads beyond its 3×3 window; "
+                             f"the shift must lie in [-1, 1/{scale}]")
+        taps[r, low + 1] += float(1 - weight)
+        if weight:
+            taps[r, low + 2] += float(weight)
     spatial = taps[:, None, :, None] * taps[None, :, None, :]  # (r, q, 3, 3)
     projection = _projection(conv.in_channels, out_channels).double()  # (out, in)
     weight = projection[:, None, None, :, None, None] * spatial[None, :, :, None]  # (out, r, q, in, 3, 3)
@@ -206,7 +259,7 @@ UPSAMPLE_KINDS: tuple[str, ...] = tuple(UPSAMPLERS)
 
 
 def make_upsampler(kind: str, in_channels: int, out_channels: int, scale: int,
-                   aligned: bool = False) -> nn.Module:
+                   shift: Number | None = None) -> nn.Module:
     """Build an upsampler.
 
     Args:
@@ -215,9 +268,11 @@ def make_upsampler(kind: str, in_channels: int, out_channels: int, scale: int,
         in_channels: channels of the input.
         out_channels: channels of the output.
         scale: integer upsampling factor; 1 gives identity (or a 1×1 conv to change channels).
-        aligned: place output pixel ``j`` at input coordinate ``j/scale`` (input pixel ``m`` on
-            output pixel ``scale·m``) instead of ``(j + 1/2)/scale - 1/2``; for feature maps whose
-            pixel ``y`` is centred on image pixel ``stride·y`` (see :mod:`pixelwise.layers.align`).
+        shift: place output pixel ``j`` at input coordinate ``shift + j/scale`` (0: input pixel
+            ``m`` on output pixel ``scale·m``, for maps whose pixel ``y`` is centred on image pixel
+            ``stride·y``); ``None``: half-pixel centres, ``(j + 1/2)/scale - 1/2``, with the
+            layers as they always were. A decoder takes it from the grids of the two maps
+            (:func:`upsampler_between`).
 
     Returns:
         A module mapping ``(N, in_channels, H, W)`` to ``(N, out_channels, scale·H, scale·W)``.
@@ -225,8 +280,26 @@ def make_upsampler(kind: str, in_channels: int, out_channels: int, scale: int,
     build = UPSAMPLERS[kind]
     if not isinstance(scale, int) or scale < 1:
         raise ValueError(f"upsampling scale must be a positive integer, got {scale!r}")
+    if shift is not None and _fraction(shift, "shift") == half_pixel_shift(scale):
+        shift = None  # the half-pixel layers are that geometry exactly
     if scale == 1:
-        return nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
-    if aligned:
-        return build(in_channels, out_channels, scale, aligned=True)
-    return build(in_channels, out_channels, scale)
+        projection = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
+        if not shift:
+            return projection
+        return nn.Sequential(ShiftedResize(1, shift), projection)
+    if shift is None:
+        return build(in_channels, out_channels, scale)
+    return build(in_channels, out_channels, scale, shift=shift)
+
+
+def upsampler_between(kind: str, in_channels: int, out_channels: int, source: Grid, target: Grid,
+                      aligned: bool = True) -> nn.Module:
+    """An upsampler from a map on grid ``source`` to one on the denser grid ``target``.
+
+    Args:
+        aligned: put the output's pixel centres on ``target``'s (the shift of
+            :func:`~pixelwise.layers.align.upsampling_step`); ``False``: half-pixel centres
+            whatever the grids (the geometry of models built before pixelwise aligned them).
+    """
+    scale, shift = upsampling_step(source, target)
+    return make_upsampler(kind, in_channels, out_channels, scale, shift if aligned else None)

@@ -23,7 +23,18 @@ import torch
 from torch import Tensor, nn
 
 from pixelwise.encoders import Encoder, EncoderWeights, create_encoder
-from pixelwise.layers import ASPP, ConvNormAct, aspp_rates, make_conv_block, make_upsampler, resize_bilinear
+from pixelwise.layers import (
+    ASPP,
+    IMAGE_GRID,
+    ConvNormAct,
+    Grid,
+    ShiftedResize,
+    aspp_rates,
+    make_conv_block,
+    resize_bilinear,
+    upsampler_between,
+    upsampling_step,
+)
 from pixelwise.models.base import SegmentationModel
 from pixelwise.models.fcn import FCNHead
 from pixelwise.models.registry import register_model
@@ -66,16 +77,18 @@ class DeepLabV3PlusDecoder(nn.Module):
     Args:
         channels: channels of the ASPP feature and of the output.
         low_level_channels: channels of the stride-4 encoder feature.
-        scale: ASPP feature stride divided by 4.
+        source: the grid of the ASPP feature.
+        target: the grid of the stride-4 encoder feature.
         upsample: upsampler kind for the ASPP feature.
         separable: depthwise-separable 3×3 blocks, as in the paper.
         reduced_channels: what the low-level feature is reduced to.
+        aligned: upsample onto ``target``'s pixel centres (``False``: half-pixel centres).
     """
 
-    def __init__(self, channels: int, low_level_channels: int, scale: int, upsample: str,
-                 separable: bool = True, reduced_channels: int = 48) -> None:
+    def __init__(self, channels: int, low_level_channels: int, source: Grid, target: Grid, upsample: str,
+                 separable: bool = True, reduced_channels: int = 48, aligned: bool = True) -> None:
         super().__init__()
-        self.upsample = make_upsampler(upsample, channels, channels, scale)
+        self.upsample = upsampler_between(upsample, channels, channels, source, target, aligned)
         self.reduce = ConvNormAct(low_level_channels, reduced_channels, 1)
         self.fuse = nn.Sequential(
             make_conv_block(channels + reduced_channels, channels, separable=separable),
@@ -118,6 +131,22 @@ def atrous_encoder(name: str, weights: EncoderWeights, output_stride: int) -> En
     return encoder
 
 
+def aux_upsampler(encoder: Encoder, aligned: bool) -> ShiftedResize | None:
+    """The auxiliary logits' fixed bilinear upsampling from the second-deepest feature's grid onto
+    the input's pixels; ``None`` for the half-pixel resize of earlier versions (and torchvision)."""
+    if not aligned:
+        return None
+    return ShiftedResize(*upsampling_step(encoder.grids[-2], IMAGE_GRID))
+
+
+def upsample_aux(model: nn.Module, feature: Tensor, image: Tensor) -> Tensor:
+    """``model``'s auxiliary logits at the (padded) input size."""
+    aux = model.aux_classifier(feature)
+    if model.aux_upsample is None:
+        return resize_bilinear(aux, image.shape[-2:])
+    return model.aux_upsample(aux)
+
+
 # --- models ----------------------------------------------------------------------------------
 
 
@@ -129,24 +158,26 @@ class DeepLabV3(SegmentationModel):
         num_classes: number of classes.
         upsample: upsampler kind for the logits (``pixelwise.layers.UPSAMPLE_KINDS``).
         aux: add an FCN-style auxiliary head on the second-deepest feature (training loss only).
+        aligned: upsample the logits onto the input's pixels from the encoder's grid
+            (``False``: half-pixel centres, as earlier versions and torchvision do).
     """
 
     def __init__(self, encoder: Encoder, num_classes: int, upsample: str = "bilinear",
-                 aux: bool = False) -> None:
+                 aux: bool = False, aligned: bool = True) -> None:
         super().__init__()
         output_stride = encoder.reductions[-1]
         self.num_classes = num_classes
         self.size_divisor = output_stride
         self.encoder = encoder
         self.head = DeepLabHead(encoder.channels[-1], num_classes, aspp_rates(output_stride))
-        self.upsample = make_upsampler(upsample, num_classes, num_classes, output_stride)
+        self.upsample = upsampler_between(upsample, num_classes, num_classes, encoder.grids[-1], IMAGE_GRID, aligned)
         self.aux_classifier = FCNHead(encoder.channels[-2], num_classes) if aux else None
+        self.aux_upsample = aux_upsampler(encoder, aux and aligned)
 
     def forward_padded(self, x: Tensor, return_aux: bool) -> tuple[Tensor, Tensor | None]:
         features = self.encoder(x)
         logits = self.upsample(self.head(features[-1]))
-        aux = resize_bilinear(self.aux_classifier(features[-2]), x.shape[-2:]) if return_aux else None
-        return logits, aux
+        return logits, upsample_aux(self, features[-2], x) if return_aux else None
 
 
 class DeepLabV3Plus(SegmentationModel):
@@ -159,10 +190,12 @@ class DeepLabV3Plus(SegmentationModel):
         separable: depthwise-separable ASPP branches and decoder blocks, as in the paper.
         aux: add an FCN-style auxiliary head on the second-deepest feature (training loss only).
         channels: width of ASPP and of the decoder.
+        aligned: the decoder's upsampling lands on the stride-4 feature's grid and the logits' on
+            the input's pixels (``False``: half-pixel centres, as earlier versions).
     """
 
     def __init__(self, encoder: Encoder, num_classes: int, upsample: str = "bilinear", separable: bool = True,
-                 aux: bool = False, channels: int = 256) -> None:
+                 aux: bool = False, channels: int = 256, aligned: bool = True) -> None:
         super().__init__()
         output_stride = encoder.reductions[-1]
         self.low_level_index = low_level_index(encoder)
@@ -170,18 +203,19 @@ class DeepLabV3Plus(SegmentationModel):
         self.size_divisor = output_stride
         self.encoder = encoder
         self.aspp = ASPP(encoder.channels[-1], aspp_rates(output_stride), channels, separable=separable)
-        self.decoder = DeepLabV3PlusDecoder(channels, encoder.channels[self.low_level_index],
-                                            output_stride // LOW_LEVEL_STRIDE, upsample, separable)
+        low_level_grid = encoder.grids[self.low_level_index]
+        self.decoder = DeepLabV3PlusDecoder(channels, encoder.channels[self.low_level_index], encoder.grids[-1],
+                                            low_level_grid, upsample, separable, aligned=aligned)
         self.classifier = nn.Conv2d(channels, num_classes, 1)
-        self.upsample = make_upsampler(upsample, num_classes, num_classes, LOW_LEVEL_STRIDE)
+        self.upsample = upsampler_between(upsample, num_classes, num_classes, low_level_grid, IMAGE_GRID, aligned)
         self.aux_classifier = FCNHead(encoder.channels[-2], num_classes) if aux else None
+        self.aux_upsample = aux_upsampler(encoder, aux and aligned)
 
     def forward_padded(self, x: Tensor, return_aux: bool) -> tuple[Tensor, Tensor | None]:
         features = self.encoder(x)
         decoded = self.decoder(self.aspp(features[-1]), features[self.low_level_index])
         logits = self.upsample(self.classifier(decoded))
-        aux = resize_bilinear(self.aux_classifier(features[-2]), x.shape[-2:]) if return_aux else None
-        return logits, aux
+        return logits, upsample_aux(self, features[-2], x) if return_aux else None
 
 
 # --- builders --------------------------------------------------------------------------------
@@ -195,6 +229,7 @@ def deeplabv3(
     encoder_weights: EncoderWeights = None,
     output_stride: int = 16,
     aux: bool = False,
+    aligned: bool = True,
 ) -> DeepLabV3:
     """DeepLab v3 (Chen et al., 2017): atrous encoder + ASPP, logits upsampled to the input size.
 
@@ -205,8 +240,10 @@ def deeplabv3(
         encoder_weights: ``None``, ``"imagenet"`` or a local file.
         output_stride: 16 (the paper's training setting) or 8 (denser, about 4× the compute).
         aux: add the auxiliary FCN head (``forward(x, return_aux=True)``).
+        aligned: logits centred on the input's pixels (``False``: the half-pixel geometry of
+            earlier versions, whose checkpoints load with it).
     """
-    return DeepLabV3(atrous_encoder(encoder, encoder_weights, output_stride), num_classes, upsample, aux)
+    return DeepLabV3(atrous_encoder(encoder, encoder_weights, output_stride), num_classes, upsample, aux, aligned)
 
 
 @register_model(family="DeepLab")
@@ -218,6 +255,7 @@ def deeplabv3plus(
     output_stride: int = 16,
     separable: bool = True,
     aux: bool = False,
+    aligned: bool = True,
 ) -> DeepLabV3Plus:
     """DeepLab v3+ (Chen et al., 2018): v3's ASPP plus a decoder with a stride-4 skip connection.
 
@@ -229,6 +267,8 @@ def deeplabv3plus(
         output_stride: 16 or 8.
         separable: depthwise-separable 3×3 convolutions in ASPP and the decoder.
         aux: add the auxiliary FCN head (``forward(x, return_aux=True)``).
+        aligned: the decoder's merge and the logits on the grids they belong to (``False``: the
+            half-pixel geometry of earlier versions, whose checkpoints load with it).
     """
     encoder_module = atrous_encoder(encoder, encoder_weights, output_stride)
-    return DeepLabV3Plus(encoder_module, num_classes, upsample, separable, aux)
+    return DeepLabV3Plus(encoder_module, num_classes, upsample, separable, aux, aligned=aligned)

@@ -34,7 +34,8 @@ from torch import Tensor, nn
 
 from pixelwise.encoders import Encoder, VGGEncoder, create_encoder
 from pixelwise.layers import ConvNormAct
-from pixelwise.layers.upsample import bilinear_kernel, make_upsampler
+from pixelwise.layers.align import IMAGE_GRID, Grid, upsampling_step
+from pixelwise.layers.upsample import bilinear_kernel, upsampler_between
 from pixelwise.models.base import DesignedSizes, SegmentationModel
 from pixelwise.models.registry import register_model
 
@@ -145,10 +146,13 @@ class FCN(SegmentationModel):
         upsample: one of ``pixelwise.layers.UPSAMPLE_KINDS``; ``"transposed"`` for ``paper=True``.
         paper: the reference network's geometry: no input padding to a multiple, reference
             upsamplers (bilinear and frozen, as there) and crop offsets (:data:`PAPER_CROP_OFFSETS`).
+        aligned: (default mode) each upsampled score lands on the grid of the skip score it is
+            added to, and the logits on the input's pixels; ``False``: half-pixel upsampling, the
+            geometry of earlier versions. The paper's crops align it by construction.
     """
 
     def __init__(self, encoder: Encoder, num_classes: int, variant: str = "fcn8s", upsample: str = "transposed",
-                 paper: bool = False) -> None:
+                 paper: bool = False, aligned: bool = True) -> None:
         super().__init__()
         if variant not in VARIANT_SKIPS:
             raise ValueError(f"unknown FCN variant {variant!r}; choose one of {list(VARIANT_SKIPS)}")
@@ -161,18 +165,19 @@ class FCN(SegmentationModel):
         self.crop_offsets = dict(PAPER_CROP_OFFSETS[variant]) if paper else {}
         self.skip_indices = skip_feature_indices(encoder.reductions, VARIANT_SKIPS[variant])
         self.score_fr = nn.Conv2d(encoder.channels[-1], num_classes, 1)
-        stride = encoder.reductions[-1]
+        grids = encoder.grids
+        source = grids[-1]
         for (score_name, upscore_name), index in zip(SKIP_LAYERS, self.skip_indices):
-            setattr(self, upscore_name, self._upsampler(upsample, stride // encoder.reductions[index]))
+            setattr(self, upscore_name, self._upsampler(upsample, source, grids[index], aligned))
             setattr(self, score_name, zero_score_layer(encoder.channels[index], num_classes))
-            stride = encoder.reductions[index]
+            source = grids[index]
         self.final_upscore = FINAL_UPSCORE[variant]
-        setattr(self, self.final_upscore, self._upsampler(upsample, stride))
+        setattr(self, self.final_upscore, self._upsampler(upsample, source, IMAGE_GRID, aligned))
 
-    def _upsampler(self, kind: str, scale: int) -> nn.Module:
+    def _upsampler(self, kind: str, source: Grid, target: Grid, aligned: bool) -> nn.Module:
         if self.paper:
-            return paper_upsampler(self.num_classes, scale)
-        return make_upsampler(kind, self.num_classes, self.num_classes, scale)
+            return paper_upsampler(self.num_classes, upsampling_step(source, target)[0])
+        return upsampler_between(kind, self.num_classes, self.num_classes, source, target, aligned)
 
     def forward_padded(self, x: Tensor, return_aux: bool) -> tuple[Tensor, None]:
         """Logits at the (padded) input size; FCN has no auxiliary head."""
@@ -224,7 +229,7 @@ def _check_paper_encoder(encoder: Encoder) -> None:
 
 
 def _build(variant: str, num_classes: int, encoder: str, upsample: str,
-           encoder_weights: str | os.PathLike[str] | None, paper: bool) -> FCN:
+           encoder_weights: str | os.PathLike[str] | None, paper: bool, aligned: bool) -> FCN:
     """Make the encoder the variant needs, then the FCN around it."""
     if paper and encoder not in PAPER_ENCODERS:
         raise ValueError(f"paper=True reproduces the reference VGG16 network; encoder must be one of "
@@ -235,32 +240,35 @@ def _build(variant: str, num_classes: int, encoder: str, upsample: str,
     if paper:
         options["paper"] = True
     trunk = create_encoder(encoder, weights=encoder_weights, output_stride=32, **options)
-    return FCN(trunk, num_classes, variant, upsample, paper)
+    return FCN(trunk, num_classes, variant, upsample, paper, aligned)
 
 
 @register_model(family="FCN")
 def fcn32s(num_classes: int = 21, encoder: str = "vgg16", upsample: str = "transposed",
-           encoder_weights: str | os.PathLike[str] | None = None, paper: bool = False) -> FCN:
+           encoder_weights: str | os.PathLike[str] | None = None, paper: bool = False,
+           aligned: bool = True) -> FCN:
     """FCN-32s: stride-32 class scores upsampled ×32 (Long et al., 2015).
 
     Arguments as for :func:`fcn8s`.
     """
-    return _build("fcn32s", num_classes, encoder, upsample, encoder_weights, paper)
+    return _build("fcn32s", num_classes, encoder, upsample, encoder_weights, paper, aligned)
 
 
 @register_model(family="FCN")
 def fcn16s(num_classes: int = 21, encoder: str = "vgg16", upsample: str = "transposed",
-           encoder_weights: str | os.PathLike[str] | None = None, paper: bool = False) -> FCN:
+           encoder_weights: str | os.PathLike[str] | None = None, paper: bool = False,
+           aligned: bool = True) -> FCN:
     """FCN-16s: FCN-32s scores ×2 plus pool4 scores, upsampled ×16 (Long et al., 2015).
 
     Arguments as for :func:`fcn8s`.
     """
-    return _build("fcn16s", num_classes, encoder, upsample, encoder_weights, paper)
+    return _build("fcn16s", num_classes, encoder, upsample, encoder_weights, paper, aligned)
 
 
 @register_model(family="FCN")
 def fcn8s(num_classes: int = 21, encoder: str = "vgg16", upsample: str = "transposed",
-          encoder_weights: str | os.PathLike[str] | None = None, paper: bool = False) -> FCN:
+          encoder_weights: str | os.PathLike[str] | None = None, paper: bool = False,
+          aligned: bool = True) -> FCN:
     """FCN-8s: FCN-16s scores ×2 plus pool3 scores, upsampled ×8 (Long et al., 2015).
 
     Args:
@@ -270,5 +278,8 @@ def fcn8s(num_classes: int = 21, encoder: str = "vgg16", upsample: str = "transp
             or ``"pixelshuffle"``.
         encoder_weights: ``None``, ``"imagenet"`` or a local file.
         paper: the reference Caffe network exactly (VGG16, 100-pixel padding, crop offsets).
+        aligned: upsampled scores on the grids of the skips they meet and logits on the input's
+            pixels, for any encoder (``False``: the half-pixel geometry of earlier versions,
+            whose checkpoints load with it).
     """
-    return _build("fcn8s", num_classes, encoder, upsample, encoder_weights, paper)
+    return _build("fcn8s", num_classes, encoder, upsample, encoder_weights, paper, aligned)

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from pixelwise.encoders import Encoder, EncoderWeights, create_encoder
-from pixelwise.layers import ConvNormAct, LayerSpec, make_upsampler
+from pixelwise.layers import IMAGE_GRID, ConvNormAct, LayerSpec, upsampler_between
 from pixelwise.models.base import SegmentationModel
 from pixelwise.models.registry import register_model
 
@@ -55,18 +55,22 @@ class HyperColumn(SegmentationModel):
         stages: indices into the encoder's features; ``None`` for all of them.
         column_channels: channels each stage contributes to the hypercolumn.
         norm: norm layer of the projections and the fusing convolution.
+        aligned: every stage upsampled onto the grid of the finest selected stage, and the
+            logits onto the input's pixels; ``False``: half-pixel upsampling (earlier versions).
     """
 
     def __init__(self, num_classes: int, encoder: Encoder, upsample: str = "bilinear",
                  stages: Sequence[int] | None = None, column_channels: int = 128,
-                 norm: LayerSpec = "batchnorm") -> None:
+                 norm: LayerSpec = "batchnorm", aligned: bool = True) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.encoder = encoder
         self.size_divisor = encoder.reductions[-1]
         self.stages = resolve_stages(stages, len(encoder.channels))
-        # The columns meet at the finest selected stage's resolution.
-        self.column_reduction = min(encoder.reductions[i] for i in self.stages)
+        # The columns meet on the finest selected stage's grid.
+        finest = min(self.stages, key=lambda i: encoder.reductions[i])
+        self.column_reduction = encoder.reductions[finest]
+        grids, column_grid = encoder.grids, encoder.grids[finest]
         # The paper classifies each pixel's raw hypercolumn with a linear map. Upsampling is
         # linear too, so a linear map of the upsampled concatenation equals each layer's share
         # of it applied at that layer's native resolution and upsampled afterwards (the paper's
@@ -76,18 +80,19 @@ class HyperColumn(SegmentationModel):
         self.projections = nn.ModuleList(
             [ConvNormAct(encoder.channels[i], column_channels, 1, norm=norm) for i in self.stages]
         )
+        for i in self.stages:
+            self._check_column_stride(encoder.reductions[i])
         self.upsamplers = nn.ModuleList(
-            [make_upsampler(upsample, column_channels, column_channels, self._scale_to_columns(encoder.reductions[i]))
+            [upsampler_between(upsample, column_channels, column_channels, grids[i], column_grid, aligned)
              for i in self.stages]
         )
         self.fuse = ConvNormAct(len(self.stages) * column_channels, column_channels, 3, norm=norm)
         self.classifier = nn.Conv2d(column_channels, num_classes, 1)
-        self.upsample_logits = make_upsampler(upsample, num_classes, num_classes, self.column_reduction)
+        self.upsample_logits = upsampler_between(upsample, num_classes, num_classes, column_grid, IMAGE_GRID, aligned)
 
-    def _scale_to_columns(self, reduction: int) -> int:
+    def _check_column_stride(self, reduction: int) -> None:
         if reduction % self.column_reduction:
             raise ValueError(f"stage stride {reduction} is not a multiple of the column stride {self.column_reduction}")
-        return reduction // self.column_reduction
 
     def hypercolumn(self, x: Tensor) -> Tensor:
         """The hypercolumns: every selected stage's projected features, upsampled and concatenated.
@@ -116,6 +121,7 @@ def hypercolumn(
     stages: Sequence[int] | None = None,
     column_channels: int = 128,
     norm: str | None = "batchnorm",
+    aligned: bool = True,
 ) -> HyperColumn:
     """HyperColumn (Hariharan et al., 2015): per-pixel classification of concatenated multi-layer features.
 
@@ -129,6 +135,8 @@ def hypercolumn(
             hypercolumn; ``None`` for all of them.
         column_channels: channels each stage contributes to the hypercolumn.
         norm: norm layer name, or ``None``.
+        aligned: columns and logits on the grids they belong to (``False``: the half-pixel
+            geometry of earlier versions, whose checkpoints load with it).
     """
     backbone = create_encoder(encoder, weights=encoder_weights)
-    return HyperColumn(num_classes, backbone, upsample, stages, column_channels, norm)
+    return HyperColumn(num_classes, backbone, upsample, stages, column_channels, norm, aligned)

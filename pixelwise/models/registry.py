@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 import os
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 from pixelwise.encoders.weights import is_weights_file, load_file, load_into
 from pixelwise.models.base import SegmentationModel
@@ -62,6 +62,30 @@ def register_model(family: str, fixed_encoder: str | None = None) -> Callable[[B
         return builder
 
     return decorator
+
+
+#: Builder options whose default has changed, with the value they had before. A saved model spec
+#: (a checkpoint's, an ONNX file's metadata) that does not name one was written when it had that
+#: value. ``aligned``: decoders upsample onto the grids of the maps they meet; before, they used
+#: half-pixel centres whatever the encoder.
+EARLIER_DEFAULTS: dict[str, Any] = {"aligned": False}
+
+
+def spec_options(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` as a model spec saves them: with the builder's current default of every option
+    in :data:`EARLIER_DEFAULTS` it takes, so the spec rebuilds this model whatever later defaults
+    become."""
+    parameters = inspect.signature(model_info(name).builder).parameters
+    defaults = {key: parameters[key].default for key in EARLIER_DEFAULTS if key in parameters}
+    return {**defaults, **options}
+
+
+def saved_options(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The builder options of a saved model spec: with the earlier default of every option in
+    :data:`EARLIER_DEFAULTS` that the builder takes and the spec does not name (it was written
+    before the default changed), so an old checkpoint rebuilds the model its weights belong to."""
+    parameters = model_info(name).parameters
+    return {**{key: value for key, value in EARLIER_DEFAULTS.items() if key in parameters}, **options}
 
 
 def list_models() -> list[str]:

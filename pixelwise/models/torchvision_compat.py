@@ -18,7 +18,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from pixelwise.encoders import EncoderWeights, ResNetEncoder, create_encoder
-from pixelwise.layers import resize_bilinear
+from pixelwise.layers import IMAGE_GRID, ShiftedResize, resize_bilinear, upsampling_step
 from pixelwise.models.base import SegmentationModel
 from pixelwise.models.deeplab import DeepLabHead
 from pixelwise.models.fcn import FCNHead
@@ -40,6 +40,10 @@ class TorchvisionSegmentation(SegmentationModel):
         classifier: the main head.
         num_classes: output channels of the heads.
         aux_classifier: the auxiliary head, or ``None``.
+        aligned: resize the logits from the backbone's grid onto the input's pixels (pixel ``y``
+            of the stride-8 map is centred on input pixel ``8·y``); ``False`` (torchvision's
+            geometry, exact output parity): a half-pixel bilinear resize, which shifts the
+            logits by 3.5 pixels.
     """
 
     size_divisor = 1
@@ -48,12 +52,15 @@ class TorchvisionSegmentation(SegmentationModel):
     min_train_size = 16
 
     def __init__(self, backbone: ResNetEncoder, classifier: nn.Module, num_classes: int,
-                 aux_classifier: nn.Module | None = None) -> None:
+                 aux_classifier: nn.Module | None = None, aligned: bool = False) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.backbone = backbone
         self.classifier = classifier
         self.aux_classifier = aux_classifier
+        grids = backbone.grids
+        self.upsample = ShiftedResize(*upsampling_step(grids[-1], IMAGE_GRID)) if aligned else None
+        self.aux_upsample = ShiftedResize(*upsampling_step(grids[-2], IMAGE_GRID)) if aligned else None
 
     @property
     def encoder(self) -> ResNetEncoder:
@@ -62,13 +69,17 @@ class TorchvisionSegmentation(SegmentationModel):
 
     def forward_padded(self, x: Tensor, return_aux: bool) -> tuple[Tensor, Tensor | None]:
         *_, layer3, layer4 = self.backbone(x)
-        logits = _resize_like_torchvision(self.classifier(layer4), x)
-        aux = _resize_like_torchvision(self.aux_classifier(layer3), x) if return_aux else None
+        logits = _to_input(self.classifier(layer4), x, self.upsample)
+        aux = _to_input(self.aux_classifier(layer3), x, self.aux_upsample) if return_aux else None
         return logits, aux
 
 
-def _resize_like_torchvision(logits: Tensor, image: Tensor) -> Tensor:
-    return resize_bilinear(logits, image.shape[-2:])
+def _to_input(logits: Tensor, image: Tensor, upsample: nn.Module | None) -> Tensor:
+    """Logits at the input's size: torchvision's half-pixel resize, or the aligned upsampling
+    (to 8·ceil(H/8) × 8·ceil(W/8), cropped to the input)."""
+    if upsample is None:
+        return resize_bilinear(logits, image.shape[-2:])
+    return upsample(logits)[..., :image.shape[-2], :image.shape[-1]]
 
 
 def _resnet50_backbone(encoder_weights: EncoderWeights) -> ResNetEncoder:
@@ -79,7 +90,7 @@ def _resnet50_backbone(encoder_weights: EncoderWeights) -> ResNetEncoder:
 
 @register_model(family="FCN", fixed_encoder=BACKBONE)
 def fcn_resnet50(num_classes: int = 21, aux: bool = True,
-                 encoder_weights: EncoderWeights = None) -> TorchvisionSegmentation:
+                 encoder_weights: EncoderWeights = None, aligned: bool = False) -> TorchvisionSegmentation:
     """torchvision's FCN-ResNet50, with identical state-dict keys and outputs.
 
     No ``upsample`` argument: torchvision's bilinear resize of the logits is part of what is
@@ -90,15 +101,17 @@ def fcn_resnet50(num_classes: int = 21, aux: bool = True,
         aux: include the auxiliary head on layer3 (torchvision's ``aux_loss=True``; its
             pretrained weights hold one).
         encoder_weights: ``None``, ``"imagenet"`` or a local file for the ResNet-50 backbone.
+        aligned: logits centred on the input's pixels instead of torchvision's half-pixel resize
+            (3.5 pixels off); the weights are the same, the outputs no longer torchvision's.
     """
     aux_classifier = FCNHead(LAYER3_CHANNELS, num_classes) if aux else None
     return TorchvisionSegmentation(_resnet50_backbone(encoder_weights), FCNHead(LAYER4_CHANNELS, num_classes),
-                                   num_classes, aux_classifier)
+                                   num_classes, aux_classifier, aligned)
 
 
 @register_model(family="DeepLab", fixed_encoder=BACKBONE)
 def deeplabv3_resnet50(num_classes: int = 21, aux: bool = True,
-                       encoder_weights: EncoderWeights = None) -> TorchvisionSegmentation:
+                       encoder_weights: EncoderWeights = None, aligned: bool = False) -> TorchvisionSegmentation:
     """torchvision's DeepLabV3-ResNet50, with identical state-dict keys and outputs.
 
     No ``upsample`` argument: torchvision's bilinear resize of the logits is part of what is
@@ -108,8 +121,10 @@ def deeplabv3_resnet50(num_classes: int = 21, aux: bool = True,
         num_classes: number of classes (21 for torchvision's COCO-with-VOC-labels weights).
         aux: include the auxiliary head on layer3 (torchvision's ``aux_loss=True``).
         encoder_weights: ``None``, ``"imagenet"`` or a local file for the ResNet-50 backbone.
+        aligned: logits centred on the input's pixels instead of torchvision's half-pixel resize
+            (3.5 pixels off); the weights are the same, the outputs no longer torchvision's.
     """
     classifier = DeepLabHead(LAYER4_CHANNELS, num_classes, rates=(12, 24, 36))
     aux_classifier = FCNHead(LAYER3_CHANNELS, num_classes) if aux else None
     backbone = _resnet50_backbone(encoder_weights)
-    return TorchvisionSegmentation(backbone, classifier, num_classes, aux_classifier)
+    return TorchvisionSegmentation(backbone, classifier, num_classes, aux_classifier, aligned)

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from pixelwise.encoders import Encoder, EncoderWeights, create_encoder
-from pixelwise.layers import ConvNormAct, LayerSpec, make_upsampler, mirror_pad
+from pixelwise.layers import IMAGE_GRID, ConvNormAct, Grid, LayerSpec, make_upsampler, mirror_pad, upsampler_between
 from pixelwise.models.base import DesignedSizes, SegmentationModel, size_listing
 from pixelwise.models.registry import register_model
 
@@ -176,14 +176,22 @@ class ExpandingBlock(nn.Module):
 
 
 class DecoderBlock(nn.Module):
-    """One level of the encoder-backed decoder: upsample to the skip's resolution, concatenate
-    the skip (if any), two padded 3×3 conv-norm-ReLU."""
+    """One level of the encoder-backed decoder: upsample onto the skip's grid, concatenate the
+    skip (if any), two padded 3×3 conv-norm-ReLU.
 
-    def __init__(self, in_channels: int, skip_channels: int, out_channels: int, scale: int,
-                 upsample: str, norm: LayerSpec) -> None:
+    Args:
+        source: the grid of the map coming in.
+        target: the grid of the skip (the input image's for the last block of an encoder whose
+            finest feature is below full resolution).
+        aligned: put the upsampled pixels on ``target``'s centres; ``False``: half-pixel
+            centres whatever the grids (models built before pixelwise aligned its decoders).
+    """
+
+    def __init__(self, in_channels: int, skip_channels: int, out_channels: int, source: Grid, target: Grid,
+                 upsample: str, norm: LayerSpec, aligned: bool = True) -> None:
         super().__init__()
         self.out_channels = out_channels
-        self.up = make_upsampler(upsample, in_channels, out_channels, scale)
+        self.up = upsampler_between(upsample, in_channels, out_channels, source, target, aligned)
         self.convs = DoubleConv(out_channels + skip_channels, out_channels, norm, padding=1)
 
     def forward(self, x: Tensor, skip: Tensor | None = None) -> Tensor:
@@ -306,15 +314,19 @@ class EncoderUNet(SegmentationModel):
             ``len(encoder.channels) - 1`` (one more if the finest feature is below full
             resolution) are used.
         norm: norm layer of the decoder's convolutions.
+        aligned: every upsampling lands on the grid of the map it is concatenated with, and the
+            logits on the input's pixels (the encoder's :attr:`~pixelwise.encoders.Encoder.grids`);
+            ``False``: half-pixel upsampling, the geometry of earlier pixelwise versions.
     """
 
     def __init__(self, num_classes: int, encoder: Encoder, upsample: str = "transposed",
-                 decoder_channels: Sequence[int] = (256, 128, 64, 32, 16), norm: LayerSpec = "batchnorm") -> None:
+                 decoder_channels: Sequence[int] = (256, 128, 64, 32, 16), norm: LayerSpec = "batchnorm",
+                 aligned: bool = True) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.encoder = encoder
         self.size_divisor = encoder.reductions[-1]
-        self.decoder = nn.ModuleList(_decoder_blocks(encoder, upsample, list(decoder_channels), norm))
+        self.decoder = nn.ModuleList(_decoder_blocks(encoder, upsample, list(decoder_channels), norm, aligned))
         self.classifier = nn.Conv2d(self.decoder[-1].out_channels, num_classes, 1)
 
     def forward_padded(self, x: Tensor, return_aux: bool) -> tuple[Tensor, None]:
@@ -328,22 +340,22 @@ class EncoderUNet(SegmentationModel):
 
 
 def _decoder_blocks(encoder: Encoder, upsample: str, decoder_channels: list[int],
-                    norm: LayerSpec) -> list[DecoderBlock]:
+                    norm: LayerSpec, aligned: bool) -> list[DecoderBlock]:
     """Decoder blocks from the deepest feature to full resolution."""
-    channels, reductions = encoder.channels, encoder.reductions
-    # (skip channels, upsampling scale) per block, deepest first; a dilated encoder repeats a
-    # reduction, which makes that block's scale 1.
-    plan = [(channels[i], reductions[i + 1] // reductions[i]) for i in reversed(range(len(channels) - 1))]
-    if reductions[0] > 1:
-        plan.append((0, reductions[0]))
+    channels, grids = encoder.channels, encoder.grids
+    # (skip channels, source grid, target grid) per block, deepest first; a dilated encoder
+    # repeats a reduction, which makes that block's scale 1.
+    plan = [(channels[i], grids[i + 1], grids[i]) for i in reversed(range(len(channels) - 1))]
+    if encoder.reductions[0] > 1:
+        plan.append((0, grids[0], IMAGE_GRID))
     if len(decoder_channels) < len(plan):
         raise ValueError(
             f"decoder_channels needs {len(plan)} entries for this encoder (one per decoder block), "
             f"got {len(decoder_channels)}: {decoder_channels}"
         )
     blocks, in_channels = [], channels[-1]
-    for (skip_channels, scale), out_channels in zip(plan, decoder_channels):
-        blocks.append(DecoderBlock(in_channels, skip_channels, out_channels, scale, upsample, norm))
+    for (skip_channels, source, target), out_channels in zip(plan, decoder_channels):
+        blocks.append(DecoderBlock(in_channels, skip_channels, out_channels, source, target, upsample, norm, aligned))
         in_channels = out_channels
     return blocks
 
@@ -363,6 +375,7 @@ def unet(
     norm: str | None = "batchnorm",
     output_stride: int = 32,
     padding: str | None = None,
+    aligned: bool = True,
 ) -> SegmentationModel:
     """U-Net (Ronneberger et al., 2015): the paper's valid-convolution network, or an encoder-backed one.
 
@@ -384,6 +397,10 @@ def unet(
         padding: the paper's network only: ``"valid"`` (default, the paper) or ``"same"``
             (zero-padded convolutions, no overlap-tile: cheaper on small images). The
             encoder-backed variant is always same-padded.
+        aligned: the encoder-backed variant's upsamplings land on the grids of the maps they
+            meet and its logits on the input's pixels; ``False`` builds the half-pixel geometry
+            of earlier versions (their checkpoints load with it). The paper's network is aligned
+            by construction and ignores it.
     """
     if encoder is None:
         if encoder_weights is not None:
@@ -396,4 +413,4 @@ def unet(
         raise ValueError(f"padding={padding!r} applies to the paper's U-Net (encoder=None); the "
                          f"encoder-backed U-Net always uses same-padded convolutions")
     backbone = create_encoder(encoder, weights=encoder_weights, output_stride=output_stride)
-    return EncoderUNet(num_classes, backbone, upsample, decoder_channels, norm)
+    return EncoderUNet(num_classes, backbone, upsample, decoder_channels, norm, aligned)

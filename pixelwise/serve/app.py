@@ -209,13 +209,14 @@ def app_for_file(source: str, runtime: str | None = None, precision: str | None 
     """The service for a checkpoint or an exported ONNX file (what ``pixelwise serve`` runs)."""
     from pixelwise.engine.loading import is_onnx, load_predictor
     from pixelwise.export import read_metadata
-    from pixelwise.models import create_model
+    from pixelwise.models import create_model, saved_options
 
     loaded = load_predictor(source, runtime, precision, device)
     geometry = None
     if is_onnx(source):  # the receptive fields of /explain need the architecture, not the weights
         spec = read_metadata(source)["model_spec"]
-        geometry = create_model(spec["name"], num_classes=spec["num_classes"], **spec["options"])
+        geometry = create_model(spec["name"], num_classes=spec["num_classes"],
+                                **saved_options(spec["name"], spec["options"]))
     return create_app(loaded, options, limits, source, geometry)
 
 
