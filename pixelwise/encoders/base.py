@@ -110,7 +110,7 @@ def traced_grids(encoder: Encoder) -> list[Grid]:
         if axes is None:
             raise ValueError(f"{type(encoder).__name__} feature {index} is not a 2-D map on its input")
         height, width = axes
-        if height != width and (height.stride, height.center) != (width.stride, width.center):
+        if (height.stride, height.center) != (width.stride, width.center):
             raise ValueError(f"{type(encoder).__name__} feature {index} sits differently along the height "
                              f"({height}) and the width ({width}); decoders need one grid per map")
         if height.stride != reduction:
