@@ -131,20 +131,19 @@ def atrous_encoder(name: str, weights: EncoderWeights, output_stride: int) -> En
     return encoder
 
 
-def aux_upsampler(encoder: Encoder, aligned: bool) -> ShiftedResize | None:
-    """The auxiliary logits' fixed bilinear upsampling from the second-deepest feature's grid onto
-    the input's pixels; ``None`` for the half-pixel resize of earlier versions (and torchvision)."""
-    if not aligned:
-        return None
-    return ShiftedResize(*upsampling_step(encoder.grids[-2], IMAGE_GRID))
+def fixed_upsampler(source: Grid, aligned: bool) -> ShiftedResize | None:
+    """A parameter-free bilinear upsampling from grid ``source`` onto the input's pixels;
+    ``None`` when not ``aligned`` (the half-pixel resize of earlier versions and of torchvision)."""
+    return ShiftedResize(*upsampling_step(source, IMAGE_GRID)) if aligned else None
 
 
-def upsample_aux(model: nn.Module, feature: Tensor, image: Tensor) -> Tensor:
-    """``model``'s auxiliary logits at the (padded) input size."""
-    aux = model.aux_classifier(feature)
-    if model.aux_upsample is None:
-        return resize_bilinear(aux, image.shape[-2:])
-    return model.aux_upsample(aux)
+def logits_at_input(logits: Tensor, image: Tensor, upsample: nn.Module | None) -> Tensor:
+    """``logits`` at ``image``'s size: the half-pixel bilinear resize when ``upsample`` is
+    ``None``, else that aligned upsampling cropped to the image (a stride-``s`` map of
+    ``ceil(H/s)`` pixels upsamples to at least ``H``)."""
+    if upsample is None:
+        return resize_bilinear(logits, image.shape[-2:])
+    return upsample(logits)[..., :image.shape[-2], :image.shape[-1]]
 
 
 # --- models ----------------------------------------------------------------------------------
@@ -172,12 +171,13 @@ class DeepLabV3(SegmentationModel):
         self.head = DeepLabHead(encoder.channels[-1], num_classes, aspp_rates(output_stride))
         self.upsample = upsampler_between(upsample, num_classes, num_classes, encoder.grids[-1], IMAGE_GRID, aligned)
         self.aux_classifier = FCNHead(encoder.channels[-2], num_classes) if aux else None
-        self.aux_upsample = aux_upsampler(encoder, aux and aligned)
+        self.aux_upsample = fixed_upsampler(encoder.grids[-2], aux and aligned)
 
     def forward_padded(self, x: Tensor, return_aux: bool) -> tuple[Tensor, Tensor | None]:
         features = self.encoder(x)
         logits = self.upsample(self.head(features[-1]))
-        return logits, upsample_aux(self, features[-2], x) if return_aux else None
+        aux = logits_at_input(self.aux_classifier(features[-2]), x, self.aux_upsample) if return_aux else None
+        return logits, aux
 
 
 class DeepLabV3Plus(SegmentationModel):
@@ -209,13 +209,14 @@ class DeepLabV3Plus(SegmentationModel):
         self.classifier = nn.Conv2d(channels, num_classes, 1)
         self.upsample = upsampler_between(upsample, num_classes, num_classes, low_level_grid, IMAGE_GRID, aligned)
         self.aux_classifier = FCNHead(encoder.channels[-2], num_classes) if aux else None
-        self.aux_upsample = aux_upsampler(encoder, aux and aligned)
+        self.aux_upsample = fixed_upsampler(encoder.grids[-2], aux and aligned)
 
     def forward_padded(self, x: Tensor, return_aux: bool) -> tuple[Tensor, Tensor | None]:
         features = self.encoder(x)
         decoded = self.decoder(self.aspp(features[-1]), features[self.low_level_index])
         logits = self.upsample(self.classifier(decoded))
-        return logits, upsample_aux(self, features[-2], x) if return_aux else None
+        aux = logits_at_input(self.aux_classifier(features[-2]), x, self.aux_upsample) if return_aux else None
+        return logits, aux
 
 
 # --- builders --------------------------------------------------------------------------------

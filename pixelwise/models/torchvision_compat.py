@@ -18,9 +18,8 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from pixelwise.encoders import EncoderWeights, ResNetEncoder, create_encoder
-from pixelwise.layers import IMAGE_GRID, ShiftedResize, resize_bilinear, upsampling_step
 from pixelwise.models.base import SegmentationModel
-from pixelwise.models.deeplab import DeepLabHead
+from pixelwise.models.deeplab import DeepLabHead, fixed_upsampler, logits_at_input
 from pixelwise.models.fcn import FCNHead
 from pixelwise.models.registry import register_model
 
@@ -58,9 +57,8 @@ class TorchvisionSegmentation(SegmentationModel):
         self.backbone = backbone
         self.classifier = classifier
         self.aux_classifier = aux_classifier
-        grids = backbone.grids
-        self.upsample = ShiftedResize(*upsampling_step(grids[-1], IMAGE_GRID)) if aligned else None
-        self.aux_upsample = ShiftedResize(*upsampling_step(grids[-2], IMAGE_GRID)) if aligned else None
+        self.upsample = fixed_upsampler(backbone.grids[-1], aligned)
+        self.aux_upsample = fixed_upsampler(backbone.grids[-2], aligned)
 
     @property
     def encoder(self) -> ResNetEncoder:
@@ -69,17 +67,9 @@ class TorchvisionSegmentation(SegmentationModel):
 
     def forward_padded(self, x: Tensor, return_aux: bool) -> tuple[Tensor, Tensor | None]:
         *_, layer3, layer4 = self.backbone(x)
-        logits = _to_input(self.classifier(layer4), x, self.upsample)
-        aux = _to_input(self.aux_classifier(layer3), x, self.aux_upsample) if return_aux else None
+        logits = logits_at_input(self.classifier(layer4), x, self.upsample)
+        aux = logits_at_input(self.aux_classifier(layer3), x, self.aux_upsample) if return_aux else None
         return logits, aux
-
-
-def _to_input(logits: Tensor, image: Tensor, upsample: nn.Module | None) -> Tensor:
-    """Logits at the input's size: torchvision's half-pixel resize, or the aligned upsampling
-    (to 8·ceil(H/8) × 8·ceil(W/8), cropped to the input)."""
-    if upsample is None:
-        return resize_bilinear(logits, image.shape[-2:])
-    return upsample(logits)[..., :image.shape[-2], :image.shape[-1]]
 
 
 def _resnet50_backbone(encoder_weights: EncoderWeights) -> ResNetEncoder:
