@@ -173,6 +173,17 @@ def _cmd_check_data(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _on_total(progress):
+    """A training ``on_total`` callback: set the progress bar's length, print a time budget's plan."""
+
+    def on_total(total: int, plan) -> None:
+        progress.update(total=total)
+        if plan is not None:
+            progress.print(plan.describe())
+
+    return on_total
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from pixelwise.config import load_config
     from pixelwise.engine.distributed import is_main_process
@@ -191,13 +202,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             rate = "" if progress.rate_per_s is None else f" · {progress.rate_per_s * 60:.1f} it/min"
             progress.update(iteration, status=f"loss {loss:.4f}{lr}{rate}")
 
-        def on_total(total: int, plan) -> None:
-            progress.update(total=total)
-            if plan is not None:
-                progress.print(plan.describe())
-
-        result = train(config, resume=args.resume, device=args.device, on_step=on_step, on_total=on_total,
-                       overwrite=args.overwrite)
+        result = train(config, resume=args.resume, device=args.device, on_step=on_step,
+                       on_total=_on_total(progress), overwrite=args.overwrite)
     if main_process:
         console.print(f"best mIoU {result.best_miou:.4f} after {result.iterations} iterations; checkpoints, config, "
                       f"metrics.jsonl, tensorboard/ and {', '.join(p.name for p in result.plots)} in {result.run_dir}")
@@ -308,6 +314,65 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         console.print(f"warning: listening on {args.host}, reachable from other machines", style="yellow")
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    return 0
+
+
+def _cmd_superres_train(args: argparse.Namespace) -> int:
+    from pixelwise.progress import ProgressReport
+    from pixelwise.superres.train import load_superres_config, train_superres
+
+    overrides = list(args.overrides)
+    if args.time_budget is not None:
+        overrides.append(f"train.time_budget_min={args.time_budget}")
+    config = load_superres_config(args.config, overrides)
+    with ProgressReport(console, "superres train") as progress:
+
+        def on_step(iteration: int, loss: float) -> None:
+            rate = "" if progress.rate_per_s is None else f" · {progress.rate_per_s * 60:.0f} it/min"
+            progress.update(iteration, status=f"loss {loss:.5f}{rate}")
+
+        result = train_superres(config, resume=args.resume, overwrite=args.overwrite, on_step=on_step,
+                                on_total=_on_total(progress))
+    console.print(f"best validation PSNR {result.best_psnr:.2f} dB after {result.iterations} iterations (bicubic: "
+                  f"{result.bicubic['psnr']:.2f} dB, {result.best_psnr - result.bicubic['psnr']:+.2f} dB); "
+                  f"checkpoints, config, metrics.jsonl, tensorboard/ and "
+                  f"{', '.join(p.name for p in result.plots)} in {result.run_dir}", highlight=False)
+    return 0
+
+
+def _cmd_superres_compare(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from pixelwise.superres.compare import compare_methods, save_comparison_figure
+
+    comparison = compare_methods(args.images, args.scale, args.checkpoint)
+    table = Table(title=f"×{args.scale} super-resolution on {len(comparison.images)} image(s), luminance, "
+                        f"{args.scale}-px border cropped")
+    for column in ("method", "PSNR (dB)", "SSIM", "checkerboard", "upsampler cb", "periodic error (dB)",
+                   "ms / image"):
+        table.add_column(column, justify="left" if column == "method" else "right")
+    for row in comparison.rows:
+        upsampler = "—" if row.upsampler_checkerboard is None else f"{row.upsampler_checkerboard:.4f}"
+        table.add_row(row.method, f"{row.psnr:.2f}", f"{row.ssim:.4f}", f"{row.checkerboard:.4f}", upsampler,
+                      f"{row.periodic_db:+.1f}", f"{row.ms_per_image:.1f}")
+    console.print(table)
+    console.print("checkerboard: pattern of period scale on a constant image (0 none, 1 all); periodic error: "
+                  "error power at the period-scale frequencies over their neighbours (0 dB: none)", highlight=False)
+    out = Path(args.out)
+    figure = save_comparison_figure(comparison, out / "comparison.png",
+                                    None if args.region is None else tuple(args.region), args.crop)
+    (out / "comparison.json").write_text(json.dumps(comparison.to_dict(), indent=2))
+    console.print(f"wrote {figure} and {out / 'comparison.json'}", highlight=False)
+    return 0
+
+
+def _cmd_superres_upscale(args: argparse.Namespace) -> int:
+    from pixelwise.superres.compare import upscale_file
+
+    before, after = upscale_file(args.checkpoint, args.image, args.out)
+    console.print(f"{args.image}: {before[0]}×{before[1]} → {after[0]}×{after[1]}, wrote {args.out}",
+                  highlight=False)
     return 0
 
 
@@ -462,7 +527,40 @@ def build_parser() -> argparse.ArgumentParser:
                        help="images with more pixels are predicted window by window (bounded memory)")
     _add_inference_arguments(serve)
     serve.set_defaults(run=_cmd_serve)
+    _add_superres_commands(commands)
     return parser
+
+
+def _add_superres_commands(commands: argparse._SubParsersAction) -> None:
+    """``pixelwise superres train | compare | upscale``."""
+    superres = commands.add_parser("superres", help="super-resolution: the upsamplers put to the test on real images")
+    actions = superres.add_subparsers(dest="superres_command", required=True)
+    train = actions.add_parser("train", help="train ESPCN (any upsampler as its last layer) or SRCNN from a recipe")
+    train.add_argument("--config", help="recipe YAML file, e.g. configs/superres_espcn_x3.yaml")
+    train.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                       help="e.g. model.options.upsample=transposed (after the --options)")
+    train.add_argument("--resume", action="store_true", help="continue exactly from OUTPUT_DIR/last.pt")
+    train.add_argument("--overwrite", action="store_true", help="start afresh in a folder that holds an earlier run")
+    train.add_argument("--time-budget", type=float, metavar="MIN", help="shortcut for train.time_budget_min=MIN")
+    train.set_defaults(run=_cmd_superres_train)
+
+    compare = actions.add_parser("compare", help="downscale images, upscale them with every method, score and "
+                                                 "show them side by side")
+    compare.add_argument("images", nargs="+", help="high-resolution image files, folders or glob patterns")
+    compare.add_argument("--scale", type=int, default=3, help="upscaling factor (default 3)")
+    compare.add_argument("--checkpoint", action="append", default=[], metavar="C",
+                         help="a trained network to compare too (repeat for several)")
+    compare.add_argument("--out", default="runs/superres_compare", help="folder for comparison.png and .json")
+    compare.add_argument("--region", type=int, nargs=2, metavar=("TOP", "LEFT"),
+                         help="the figure's region in the first image (default: its busiest)")
+    compare.add_argument("--crop", type=int, default=96, help="side of the figure's region in pixels")
+    compare.set_defaults(run=_cmd_superres_compare)
+
+    upscale = actions.add_parser("upscale", help="upscale an image with a trained network")
+    upscale.add_argument("image", help="the image to upscale")
+    upscale.add_argument("--checkpoint", required=True, help="a superres train checkpoint (best.pt)")
+    upscale.add_argument("--out", required=True, help="the upscaled image file (PNG)")
+    upscale.set_defaults(run=_cmd_superres_upscale)
 
 
 def _add_inference_arguments(parser: argparse.ArgumentParser) -> None:

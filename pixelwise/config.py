@@ -15,9 +15,11 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 import yaml
+
+R = TypeVar("R")
 
 
 class ConfigError(ValueError):
@@ -115,6 +117,14 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     Raises:
         ConfigError: an unreadable file, an unknown key (valid keys listed) or a wrong type.
     """
+    config = load_recipe(Config, path, overrides)
+    check_ranges(config)
+    return config
+
+
+def load_recipe(recipe_type: type[R], path: str | Path | None = None, overrides: Sequence[str] = ()) -> R:
+    """Read a YAML file into the dataclass ``recipe_type`` (sections are nested dataclasses),
+    apply overrides, and check every key and type (not ranges: see :func:`check_ranges`)."""
     raw: dict = {}
     if path is not None:
         try:
@@ -128,13 +138,11 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
             raise ConfigError(f"config {str(path)!r} must be a mapping of sections, got {type(raw).__name__}")
     for override in overrides:
         _apply_override(raw, override)
-    config = _build(Config, raw, "")
-    check_ranges(config)
-    return config
+    return _build(recipe_type, raw, "")
 
 
 # Values that pass the type check but cannot work: (key, test, what the key needs).
-_RANGES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+RANGES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("data.batch_size", lambda v: v >= 1, "at least 1"),
     ("data.workers", lambda v: v >= 0, "0 (load in the main process) or more"),
     ("data.crop_size", lambda v: len(v) == 2 and min(v) >= 1, "two positive sizes [height, width]"),
@@ -157,13 +165,17 @@ _RANGES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
 )
 
 
-def check_ranges(config: Config) -> None:
+def check_ranges(config: Any, ranges: Sequence[tuple[str, Callable[[Any], bool], str]] = RANGES) -> None:
     """Refuse values of the right type that cannot work (a batch of 0, a negative learning rate, ...).
+
+    Args:
+        config: a recipe with ``optim`` and ``schedule`` sections.
+        ranges: ``(section.key, test, what the key needs)`` triples.
 
     Raises:
         ConfigError: naming the key, the value and what it needs.
     """
-    for key, test, needs in _RANGES:
+    for key, test, needs in ranges:
         section, name = key.split(".")
         value = getattr(getattr(config, section), name)
         if not test(value):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 # Scalars of an evaluation summary (pixelwise.metrics.summarize) and their TensorBoard tags.
 SUMMARY_TAGS = {"mean_iou": "val/mIoU", "pixel_accuracy": "val/pixel_accuracy",
@@ -32,11 +32,12 @@ class RunLog:
         enabled: ``False`` on ranks other than 0: every method then does nothing.
         resume_from: the iteration a resumed run starts from; later records are dropped first.
         class_names: names for the per-class IoU tags (class indices otherwise).
+        summary_tags: the evaluation summary's scalars and their TensorBoard tags.
     """
 
     def __init__(self, run_dir: str | Path, enabled: bool = True, resume_from: int | None = None,
-                 class_names: Sequence[str] | None = None) -> None:
-        self.enabled = enabled
+                 class_names: Sequence[str] | None = None, summary_tags: Mapping[str, str] = SUMMARY_TAGS) -> None:
+        self.enabled, self.summary_tags = enabled, summary_tags
         self.class_names = list(class_names) if class_names is not None else None
         self._handle = self._writer = None
         if not enabled:
@@ -62,14 +63,16 @@ class RunLog:
         self._writer.add_scalar("train/step_s", step_s, iteration)
 
     def evaluation(self, iteration: int, summary: dict) -> None:
-        """One validation summary (:meth:`pixelwise.metrics.ConfusionMatrix.summary`)."""
+        """One validation summary (:meth:`pixelwise.metrics.ConfusionMatrix.summary`, or any
+        summary holding the keys of ``summary_tags``)."""
         if not self.enabled:
             return
         self.record({"iteration": iteration, "eval": summary})
-        for key, tag in SUMMARY_TAGS.items():
+        for key, tag in self.summary_tags.items():
             self._writer.add_scalar(tag, summary[key], iteration)
-        names = self.class_names or [str(index) for index in range(len(summary["iou"]))]
-        for name, iou in zip(names, summary["iou"]):
+        per_class = summary.get("iou", [])
+        names = self.class_names or [str(index) for index in range(len(per_class))]
+        for name, iou in zip(names, per_class):
             if iou is not None:  # absent class: nothing to plot
                 self._writer.add_scalar(f"val/IoU/{name}", iou, iteration)
         self._writer.flush()
@@ -126,8 +129,14 @@ def truncate_metrics(path: str | Path, last_iteration: int) -> None:
     os.replace(temporary, path)
 
 
-def plot_curves(metrics_jsonl: str | Path, out_dir: str | Path) -> list[Path]:
-    """Draw ``loss.png`` (training loss) and ``miou.png`` (validation mIoU) from a run's history.
+# The validation curve plot_curves draws: (summary key, file name, title, axis label, y floor).
+MIOU_CURVE = ("mean_iou", "miou.png", "validation mean IoU", "mIoU", 0.0)
+
+
+def plot_curves(metrics_jsonl: str | Path, out_dir: str | Path,
+                curve: tuple[str, str, str, str, float | None] = MIOU_CURVE) -> list[Path]:
+    """Draw ``loss.png`` (training loss) and ``miou.png`` (validation mIoU; another ``curve`` of
+    the evaluation summaries if given) from a run's history.
 
     Uses matplotlib's Agg renderer through a bare ``Figure`` (no pyplot), so it works without a
     display and leaves the caller's matplotlib backend alone.
@@ -137,8 +146,8 @@ def plot_curves(metrics_jsonl: str | Path, out_dir: str | Path) -> list[Path]:
         out_dir: where to write the images.
 
     Returns:
-        The images written: ``loss.png`` when there are training steps, ``miou.png`` when there
-        are evaluations.
+        The images written: ``loss.png`` when there are training steps, the curve's image when
+        there are evaluations.
     """
     steps, evaluations = read_metrics(metrics_jsonl)
     out_dir = Path(out_dir)
@@ -150,9 +159,9 @@ def plot_curves(metrics_jsonl: str | Path, out_dir: str | Path) -> list[Path]:
         written.append(_line_plot(out_dir / "loss.png", "training loss", "loss", iterations, losses,
                                   smoothed=_moving_average(losses, max(1, len(losses) // 50))))
     if evaluations:
-        written.append(_line_plot(out_dir / "miou.png", "validation mean IoU", "mIoU",
-                                  [e["iteration"] for e in evaluations],
-                                  [e["eval"]["mean_iou"] for e in evaluations], marker="o", floor=0.0))
+        key, filename, title, label, floor = curve
+        written.append(_line_plot(out_dir / filename, title, label, [e["iteration"] for e in evaluations],
+                                  [e["eval"][key] for e in evaluations], marker="o", floor=floor))
     return written
 
 

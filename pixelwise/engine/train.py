@@ -25,7 +25,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -295,9 +295,9 @@ def train(config: Config, resume: bool = False, device: str | torch.device = "cp
         return _train(config, resume, overwrite, context, on_step, on_total)
 
 
-def prepare_run_folder(run_dir: Path, resume: bool, overwrite: bool) -> None:
+def prepare_run_folder(run_dir: Path, resume: bool, overwrite: bool, run_files: Sequence[str] = RUN_FILES) -> None:
     """Create the folder, refusing to start a new run over an earlier one's files; remove the
-    temporary files of interrupted checkpoint writes."""
+    temporary files of interrupted checkpoint writes. ``overwrite`` removes ``run_files``."""
     if run_dir.exists() and not run_dir.is_dir():
         raise RunFolderInUse(f"train.output_dir {str(run_dir)!r} is a file, not a folder; choose another "
                              f"train.output_dir")
@@ -306,7 +306,7 @@ def prepare_run_folder(run_dir: Path, resume: bool, overwrite: bool) -> None:
     if resume:
         return
     if overwrite:
-        for name in RUN_FILES:
+        for name in run_files:
             target = run_dir / name
             if target.is_dir():
                 shutil.rmtree(target)
@@ -444,20 +444,21 @@ def _restore(state: dict | None, model: nn.Module, optimizer: torch.optim.Optimi
                     state.get("time_budget"))
 
 
-def check_resume_config(config: Config, recorded: dict) -> None:
-    """Refuse to resume with settings other than the run's, except :data:`RESUMABLE_CHANGES`.
+def check_resume_config(config: Any, recorded: dict, allowed: Sequence[str] = RESUMABLE_CHANGES) -> None:
+    """Refuse to resume with settings other than the run's, except ``allowed`` (dotted keys or
+    sections).
 
     Raises:
         ConfigError: naming each changed key with its recorded and new values.
     """
     before, now = _flatten(recorded), _flatten(config_to_dict(config))
     changed = [key for key in now if key in before and now[key] != before[key]
-               and not any(key == allowed or key.startswith(allowed + ".") for allowed in RESUMABLE_CHANGES)]
+               and not any(key == name or key.startswith(name + ".") for name in allowed)]
     if changed:
         listing = "; ".join(f"{key}: {before[key]!r} -> {now[key]!r}" for key in changed)
         raise ConfigError(f"--resume continues the run as it was set up, but these settings differ from its "
                           f"config.yaml: {listing}. Resume with the run's settings (only "
-                          f"{', '.join(RESUMABLE_CHANGES)} may change), or start a new run (--overwrite, or "
+                          f"{', '.join(allowed)} may change), or start a new run (--overwrite, or "
                           f"another train.output_dir)")
 
 

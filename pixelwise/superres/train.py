@@ -1,0 +1,419 @@
+"""Training super-resolution networks with the segmentation engine's conventions.
+
+``pixelwise superres train --config configs/superres_espcn_x3.yaml [key=value ...]``: a YAML
+recipe checked key by key (:class:`SuperResConfig`), a wall-clock budget
+(``train.time_budget_min``, :mod:`pixelwise.engine.budget`), ``last.pt`` written atomically every
+``checkpoint_every`` iterations with everything to resume exactly (the batches and their crops
+are functions of the iteration, :mod:`pixelwise.engine.sampling`), ``best.pt`` at the best
+validation PSNR, ``metrics.jsonl`` / TensorBoard, and ``loss.png`` / ``psnr.png`` plots.
+
+Data: every image in the ``data.train`` folder is cropped to a multiple of the scale, downscaled
+(:func:`~pixelwise.superres.images.downscale`) and kept in memory as luminance; a training sample
+is a random ``patch_size`` square of one low-resolution frame (flipped and transposed at random)
+and the matching high-resolution square. Validation scores whole ``data.val`` images.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from pixelwise.config import RANGES, ConfigError, OptimConfig, ScheduleConfig, check_ranges, config_to_dict, \
+    load_recipe, save_config
+from pixelwise.data.io import DataError, decode_image
+from pixelwise.engine.budget import EVAL_PROBE_IMAGES, BudgetClock, BudgetPlan, iterations_for_budget
+from pixelwise.engine.checkpoint import load_checkpoint, non_finite_tensors, save_checkpoint
+from pixelwise.engine.predict import expand_inputs
+from pixelwise.engine.run_log import RunLog, plot_curves
+from pixelwise.engine.sampling import ResumableBatchSampler, SeededSamples
+from pixelwise.engine.train import (OPEN_ENDED, TrainingDiverged, build_optimizer, check_resume_config,
+                                    learning_rate, prepare_run_folder)
+from pixelwise.superres.images import downscale, luminance, modcrop, to_tensor, upscale_fixed
+from pixelwise.superres.models import create_sr_model
+from pixelwise.superres.quality import PEAK, PeriodicError, psnr, shave, ssim
+
+logger = logging.getLogger(__name__)
+
+RUN_FILES = ("config.yaml", "metrics.jsonl", "best.pt", "last.pt", "loss.png", "psnr.png", "tensorboard")
+RESUMABLE_CHANGES = ("train.iterations", "train.eval_every", "train.checkpoint_every", "train.output_dir",
+                     "data.train", "data.val", "data.workers")
+SUMMARY_TAGS = {"psnr": "val/PSNR", "ssim": "val/SSIM", "periodic_db": "val/periodic_error_dB"}
+PSNR_CURVE = ("psnr", "psnr.png", "validation PSNR (luminance)", "PSNR (dB)", None)
+TASK = "superres"  # checkpoints say what they hold
+
+
+@dataclass
+class SuperResModelConfig:
+    """Which network: ``espcn`` (``options.upsample``: transposed, nearest, bilinear,
+    pixelshuffle) or ``srcnn``, and the upscaling factor."""
+
+    name: str = "espcn"
+    scale: int = 3
+    options: dict = field(default_factory=dict)
+
+
+@dataclass
+class SuperResDataConfig:
+    """Folders of high-resolution images; patches in low-resolution pixels."""
+
+    train: str = "../shared/datasets/camvid/train"
+    val: str = "../shared/datasets/camvid/val"
+    patch_size: int = 24
+    batch_size: int = 32
+    workers: int = 0
+    val_images: int | None = None  # N validation images evenly spaced through the folder (None: all)
+
+
+@dataclass
+class SuperResTrainConfig:
+    """Length of the run, checkpoints and logging (as the segmentation recipe's ``train``)."""
+
+    iterations: int = 2000
+    eval_every: int = 500
+    checkpoint_every: int = 100
+    seed: int = 0
+    output_dir: str = "runs/superres"
+    time_budget_min: float | None = None
+
+
+@dataclass
+class SuperResConfig:
+    """A whole super-resolution recipe."""
+
+    model: SuperResModelConfig = field(default_factory=SuperResModelConfig)
+    data: SuperResDataConfig = field(default_factory=SuperResDataConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(weight_decay=0.0))
+    schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(name="cosine"))
+    loss: str = "mse"  # mse | l1
+    train: SuperResTrainConfig = field(default_factory=SuperResTrainConfig)
+
+
+_SR_RANGES = (
+    ("model.scale", lambda v: v >= 2, "an integer of at least 2"),
+    ("data.patch_size", lambda v: v >= 4, "at least 4 low-resolution pixels"),
+    ("data.batch_size", lambda v: v >= 1, "at least 1"),
+    ("data.workers", lambda v: v >= 0, "0 (load in the main process) or more"),
+    ("data.val_images", lambda v: v is None or v >= 1, "at least 1, or null for all"),
+    ("train.iterations", lambda v: v >= 1, "at least 1"),
+    ("train.eval_every", lambda v: v >= 1, "at least 1"),
+    ("train.checkpoint_every", lambda v: v >= 1, "at least 1"),
+    ("train.time_budget_min", lambda v: v is None or v > 0, "a positive number of minutes, or null"),
+    *(entry for entry in RANGES if entry[0].startswith(("optim.", "schedule."))),
+)
+
+
+def load_superres_config(path: str | Path | None = None, overrides: tuple[str, ...] | list[str] = ()) -> SuperResConfig:
+    """Read and check a super-resolution recipe (unknown keys, types and ranges)."""
+    config = load_recipe(SuperResConfig, path, overrides)
+    check_ranges(config, _SR_RANGES)
+    if config.loss not in ("mse", "l1"):
+        raise ConfigError(f"loss = {config.loss!r} is not supported: choose mse or l1")
+    return config
+
+
+class SuperResFrames(Dataset):
+    """High-resolution images of a folder with their low-resolution versions, in memory.
+
+    Attributes:
+        high_y: per image, 1×1×H×W luminance in [0, 1] (cropped to a multiple of the scale).
+        low_rgb: per image, 1×3×(H/s)×(W/s) low-resolution RGB in [0, 1], 8-bit values.
+        low_y: per image, its luminance in [0, 1].
+        paths: the files.
+    """
+
+    def __init__(self, folder: str | Path, scale: int, patch_size: int | None = None, limit: int | None = None) -> None:
+        self.scale, self.patch_size = scale, patch_size
+        self.paths = expand_inputs([folder])
+        if limit is not None and limit < len(self.paths):  # evenly spaced: frames of a video are alike nearby
+            self.paths = [self.paths[index * len(self.paths) // limit] for index in range(limit)]
+        self.high_y, self.low_rgb, self.low_y = [], [], []
+        for path in self.paths:
+            high = modcrop(to_tensor(decode_image(path)[0]), scale)
+            low = downscale(high, scale)
+            if patch_size is not None and min(low.shape[-2:]) < patch_size:
+                raise DataError(f"{path}: {tuple(high.shape[-2:])} is too small for {patch_size}-pixel patches at "
+                                f"scale {scale}; lower data.patch_size or remove the image", path, "too small")
+            self.high_y.append(luminance(high) / PEAK)
+            self.low_rgb.append(low)
+            self.low_y.append(luminance(low) / PEAK)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        """A random patch pair of image ``index`` (low 1×p×p, high 1×sp×sp), randomly flipped and
+        transposed; uses the global random generator (seeded per sample by the sampler)."""
+        if self.patch_size is None:
+            raise ValueError("these frames are for validation: pass patch_size to draw training patches")
+        low, high, size, scale = self.low_y[index][0], self.high_y[index][0], self.patch_size, self.scale
+        top = int(torch.randint(low.shape[-2] - size + 1, ()))
+        left = int(torch.randint(low.shape[-1] - size + 1, ()))
+        low = low[:, top:top + size, left:left + size]
+        high = high[:, top * scale:(top + size) * scale, left * scale:(left + size) * scale]
+        flips = torch.randint(2, (3,))
+        for axis in (-1, -2):
+            if flips[axis]:
+                low, high = low.flip(axis), high.flip(axis)
+        if flips[0]:
+            low, high = low.transpose(-1, -2), high.transpose(-1, -2)
+        return low.contiguous(), high.contiguous()
+
+
+@torch.no_grad()
+def super_resolve(model: nn.Module, low_y: Tensor) -> Tensor:
+    """The network's 1×1×sH×sW luminance in [0, 1] for 1×1×H×W luminance in [0, 1]."""
+    model.eval()
+    return model(low_y).clamp(0, 1)
+
+
+@torch.no_grad()
+def evaluate_frames(frames: SuperResFrames, upscale: Callable[[int], Tensor],
+                    indices: Sequence[int] | None = None) -> dict:
+    """PSNR / SSIM (mean over images) and the periodic error of one method on ``frames``.
+
+    Args:
+        upscale: maps an image index to the 1×1×sH×sW luminance in [0, 1] the method produces.
+        indices: the images to score (default: all).
+    """
+    scores, similarities, periodic = [], [], PeriodicError(frames.scale)
+    indices = range(len(frames)) if indices is None else indices
+    for index in indices:
+        output = shave(upscale(index) * PEAK, frames.scale)
+        target = shave(frames.high_y[index] * PEAK, frames.scale)
+        scores.append(psnr(output, target))
+        similarities.append(ssim(output, target))
+        periodic.add(output - target)
+    return {"psnr": float(torch.cat(scores).mean()), "ssim": float(torch.cat(similarities).mean()),
+            "periodic_db": periodic.excess_db, "periodic_rms": periodic.phase_rms, "images": len(indices)}
+
+
+def evaluate_network(model: nn.Module, frames: SuperResFrames, indices: Sequence[int] | None = None) -> dict:
+    """:func:`evaluate_frames` for a network on the frames' low-resolution luminance."""
+    return evaluate_frames(frames, lambda index: super_resolve(model, frames.low_y[index]), indices)
+
+
+def evaluate_interpolation(method: str, frames: SuperResFrames) -> dict:
+    """:func:`evaluate_frames` for a fixed rule applied to the low-resolution RGB image."""
+    return evaluate_frames(frames, lambda index: luminance(upscale_fixed(frames.low_rgb[index], frames.scale,
+                                                                         method)) / PEAK)
+
+
+@dataclass
+class SuperResResult:
+    """Where a run left its files and how it ended."""
+
+    run_dir: Path
+    iterations: int
+    best_psnr: float
+    bicubic: dict
+    last_metrics: dict | None
+    plots: list[Path] = field(default_factory=list)
+
+
+def train_superres(config: SuperResConfig, resume: bool = False, overwrite: bool = False,
+                   on_step: Callable[[int, float], None] | None = None,
+                   on_total: Callable[[int, BudgetPlan | None], None] | None = None) -> SuperResResult:
+    """Run (or resume, exactly) a super-resolution training run on the CPU.
+
+    Raises:
+        RunFolderInUse: the run folder holds an earlier run and neither ``resume`` nor ``overwrite``.
+        ConfigError: resuming with settings other than the run's (:data:`RESUMABLE_CHANGES` aside).
+        TrainingDiverged: the loss or a weight became NaN or infinite; the last checkpoint is kept.
+    """
+    if resume and overwrite:
+        raise ValueError("resume continues the run in the folder and overwrite replaces it: pass one of the two")
+    session_start = time.perf_counter()
+    run_dir = Path(config.train.output_dir)
+    prepare_run_folder(run_dir, resume, overwrite, RUN_FILES)
+    torch.manual_seed(config.train.seed)
+    scale = config.model.scale
+    train_frames = SuperResFrames(config.data.train, scale, config.data.patch_size)
+    val_frames = SuperResFrames(config.data.val, scale, limit=config.data.val_images)
+    model = create_sr_model(config.model.name, scale, **config.model.options)
+    optimizer = build_optimizer(config, model)
+    state = load_checkpoint(run_dir / "last.pt") if resume else None
+    run = _SuperResRun(config, model, optimizer, val_frames, run_dir, session_start, on_step, on_total)
+    run.restore(state)
+    save_config(config, run_dir / "config.yaml")
+    sampler = ResumableBatchSampler(len(train_frames), config.data.batch_size, config.train.seed, run.iteration,
+                                    OPEN_ENDED if config.train.time_budget_min is not None else run.total)
+    batches = iter(DataLoader(SeededSamples(train_frames), batch_sampler=sampler, num_workers=config.data.workers))
+    if state is not None:
+        torch.set_rng_state(state["rng"])  # after the loader drew its seed, as segmentation training does
+    with RunLog(run_dir, resume_from=run.iteration if state is not None else None,
+                summary_tags=SUMMARY_TAGS) as log:
+        if state is None:
+            log.record({"iteration": 0, "baseline": {"bicubic": run.bicubic}})
+        run.loop(batches, log)
+    plots = plot_curves(run_dir / "metrics.jsonl", run_dir, PSNR_CURVE)
+    return SuperResResult(run_dir, run.iteration, run.best_psnr, run.bicubic, run.last_metrics, plots)
+
+
+@dataclass
+class _SuperResRun:
+    """The loop's state: iteration, total, best PSNR, budget."""
+
+    config: SuperResConfig
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    val_frames: SuperResFrames
+    run_dir: Path
+    session_start: float
+    on_step: Callable[[int, float], None] | None
+    on_total: Callable[[int, BudgetPlan | None], None] | None
+    iteration: int = 0
+    total: int | None = None
+    best_psnr: float = -float("inf")
+    train_seconds: float = 0.0
+    budget: dict | None = None
+    bicubic: dict = field(default_factory=dict)
+    last_metrics: dict | None = None
+    clock: BudgetClock | None = None
+    recent_steps: list[float] = field(default_factory=list)
+
+    def restore(self, state: dict | None) -> None:
+        """Start afresh, or continue from a checkpoint of this run."""
+        config = self.config
+        if state is None:
+            self.total = None if config.train.time_budget_min is not None else config.train.iterations
+            self.bicubic = evaluate_interpolation("bicubic", self.val_frames)
+        else:
+            _check_task(state, self.run_dir / "last.pt")
+            check_resume_config(config, state.get("config") or {}, RESUMABLE_CHANGES)
+            diverged = non_finite_tensors(state["model"])
+            if diverged:
+                raise TrainingDiverged(f"last.pt holds NaN or infinite values ({', '.join(diverged[:3])}); train "
+                                       f"again with --overwrite and a lower optim.lr")
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.iteration, self.best_psnr = state["iteration"], state["best_psnr"]
+            self.train_seconds, self.budget, self.bicubic = state["train_seconds"], state["time_budget"], state["bicubic"]
+            self.total = state["total_iterations"] if config.train.time_budget_min is not None \
+                else config.train.iterations
+        if self.total is None:
+            # the budget counts from the start of the session: reading the frames is part of it
+            spent = self.train_seconds + time.perf_counter() - self.session_start
+            self.clock = BudgetClock(config.train.time_budget_min, spent_s=spent)
+        elif self.on_total is not None:
+            self.on_total(self.total, None)
+
+    def loop(self, batches, log: RunLog) -> None:
+        """Train until the total."""
+        loss_fn = nn.MSELoss() if self.config.loss == "mse" else nn.L1Loss()
+        tick = time.perf_counter()
+        for low, high in batches:
+            if self.total is not None and self.iteration >= self.total:
+                break
+            lr = learning_rate(self.iteration, self.total, self.config)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            self.model.train()
+            loss = loss_fn(self.model(low), high)
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(f"the loss became {loss.item()} at iteration {self.iteration + 1}; lower "
+                                       f"optim.lr. The last good checkpoint is kept.")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.iteration += 1
+            step_s = time.perf_counter() - tick
+            log.step(self.iteration, loss.item(), lr, step_s)
+            if self.on_step is not None:
+                self.on_step(self.iteration, loss.item())
+            self._time(step_s, log)
+            self._evaluate_and_save(log)
+            if self.total is not None and self.iteration >= self.total:
+                break
+            tick = time.perf_counter()
+
+    def _time(self, step_s: float, log: RunLog) -> None:
+        """Feed the budget clock until it fixes the total; then keep recent step times."""
+        if self.clock is None:
+            self.recent_steps = [*self.recent_steps[-49:], step_s]
+            return
+        self.clock.observe(step_s)
+        if self.clock.ready:
+            probe = range(min(EVAL_PROBE_IMAGES, len(self.val_frames)))
+            start = time.perf_counter()
+            evaluate_network(self.model, self.val_frames, probe)
+            eval_s = (time.perf_counter() - start) * len(self.val_frames) / len(probe)
+            plan = self.clock.plan(self.iteration, eval_s, self.config.train.eval_every)
+            self._set_plan(plan, log, "time_budget")
+            self.clock = None
+
+    def _set_plan(self, plan: BudgetPlan, log: RunLog, record: str) -> None:
+        if plan.total_iterations != self.total:
+            logger.info(plan.describe())
+            log.record({"iteration": self.iteration, record: plan.to_dict()})
+            if self.on_total is not None:
+                self.on_total(plan.total_iterations, plan)
+        self.total, self.budget = plan.total_iterations, plan.to_dict()
+
+    def _evaluate_and_save(self, log: RunLog) -> None:
+        train = self.config.train
+        final = self.total is not None and self.iteration >= self.total
+        saves = []
+        if self.iteration % train.eval_every == 0 or final:
+            start = time.perf_counter()
+            self.last_metrics = evaluate_network(self.model, self.val_frames)
+            log.evaluation(self.iteration, self.last_metrics)
+            if self.last_metrics["psnr"] > self.best_psnr:
+                self.best_psnr = self.last_metrics["psnr"]
+                saves.append("best.pt")
+            if self.budget is not None and not final and self.recent_steps:
+                self._revise(time.perf_counter() - start, log)
+                final = self.iteration >= self.total
+        if self.iteration % train.checkpoint_every == 0 or final:
+            saves.append("last.pt")
+        if saves:
+            self._save(saves)
+
+    def _revise(self, eval_s: float, log: RunLog) -> None:
+        """Re-fit the total to the speed measured since the plan (the machine's speed drifts)."""
+        elapsed = self.train_seconds + time.perf_counter() - self.session_start
+        step_s = sum(self.recent_steps) / len(self.recent_steps)
+        minutes = self.config.train.time_budget_min or self.budget["minutes"]
+        total = iterations_for_budget(minutes * 60.0, elapsed, self.iteration, step_s, eval_s,
+                                      self.config.train.eval_every)
+        self._set_plan(BudgetPlan(minutes, step_s, eval_s, elapsed, self.iteration, total), log,
+                       "time_budget_revised")
+
+    def _save(self, names: list[str]) -> None:
+        diverged = non_finite_tensors(self.model.state_dict())
+        if diverged:
+            raise TrainingDiverged(f"at iteration {self.iteration} the model's {', '.join(diverged[:3])} became NaN "
+                                   f"or infinite; lower optim.lr. The last checkpoint is kept.")
+        self.train_seconds += time.perf_counter() - self.session_start
+        self.session_start = time.perf_counter()
+        state = {"task": TASK, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "iteration": self.iteration, "total_iterations": self.total, "best_psnr": self.best_psnr,
+                 "train_seconds": self.train_seconds, "time_budget": self.budget, "rng": torch.get_rng_state(),
+                 "config": config_to_dict(self.config), "bicubic": self.bicubic,
+                 "model_spec": {"name": self.config.model.name, "scale": self.config.model.scale,
+                                "options": dict(self.config.model.options)}}
+        for name in names:
+            save_checkpoint(state, self.run_dir / name)
+
+
+def _check_task(state: dict, path: Path) -> None:
+    if state.get("task") != TASK:
+        raise ConfigError(f"{path} is not a super-resolution checkpoint (it has no task: {TASK!r}); a segmentation "
+                          f"checkpoint is used with pixelwise evaluate / predict")
+
+
+def load_superres_model(path: str | Path) -> tuple[nn.Module, dict]:
+    """A trained network (eval mode) and its spec ``{"name", "scale", "options"}`` from a checkpoint
+    (loaded with ``weights_only=True``: nothing in it runs)."""
+    state = load_checkpoint(path)
+    _check_task(state, Path(path))
+    spec = state["model_spec"]
+    model = create_sr_model(spec["name"], spec["scale"], **spec["options"])
+    model.load_state_dict(state["model"])
+    return model.eval(), spec

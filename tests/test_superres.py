@@ -1,0 +1,288 @@
+"""pixelwise.superres: image conventions, PSNR / SSIM against peers, the networks' sizes, the
+periodic-error measure, training (loss falls, resume is exact), compare and upscale."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from pixelwise.cli import main
+from pixelwise.config import ConfigError
+from pixelwise.data.io import DataError
+from pixelwise.layers.upsample import UPSAMPLE_KINDS
+from pixelwise.superres.compare import compare_methods, save_comparison_figure, upscale_file
+from pixelwise.superres.images import (bicubic_upscale, downscale, luminance, modcrop, rgb_to_ycbcr, to_pixels, to_tensor,
+                                       upscale_fixed, ycbcr_to_rgb)
+from pixelwise.superres.models import create_sr_model
+from pixelwise.superres.quality import PeriodicError, psnr, shave, ssim
+from pixelwise.superres.train import (SuperResFrames, load_superres_config, load_superres_model,
+                                      train_superres)
+
+
+def _smooth_image(generator: torch.Generator, height: int, width: int) -> np.ndarray:
+    """A photo-like uint8 RGB image: coarse noise upscaled, plus a little fine texture."""
+    coarse = torch.rand(1, 3, height // 6 + 1, width // 6 + 1, generator=generator)
+    image = F.interpolate(coarse, size=(height, width), mode="bicubic", align_corners=False)
+    image = image + 0.05 * torch.rand(1, 3, height, width, generator=generator)
+    return to_pixels(image.clamp(0, 1))
+
+
+@pytest.fixture(scope="module")
+def image_folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sr_images")
+    generator = torch.Generator().manual_seed(7)
+    for split, count in (("train", 4), ("val", 2)):
+        (root / split).mkdir()
+        for index in range(count):
+            Image.fromarray(_smooth_image(generator, 48, 60)).save(root / split / f"{index}.png")
+    return root
+
+
+def _overrides(root, out, *extra):
+    return [f"data.train={root / 'train'}", f"data.val={root / 'val'}", "data.patch_size=8", "data.batch_size=4",
+            "train.eval_every=5", "train.checkpoint_every=5", f"train.output_dir={out}",
+            "model.options={channels: [8, 8]}", *extra]
+
+
+# ------------------------------------------------------------------ conventions and metrics
+
+def test_ycbcr_matches_scikit_image_and_inverts():
+    from skimage.color import rgb2ycbcr
+
+    pixels = _smooth_image(torch.Generator().manual_seed(1), 12, 15)
+    ours = rgb_to_ycbcr(to_tensor(pixels).double())[0].permute(1, 2, 0).numpy()
+    np.testing.assert_allclose(ours, rgb2ycbcr(pixels), atol=1e-9)
+    rgb = to_tensor(pixels).double()
+    torch.testing.assert_close(ycbcr_to_rgb(rgb_to_ycbcr(rgb)), rgb)
+
+
+def test_psnr_matches_numpy_formula_and_torchmetrics_and_is_infinite_for_equal_images():
+    from torchmetrics.functional.image import peak_signal_noise_ratio
+
+    generator = torch.Generator().manual_seed(0)
+    a = torch.rand(2, 1, 20, 24, generator=generator, dtype=torch.float64) * 255
+    b = (a + torch.randn(2, 1, 20, 24, generator=generator, dtype=torch.float64) * 5).clamp(0, 255)
+    ours = psnr(b, a)
+    expected = [10 * np.log10(255 ** 2 / np.mean((b[i].numpy() - a[i].numpy()) ** 2)) for i in range(2)]
+    np.testing.assert_allclose(ours.numpy(), expected, rtol=1e-12)
+    peer = peak_signal_noise_ratio(b[:1], a[:1], data_range=255.0)
+    assert float(ours[0]) == pytest.approx(float(peer), rel=1e-6)  # torchmetrics sums in float32
+    assert math.isinf(float(psnr(a, a.clone())[0])), "identical images: inf, not capped"
+    with pytest.raises(ValueError, match="differ in shape"):
+        psnr(a, a[..., :-1])
+
+
+def test_ssim_matches_torchmetrics_on_the_valid_region():
+    """scikit-image's SSIM (what pixelwise uses) and torchmetrics' full SSIM map, cropped to the
+    window positions inside the image, agree."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    generator = torch.Generator().manual_seed(3)
+    a = torch.rand(1, 1, 30, 41, generator=generator, dtype=torch.float64) * 255
+    b = (a + torch.randn(1, 1, 30, 41, generator=generator, dtype=torch.float64) * 12).clamp(0, 255)
+    _, full = structural_similarity_index_measure(b, a, gaussian_kernel=True, sigma=1.5, kernel_size=11,
+                                                  data_range=255.0, return_full_image=True)
+    assert float(ssim(b, a)[0]) == pytest.approx(float(full[..., 5:-5, 5:-5].mean()), abs=1e-10)
+    assert float(ssim(a, a)[0]) == pytest.approx(1.0)
+    assert float(ssim(b, a)[0]) < 0.99
+
+
+def test_downscale_is_pils_antialiased_bicubic():
+    pixels = _smooth_image(torch.Generator().manual_seed(2), 36, 48)
+    ours = to_pixels(downscale(to_tensor(pixels), 3)).astype(int)
+    pil = np.asarray(Image.fromarray(pixels).resize((16, 12), Image.Resampling.BICUBIC)).astype(int)
+    # PIL rounds and clips to 8 bits between its horizontal and vertical passes
+    difference = np.abs(ours - pil)
+    assert difference.max() <= 3 and (difference <= 1).mean() > 0.99
+
+
+def test_fixed_upscaling_rules():
+    low = torch.rand(1, 3, 5, 7)
+    for method in ("nearest", "bilinear", "bicubic", "lanczos"):
+        assert upscale_fixed(low, 3, method).shape == (1, 3, 15, 21)
+    torch.testing.assert_close(upscale_fixed(low, 3, "nearest"),
+                               low.repeat_interleave(3, -1).repeat_interleave(3, -2))
+    # bicubic is MATLAB's and PIL's (Keys a = -0.5), not PyTorch's plain a = -0.75
+    plane = torch.rand(12, 16)
+    pil = np.asarray(Image.fromarray(plane.numpy(), mode="F").resize((48, 36), Image.Resampling.BICUBIC))
+    np.testing.assert_allclose(bicubic_upscale(plane[None, None], 3)[0, 0].numpy(), pil, atol=1e-5)
+    with pytest.raises(ValueError, match="unknown interpolation"):
+        upscale_fixed(low, 3, "cubic")
+    assert modcrop(torch.zeros(1, 3, 50, 61), 3).shape[-2:] == (48, 60)
+
+
+def test_periodic_error_finds_a_checkerboard_and_not_noise():
+    """Noise spreads over every frequency (0 dB, once averaged over images: a single image's few
+    peak bins are as variable as any); a pattern of period 3 stands far above it."""
+    generator = torch.Generator().manual_seed(4)
+    pattern = torch.tensor([[1.0, -1.0, 0.0], [0.0, 2.0, -1.0], [-1.0, 0.0, 0.0]], dtype=torch.float64)
+    tiled = pattern.repeat(32, 40)
+    plain, periodic = PeriodicError(3), PeriodicError(3)
+    for _ in range(30):
+        noise = torch.randn(96, 120, generator=generator, dtype=torch.float64)
+        plain.add(noise)
+        periodic.add(noise + tiled)
+    assert abs(plain.excess_db) < 1.0
+    assert periodic.excess_db > 20.0
+    assert periodic.phase_rms == pytest.approx(float((pattern - pattern.mean()).square().mean().sqrt()), rel=0.05)
+
+
+# ------------------------------------------------------------------ networks
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+@pytest.mark.parametrize("kind", [*UPSAMPLE_KINDS, "srcnn"])
+def test_networks_map_odd_sizes_to_scale_times(kind, scale):
+    model = create_sr_model("srcnn", scale) if kind == "srcnn" else create_sr_model("espcn", scale, upsample=kind)
+    for height, width in ((7, 9), (11, 5)):
+        assert model(torch.rand(2, 1, height, width)).shape == (2, 1, scale * height, scale * width)
+
+
+def test_espcn_depth_and_residual_start():
+    deep = create_sr_model("espcn", 3, channels=[16, 16, 8])
+    assert [m.out_channels for m in deep.features if isinstance(m, torch.nn.Conv2d)] == [16, 16, 8]
+    assert deep(torch.rand(1, 1, 7, 9)).shape == (1, 1, 21, 27)
+    # residual: the network adds its output to the bicubic enlargement; with the last layer
+    # zeroed it is exactly the bicubic rule
+    residual = create_sr_model("espcn", 3, upsample="pixelshuffle", residual=True)
+    torch.nn.init.zeros_(residual.upsampler.conv.weight)
+    torch.nn.init.zeros_(residual.upsampler.conv.bias)
+    low = torch.rand(1, 1, 8, 10)
+    torch.testing.assert_close(residual(low), bicubic_upscale(low, 3))
+    with pytest.raises(ValueError, match="positive feature widths"):
+        create_sr_model("espcn", 3, channels=[16, 0])
+
+
+def test_unknown_network_and_bad_scale():
+    with pytest.raises(ValueError, match="unknown super-resolution model"):
+        create_sr_model("edsr", 3)
+    with pytest.raises(ValueError, match="at least 2"):
+        create_sr_model("espcn", 1)
+    with pytest.raises(ValueError, match="unknown upsample kind"):
+        create_sr_model("espcn", 3, upsample="cubic")
+
+
+# ------------------------------------------------------------------ training
+
+def test_training_lowers_the_loss_and_resumes_exactly(image_folders, tmp_path):
+    config = load_superres_config(None, _overrides(image_folders, tmp_path / "whole", "train.iterations=20",
+                                                   "optim.lr=0.003"))
+    frames = SuperResFrames(image_folders / "train", 3, patch_size=8)
+    low, high = zip(*(frames[i] for i in range(len(frames))))
+    low, high = torch.stack(low), torch.stack(high)
+    untrained = create_sr_model("espcn", 3, channels=(8, 8))
+    torch.manual_seed(0)
+    whole = train_superres(config)
+    trained, _ = load_superres_model(whole.run_dir / "last.pt")
+    with torch.no_grad():
+        assert F.mse_loss(trained(low), high) < 0.7 * F.mse_loss(untrained(low), high)
+    assert (whole.run_dir / "psnr.png").is_file() and (whole.run_dir / "loss.png").is_file()
+    assert whole.bicubic["psnr"] > 0 and whole.last_metrics["images"] == 2
+
+    split = tmp_path / "split"
+    split_config = load_superres_config(None, _overrides(image_folders, split, "train.iterations=20",
+                                                         "optim.lr=0.003"))
+
+    def interrupt(iteration: int, loss: float) -> None:
+        if iteration == 12:  # two steps after the checkpoint at 10: they are replayed
+            raise KeyboardInterrupt
+
+    torch.manual_seed(0)
+    with pytest.raises(KeyboardInterrupt):
+        train_superres(split_config, on_step=interrupt)
+    torch.manual_seed(123)  # the resumed run's random state comes from the checkpoint
+    resumed = train_superres(split_config, resume=True)
+    assert resumed.iterations == 20
+    a = torch.load(whole.run_dir / "last.pt", weights_only=True)["model"]
+    b = torch.load(split / "last.pt", weights_only=True)["model"]
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
+    steps = [json.loads(line) for line in (split / "metrics.jsonl").read_text().splitlines()]
+    assert [s["iteration"] for s in steps if "loss" in s] == list(range(1, 21))
+
+
+def test_time_budget_sizes_the_run(image_folders, tmp_path):
+    result = train_superres(load_superres_config(None, _overrides(image_folders, tmp_path / "budget",
+                                                                  "train.time_budget_min=0.15")))
+    records = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    plans = [r for r in records if "time_budget" in r]
+    assert len(plans) == 1 and result.iterations >= plans[0]["time_budget"]["decided_at"]
+    assert torch.load(result.run_dir / "last.pt", weights_only=True)["iteration"] == result.iterations
+
+
+def test_bad_inputs_are_named(image_folders, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    Image.fromarray(_smooth_image(torch.Generator().manual_seed(5), 48, 60)).save(broken / "good.png")
+    (broken / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    with pytest.raises(DataError, match="bad.png"):
+        SuperResFrames(broken, 3, patch_size=8)
+    with pytest.raises(DataError, match="too small"):
+        SuperResFrames(image_folders / "val", 3, patch_size=64)
+    with pytest.raises(ConfigError, match="unknown key 'model.upsample'"):
+        load_superres_config(None, ["model.upsample=transposed"])
+    with pytest.raises(ConfigError, match="loss"):
+        load_superres_config(None, ["loss=ssim"])
+    with pytest.raises(ConfigError, match="model.scale"):
+        load_superres_config(None, ["model.scale=1"])
+
+
+def test_a_segmentation_checkpoint_is_refused(tiny_checkpoint):
+    with pytest.raises(ConfigError, match="not a super-resolution checkpoint"):
+        load_superres_model(tiny_checkpoint)
+
+
+# ------------------------------------------------------------------ compare and upscale
+
+@pytest.fixture(scope="module")
+def sr_checkpoint(image_folders, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sr_run")
+    result = train_superres(load_superres_config(None, _overrides(image_folders, out, "train.iterations=10",
+                                                                  "model.options={upsample: transposed, "
+                                                                  "channels: [8, 8]}")))
+    return result.run_dir / "best.pt"
+
+
+def test_compare_scores_every_method(image_folders, sr_checkpoint, tmp_path):
+    comparison = compare_methods([image_folders / "val"], 3, [sr_checkpoint])
+    rows = {row.method: row for row in comparison.rows}
+    assert list(rows) == ["nearest", "bilinear", "bicubic", "lanczos", "espcn-transposed"]
+    assert rows["bicubic"].psnr > rows["nearest"].psnr
+    for name in ("nearest", "bilinear", "bicubic"):
+        assert rows[name].checkerboard == pytest.approx(0.0, abs=1e-9)
+        assert rows[name].upsampler_checkerboard is None
+    assert rows["espcn-transposed"].upsampler_checkerboard is not None
+    assert all(math.isfinite(row.periodic_db) and row.periodic_rms > 0 for row in comparison.rows)
+    # the bicubic row is what training logs as its baseline
+    frames = SuperResFrames(image_folders / "val", 3)
+    from pixelwise.superres.train import evaluate_interpolation
+    assert evaluate_interpolation("bicubic", frames)["psnr"] == pytest.approx(rows["bicubic"].psnr, rel=1e-9)
+    figure = save_comparison_figure(comparison, tmp_path / "figure.png", size=24)
+    assert Image.open(figure).size[0] > 300
+
+
+def test_cli_train_compare_upscale(image_folders, sr_checkpoint, tmp_path, capsys):
+    run = tmp_path / "cli_run"
+    assert main(["superres", "train", *_overrides(image_folders, run, "train.iterations=5")]) == 0
+    assert "best validation PSNR" in capsys.readouterr().out
+    assert main(["superres", "train", *_overrides(image_folders, run, "train.iterations=5")]) == 2
+    assert "--resume" in capsys.readouterr().out
+    out = tmp_path / "compare"
+    assert main(["superres", "compare", str(image_folders / "val"), "--scale", "3", "--checkpoint",
+                 str(sr_checkpoint), "--out", str(out), "--crop", "24"]) == 0
+    table = capsys.readouterr().out
+    assert "espcn-transposed" in table and "lanczos" in table
+    assert (out / "comparison.png").is_file()
+    assert len(json.loads((out / "comparison.json").read_text())["rows"]) == 5
+    assert main(["superres", "compare", str(image_folders / "val"), "--scale", "2", "--checkpoint",
+                 str(sr_checkpoint), "--out", str(out)]) == 2
+    assert "upscales by 3" in capsys.readouterr().out
+    image = image_folders / "val" / "0.png"
+    assert main(["superres", "upscale", str(image), "--checkpoint", str(sr_checkpoint), "--out",
+                 str(tmp_path / "big.png")]) == 0
+    assert Image.open(tmp_path / "big.png").size == (180, 144)
+    assert upscale_file(sr_checkpoint, image, tmp_path / "b.png") == ((48, 60), (144, 180))
