@@ -132,6 +132,20 @@ def test_periodic_error_finds_a_checkerboard_and_not_noise():
     assert periodic.phase_rms == pytest.approx(float((pattern - pattern.mean()).square().mean().sqrt()), rel=0.05)
 
 
+def test_nearest_displaces_its_sub_pixel_phases():
+    """On a ramp nearest's phases copy a sample 1 px to their left, their own, and 1 px to their
+    right (×3): per-phase errors of -slope, 0, +slope, a periodic error of RMS slope·√(2/3);
+    linear rules reproduce the ramp."""
+    ramp = torch.linspace(0, 1, 96, dtype=torch.float64).expand(1, 1, 48, 96)
+    low = downscale(ramp, 3)
+    scores = {}
+    for method in ("nearest", "bilinear"):
+        scores[method] = PeriodicError(3)
+        scores[method].add(shave((upscale_fixed(low, 3, method) - ramp) * 255, 3)[0, 0])
+    assert scores["nearest"].phase_rms == pytest.approx(255 / 95 * math.sqrt(2 / 3), rel=1e-6)
+    assert scores["bilinear"].phase_rms < 0.01 and scores["nearest"].excess_db > 40
+
+
 # ------------------------------------------------------------------ networks
 
 @pytest.mark.parametrize("scale", [2, 3, 4])

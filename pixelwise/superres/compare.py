@@ -173,16 +173,17 @@ def save_comparison_figure(comparison: Comparison, path: str | Path, region: tup
     axes = figure.subplots(2, len(names) + 1, squeeze=False)
     axes[0, 0].imshow(to_pixels(comparison.high)[rows, cols])
     axes[0, 0].set_title("original", fontsize=9)
-    limit = max(float(error.abs().max()) for error in comparison.errors.values()) or 1.0
+    # errors are measured inside the border: shift the crop by it
+    crops = {name: error[0, 0].abs()[max(0, top - border):top - border + size,
+                                     max(0, left - border):left - border + size]
+             for name, error in comparison.errors.items()}
+    # one colour scale for every method, saturating at the 99th percentile so typical errors show
+    limit = float(torch.quantile(torch.cat([crop.flatten() for crop in crops.values()]).float(), 0.99)) or 1.0
     shown = None
     for column, name in enumerate(names, start=1):
         axes[0, column].imshow(to_pixels(comparison.outputs[name])[rows, cols])
         axes[0, column].set_title(f"{name}\n{scores[name].psnr:.2f} dB", fontsize=9)
-        error = comparison.errors[name][0, 0].abs().numpy()
-        # errors are measured inside the border: shift the crop by it
-        shown = axes[1, column].imshow(error[max(0, top - border):top - border + size,
-                                             max(0, left - border):left - border + size],
-                                       cmap="magma", vmin=0, vmax=limit)
+        shown = axes[1, column].imshow(crops[name].numpy(), cmap="magma", vmin=0, vmax=limit)
     for axis in axes.flat:
         axis.set_xticks([])
         axis.set_yticks([])

@@ -9,7 +9,7 @@ neighbours on one side.
 - :func:`ssim`: Wang et al. (2004) with an 11×11 Gaussian window (σ = 1.5), K1 = 0.01,
   K2 = 0.03, averaged over the window positions that lie inside the image (the reference
   MATLAB code's rule), computed by scikit-image (a test checks it against torchmetrics).
-- :func:`periodic_error`: the Fourier power of an error at the frequencies of a period-``scale``
+- :class:`PeriodicError`: the Fourier power of an error at the frequencies of a period-``scale``
   pattern (the checkerboard of Odena et al., 2016) against the power of their neighbours.
 """
 from __future__ import annotations
@@ -71,10 +71,12 @@ class PeriodicError:
     mean power of the bins around each (a (2·radius + 1)² window, the peak left out): 0 dB is
     no periodic component, 10 dB peaks ten times their surroundings.
 
-    What it isolates is a pattern that stays put while the content changes: offsets or gains
-    per sub-pixel phase, the checkerboard of uneven kernel overlap. Errors that follow the
-    content, such as the staircase of nearest-neighbour upscaling, spread around these
-    frequencies instead (its box kernel has zeros on them), so they score near or below 0 dB.
+    What it isolates is an error that differs by sub-pixel phase in the same way across the
+    image: offsets or gains per phase, the checkerboard of uneven kernel overlap, and the
+    displacement of nearest-neighbour upscaling, whose phases copy a sample from −1, 0 and +1
+    pixels away (at ×3), so on an image with gradients each phase errs differently (4.5 dB on
+    CamVid val ×3, against 0.7 dB for bilinear and bicubic). Errors that vary with the content
+    alone spread over every frequency and score near 0 dB.
     """
 
     scale: int
