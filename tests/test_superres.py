@@ -178,6 +178,8 @@ def test_unknown_network_and_bad_scale():
         create_sr_model("espcn", 1)
     with pytest.raises(ValueError, match="unknown upsample kind"):
         create_sr_model("espcn", 3, upsample="cubic")
+    with pytest.raises(ValueError, match="srcnn has no option 'upsample'; its options are channels"):
+        create_sr_model("srcnn", 3, upsample="pixelshuffle")
 
 
 # ------------------------------------------------------------------ training

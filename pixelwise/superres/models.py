@@ -16,6 +16,7 @@ convolutions pad by replicating the border, so borders are not darkened.
 """
 from __future__ import annotations
 
+import inspect
 from typing import Callable
 
 from torch import Tensor, nn
@@ -91,7 +92,13 @@ def create_sr_model(name: str, scale: int, **options: object) -> nn.Module:
     """Build a registered super-resolution network (:data:`SR_MODELS`) for an integer ``scale`` ≥ 2."""
     if not isinstance(scale, int) or isinstance(scale, bool) or scale < 2:
         raise ValueError(f"a super-resolution scale must be an integer of at least 2, got {scale!r}")
-    return SR_MODELS[name](scale, **options)
+    builder = SR_MODELS[name]
+    accepted = [key for key in inspect.signature(builder).parameters if key != "scale"]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ValueError(f"{name} has no option {', '.join(map(repr, unknown))}; its options are "
+                         f"{', '.join(accepted)} (model.options in a recipe)")
+    return builder(scale, **options)
 
 
 def method_name(name: str, options: dict) -> str:
