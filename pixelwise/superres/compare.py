@@ -23,8 +23,8 @@ from pixelwise.engine.predict import expand_inputs
 from pixelwise.superres.images import (FIXED_METHODS, downscale, luminance, modcrop, rgb_to_ycbcr, to_pixels,
                                        to_tensor, upscale_fixed, ycbcr_to_rgb)
 from pixelwise.superres.models import ESPCN, method_name
-from pixelwise.superres.quality import PEAK, PeriodicError, psnr, shave, ssim
-from pixelwise.superres.train import load_superres_model
+from pixelwise.superres.quality import PEAK, QualityScores
+from pixelwise.superres.train import load_superres_model, super_resolve
 
 CHECKERBOARD_SIZE = 16  # input side of the constant image the checkerboard score uses
 
@@ -74,7 +74,7 @@ class Interpolation(nn.Module):
 @torch.no_grad()
 def upscale_luminance(model: nn.Module, low: Tensor) -> Tensor:
     """The network's upscaled luminance (1×1×sH×sW, grey levels in [0, 255]) of RGB ``low``."""
-    return model.eval()(luminance(low) / PEAK).clamp(0, 1) * PEAK
+    return super_resolve(model, luminance(low) / PEAK) * PEAK
 
 
 @torch.no_grad()
@@ -116,32 +116,28 @@ def compare_methods(images: Sequence[str | Path], scale: int, checkpoints: Seque
     folders or patterns) at ``scale``."""
     paths = expand_inputs(list(images))
     methods = _methods(scale, checkpoints, fixed)
-    scores = {name: ([], [], PeriodicError(scale), [0.0]) for name, _, _ in methods}
+    scores = {name: QualityScores(scale) for name, _, _ in methods}
+    seconds = dict.fromkeys(scores, 0.0)
     comparison = Comparison(scale, [str(path) for path in paths], [])
     for number, path in enumerate(paths):
         high = modcrop(to_tensor(decode_image(path)[0]), scale)
-        low, target = downscale(high, scale), shave(luminance(high), scale)
+        low, target = downscale(high, scale), luminance(high)
         for name, module, learned in methods:
             start = time.perf_counter()
             rgb, y = _upscale(module, learned, low, scale)
-            psnrs, ssims, periodic, seconds = scores[name]
-            seconds[0] += time.perf_counter() - start
-            error = shave(y, scale) - target
-            psnrs.append(psnr(shave(y, scale), target))
-            ssims.append(ssim(shave(y, scale), target))
-            periodic.add(error)
+            seconds[name] += time.perf_counter() - start
+            error = scores[name].add(y, target)
             if number == 0:
                 comparison.high, comparison.outputs[name], comparison.errors[name] = high, rgb, error
     for name, module, learned in methods:
-        psnrs, ssims, periodic, seconds = scores[name]
+        summary = scores[name].summary()
         channels = 3 if not learned else 1
         upsampler = None
         if isinstance(module, ESPCN):
             upsampler = checkerboard_score(module.upsampler, module.upsampler_channels, scale, CHECKERBOARD_SIZE)
         comparison.rows.append(MethodScore(
-            name, float(torch.cat(psnrs).mean()), float(torch.cat(ssims).mean()),
-            checkerboard_score(module, channels, scale, CHECKERBOARD_SIZE), upsampler, periodic.excess_db,
-            periodic.phase_rms, 1000.0 * seconds[0] / len(paths)))
+            name, summary["psnr"], summary["ssim"], checkerboard_score(module, channels, scale, CHECKERBOARD_SIZE),
+            upsampler, summary["periodic_db"], summary["periodic_rms"], 1000.0 * seconds[name] / len(paths)))
     return comparison
 
 

@@ -15,7 +15,7 @@ neighbours on one side.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -120,3 +120,33 @@ class PeriodicError:
         if self.background_power == 0:
             return math.inf if self.peak_power > 0 else 0.0
         return 10.0 * math.log10(max(self.peak_power, 1e-300) / self.background_power)
+
+
+@dataclass
+class QualityScores:
+    """PSNR, SSIM and :class:`PeriodicError` of one method over images, as the tables report them."""
+
+    scale: int
+    psnrs: list[Tensor] = field(default_factory=list)
+    ssims: list[Tensor] = field(default_factory=list)
+    periodic: PeriodicError = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.periodic = PeriodicError(self.scale)
+
+    def add(self, output: Tensor, target: Tensor) -> Tensor:
+        """Score one 1×1×H×W luminance image in [0, 255] against its target, ``scale`` pixels of
+        border cropped; returns the cropped error."""
+        output, target = shave(output, self.scale), shave(target, self.scale)
+        self.psnrs.append(psnr(output, target))
+        self.ssims.append(ssim(output, target))
+        error = output - target
+        self.periodic.add(error)
+        return error
+
+    def summary(self) -> dict:
+        """Means over the images of PSNR and SSIM, and the periodic error of all of them."""
+        return {"psnr": float(torch.cat(self.psnrs).mean()), "ssim": float(torch.cat(self.ssims).mean()),
+                "periodic_db": self.periodic.excess_db, "periodic_rms": self.periodic.phase_rms,
+                "images": len(self.psnrs)}
+

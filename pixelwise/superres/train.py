@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -37,7 +36,7 @@ from pixelwise.engine.train import (OPEN_ENDED, TrainingDiverged, build_optimize
                                     learning_rate, prepare_run_folder)
 from pixelwise.superres.images import downscale, luminance, modcrop, to_tensor, upscale_fixed
 from pixelwise.superres.models import create_sr_model
-from pixelwise.superres.quality import PEAK, PeriodicError, psnr, shave, ssim
+from pixelwise.superres.quality import PEAK, QualityScores
 
 logger = logging.getLogger(__name__)
 
@@ -182,16 +181,10 @@ def evaluate_frames(frames: SuperResFrames, upscale: Callable[[int], Tensor],
         upscale: maps an image index to the 1×1×sH×sW luminance in [0, 1] the method produces.
         indices: the images to score (default: all).
     """
-    scores, similarities, periodic = [], [], PeriodicError(frames.scale)
-    indices = range(len(frames)) if indices is None else indices
-    for index in indices:
-        output = shave(upscale(index) * PEAK, frames.scale)
-        target = shave(frames.high_y[index] * PEAK, frames.scale)
-        scores.append(psnr(output, target))
-        similarities.append(ssim(output, target))
-        periodic.add(output - target)
-    return {"psnr": float(torch.cat(scores).mean()), "ssim": float(torch.cat(similarities).mean()),
-            "periodic_db": periodic.excess_db, "periodic_rms": periodic.phase_rms, "images": len(indices)}
+    scores = QualityScores(frames.scale)
+    for index in range(len(frames)) if indices is None else indices:
+        scores.add(upscale(index) * PEAK, frames.high_y[index] * PEAK)
+    return scores.summary()
 
 
 def evaluate_network(model: nn.Module, frames: SuperResFrames, indices: Sequence[int] | None = None) -> dict:
