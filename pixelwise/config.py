@@ -47,6 +47,10 @@ class DataConfig:
     val_split: str = "val"
     crop_size: list[int] = field(default_factory=lambda: [256, 256])
     scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])
+    hflip: float = 0.5  # probability of a horizontal flip; 0 for none
+    # Image-only colour jitter: one strength for brightness, contrast and saturation, or
+    # [brightness, contrast, saturation, hue]; null or 0 for none.
+    color_jitter: float | list[float] | None = 0.3
     batch_size: int = 8  # per process: under torchrun the global batch is batch_size × processes
     workers: int = 2
     options: dict = field(default_factory=dict)  # format-specific: num_classes, mask_colors, ...
@@ -147,6 +151,10 @@ RANGES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("data.workers", lambda v: v >= 0, "0 (load in the main process) or more"),
     ("data.crop_size", lambda v: len(v) == 2 and min(v) >= 1, "two positive sizes [height, width]"),
     ("data.scale_range", lambda v: len(v) == 2 and 0 < v[0] <= v[1], "[low, high] with 0 < low <= high"),
+    ("data.hflip", lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
+    ("data.color_jitter", lambda v: v is None or (isinstance(v, float) and 0 <= v < math.inf)
+     or (isinstance(v, list) and len(v) == 4 and all(0 <= x < math.inf for x in v[:3]) and 0 <= v[3] <= 0.5),
+     "null, one strength >= 0, or [brightness, contrast, saturation, hue] with each >= 0 and hue <= 0.5"),
     ("optim.name", lambda v: v.lower() in ("sgd", "adamw"), "sgd or adamw"),
     ("optim.lr", lambda v: 0 < v < math.inf, "a positive number"),
     ("optim.weight_decay", lambda v: 0 <= v < math.inf, "0 or more"),

@@ -156,7 +156,8 @@ def test_banded_png_outputs_equal_pils(tmp_path: Path) -> None:
     ("data.crop_size=[0, 32]", "data.crop_size"), ("data.scale_range=[2.0, 0.5]", "data.scale_range"),
     ("train.amp=fp8", "train.amp"), ("optim.name=adam", "optim.name"), ("schedule.name=step", "schedule.name"),
     ("schedule.warmup_iters=-1", "schedule.warmup_iters"), ("train.time_budget_min=0", "train.time_budget_min"),
-    ("optim.lr=.nan", "optim.lr"),
+    ("optim.lr=.nan", "optim.lr"), ("data.hflip=1.5", "data.hflip"), ("data.color_jitter=-0.2", "data.color_jitter"),
+    ("data.color_jitter=[0.2, 0.2]", "data.color_jitter"), ("data.color_jitter=[0.2, 0.2, 0.2, 0.7]", "data.color_jitter"),
 ])
 def test_values_of_the_right_type_that_cannot_work_are_refused_by_key(override: str, key: str) -> None:
     with pytest.raises(ConfigError, match=rf"^{key} = .* cannot work: it must be"):

@@ -30,6 +30,33 @@ def test_file_then_overrides_win(tmp_path: Path) -> None:
     assert config.loss == {"ce": 1.0, "dice": 0.5}
 
 
+def test_augmentation_strength_is_a_recipe_key() -> None:
+    import torch
+    from torchvision.transforms import v2
+
+    from pixelwise.engine.train import build_datasets
+
+    def steps(overrides: list[str]) -> list[v2.Transform]:
+        config = load_config(None, ["data.options={length: 2, size: 32}", "data.crop_size=[16, 16]", *overrides])
+        train_set, _ = build_datasets(config)
+        return list(train_set.transform.pipeline.transforms)
+
+    default = steps([])
+    flips = [s for s in default if isinstance(s, v2.RandomHorizontalFlip)]
+    jitters = [s for s in default if isinstance(s, v2.ColorJitter)]
+    assert flips[0].p == 0.5 and jitters[0].brightness == (0.7, 1.3) and jitters[0].hue is None
+    custom = steps(["data.hflip=0", "data.color_jitter=[0.5, 0.1, 0.2, 0.05]"])
+    assert not any(isinstance(s, v2.RandomHorizontalFlip) for s in custom)
+    (jitter,) = [s for s in custom if isinstance(s, v2.ColorJitter)]
+    assert jitter.brightness == (0.5, 1.5) and jitter.contrast == (0.9, 1.1) and jitter.hue == (-0.05, 0.05)
+    plain = steps(["data.hflip=0", "data.color_jitter=null", "data.scale_range=[1, 1]"])
+    assert not any(isinstance(s, (v2.RandomHorizontalFlip, v2.ColorJitter)) for s in plain)
+    train_set, _ = build_datasets(load_config(None, ["data.options={length: 2, size: 16}", "data.crop_size=[16, 16]",
+                                                     "data.hflip=0", "data.color_jitter=0", "data.scale_range=[1, 1]"]))
+    first, again = train_set[0], train_set[0]
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1]), "no random step left"
+
+
 def test_int_is_accepted_where_a_float_is_expected() -> None:
     config = load_config(None, ["optim.lr=1"])
     assert config.optim.lr == 1.0 and isinstance(config.optim.lr, float)
