@@ -47,3 +47,36 @@ def test_recipe_trains_two_steps_on_camvid(recipe: Path, tmp_path: Path) -> None
     state = load_checkpoint(tmp_path / "run" / "last.pt")
     assert result.iterations == 2 and state["model_spec"]["num_classes"] == 11
     assert state["classes"]["names"][:3] == ["Sky", "Building", "Pole"]
+
+
+@pytest.mark.slow
+def test_recipe_ab_trains_variants_side_by_side_and_completes_on_rerun(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text("model: {name: unet, options: {base_channels: 4, depth: 2}}\n"
+                      "data: {format: synthetic, crop_size: [32, 32], batch_size: 2, workers: 0,"
+                      " options: {size: 32, length: 4}}\n"
+                      "train: {iterations: 2, eval_every: 2, checkpoint_every: 1}\n")
+    command = [sys.executable, str(REPO / "benchmarks" / "recipe_ab.py"), "--config", str(recipe),
+               "--out", str(tmp_path / "ab"), "--threads", "1", "--classes", "disc", "ring",
+               "--report", str(tmp_path / "ab.json"), "--variant", "plain", "data.hflip=0",
+               "--variant", "fast", "optim.lr=0.01"]
+    first = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    assert first.returncode == 0, first.stderr
+    report = json.loads((tmp_path / "ab.json").read_text())
+    assert report["variants"] == {"plain": ["data.hflip=0"], "fast": ["optim.lr=0.01"]}
+    for name in ("plain", "fast"):
+        result = report["results"][name]
+        assert result["iteration"] == 2 and set(result["class_iou"]) == {"disc", "ring"}
+        assert 0 <= result["mean_iou"] <= 1 and result["trimap_accuracy"] is not None
+        assert list(result["val_history"]) == ["2"]
+        assert load_checkpoint(tmp_path / "ab" / name / "last.pt")["config"]["train"]["seed"] == 0
+    assert load_checkpoint(tmp_path / "ab" / "plain" / "last.pt")["config"]["data"]["hflip"] == 0
+    assert "| plain | 2 |" in first.stdout
+    again = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    assert again.returncode == 0, again.stderr
+    assert "plain: " in again.stdout and "is finished; not trained again" in again.stdout
+    assert json.loads((tmp_path / "ab.json").read_text())["results"] == report["results"]
