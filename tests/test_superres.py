@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -59,6 +60,15 @@ def test_ycbcr_matches_scikit_image_and_inverts():
     np.testing.assert_allclose(ours, rgb2ycbcr(pixels), atol=1e-9)
     rgb = to_tensor(pixels).double()
     torch.testing.assert_close(ycbcr_to_rgb(rgb_to_ycbcr(rgb)), rgb)
+
+
+def test_a_read_only_array_converts_without_a_warning():
+    pixels = np.ascontiguousarray(_smooth_image(torch.Generator().manual_seed(2), 5, 7))
+    pixels.setflags(write=False)  # as np.asarray of a PIL image returns
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        image = to_tensor(pixels)
+    assert np.array_equal(to_pixels(image), pixels)
 
 
 def test_psnr_matches_numpy_formula_and_torchmetrics_and_is_infinite_for_equal_images():

@@ -28,7 +28,7 @@ _OFFSET = torch.tensor([16.0, 128.0, 128.0], dtype=torch.float64)
 
 def to_tensor(pixels: np.ndarray) -> Tensor:
     """uint8 H×W×3 RGB as float32 1×3×H×W in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)[None].float().div(255.0)
+    return torch.tensor(pixels).permute(2, 0, 1)[None].float().div(255.0)  # a copy: the array may be read-only
 
 
 def to_pixels(image: Tensor) -> np.ndarray:
