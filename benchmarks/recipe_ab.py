@@ -20,7 +20,7 @@ Aligned against half-pixel DeepLabV3+ decoders on the held-out CamVid sequence 0
         --variant aligned 'model.options={output_stride: 16, aligned: true}' \\
         --variant half-pixel 'model.options={output_stride: 16, aligned: false}'
 
-Prints a Markdown table and writes ``benchmarks/results/recipe_ab.json`` (``--report``).
+Prints a Markdown table and writes ``benchmarks/results/recipe_ab.json`` (``--output``).
 """
 from __future__ import annotations
 
@@ -131,7 +131,7 @@ def main() -> None:
                         help="classes whose IoU gets a column (those the model has)")
     parser.add_argument("--boundary-width", type=int, default=3)
     parser.add_argument("--evaluate-only", action="store_true", help="score the run folders as they are")
-    parser.add_argument("--report", type=Path, default=RESULTS)
+    parser.add_argument("--output", type=Path, default=RESULTS, help="where to write the JSON")
     args = parser.parse_args()
     variants = [(spec[0], spec[1:]) for spec in args.variant]
     names = [name for name, _ in variants]
@@ -147,7 +147,7 @@ def main() -> None:
         print(f"{name}: mIoU {percent(results[name]['mean_iou'])}")
     print(table(results, args.classes, args.boundary_width))
     write_report({"config": args.config, "shared": args.set, "variants": dict(variants),
-                  "boundary_width": args.boundary_width, "results": results}, args.report)
+                  "boundary_width": args.boundary_width, "results": results}, args.output)
 
 
 if __name__ == "__main__":

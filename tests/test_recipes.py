@@ -62,7 +62,7 @@ def test_recipe_ab_trains_variants_side_by_side_and_completes_on_rerun(tmp_path:
                       "train: {iterations: 2, eval_every: 2, checkpoint_every: 1}\n")
     command = [sys.executable, str(REPO / "benchmarks" / "recipe_ab.py"), "--config", str(recipe),
                "--out", str(tmp_path / "ab"), "--threads", "1", "--classes", "disc", "ring",
-               "--report", str(tmp_path / "ab.json"), "--variant", "plain", "data.hflip=0",
+               "--output", str(tmp_path / "ab.json"), "--variant", "plain", "data.hflip=0",
                "--variant", "fast", "optim.lr=0.01"]
     first = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
     assert first.returncode == 0, first.stderr
