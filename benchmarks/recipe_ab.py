@@ -30,8 +30,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import torch
-
 from pixelwise.engine.checkpoint import load_checkpoint
 from pixelwise.engine.evaluation import evaluate_checkpoint
 from pixelwise.engine.run_log import read_metrics
@@ -140,7 +138,6 @@ def main() -> None:
     if not args.evaluate_only:
         threads = args.threads or max(1, (os.cpu_count() or 1) // len(variants))
         train_variants(args.config, variants, args.set, args.out, threads)
-    torch.set_num_threads(os.cpu_count() or 1)
     results = {}
     for name in names:
         results[name] = score(args.out / name, args.classes, args.boundary_width)

@@ -4,9 +4,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from torchvision.transforms import v2
 
 from pixelwise.config import Config, ConfigError, config_to_dict, load_config, save_config
+from pixelwise.engine.train import build_datasets
 
 
 def _write(tmp_path: Path, text: str) -> Path:
@@ -31,11 +34,6 @@ def test_file_then_overrides_win(tmp_path: Path) -> None:
 
 
 def test_augmentation_strength_is_a_recipe_key() -> None:
-    import torch
-    from torchvision.transforms import v2
-
-    from pixelwise.engine.train import build_datasets
-
     def steps(overrides: list[str]) -> list[v2.Transform]:
         config = load_config(None, ["data.options={length: 2, size: 32}", "data.crop_size=[16, 16]", *overrides])
         train_set, _ = build_datasets(config)

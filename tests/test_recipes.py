@@ -1,6 +1,9 @@
 """The shipped recipes in configs/: each reads on its own and trains on real CamVid (when present)."""
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -51,10 +54,6 @@ def test_recipe_trains_two_steps_on_camvid(recipe: Path, tmp_path: Path) -> None
 
 @pytest.mark.slow
 def test_recipe_ab_trains_variants_side_by_side_and_completes_on_rerun(tmp_path: Path) -> None:
-    import json
-    import subprocess
-    import sys
-
     recipe = tmp_path / "tiny.yaml"
     recipe.write_text("model: {name: unet, options: {base_channels: 4, depth: 2}}\n"
                       "data: {format: synthetic, crop_size: [32, 32], batch_size: 2, workers: 0,"

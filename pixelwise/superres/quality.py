@@ -149,4 +149,3 @@ class QualityScores:
         return {"psnr": float(torch.cat(self.psnrs).mean()), "ssim": float(torch.cat(self.ssims).mean()),
                 "periodic_db": self.periodic.excess_db, "periodic_rms": self.periodic.phase_rms,
                 "images": len(self.psnrs)}
-
