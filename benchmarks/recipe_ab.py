@@ -59,8 +59,10 @@ def train_variants(config: str, variants: list[tuple[str, list[str]]], shared: l
         if state == "finished":
             print(f"{name}: {run_dir / 'last.pt'} is finished; not trained again")
             continue
+        # A "new" folder that exists holds a run stopped before its first checkpoint: nothing to keep.
+        flags = ["--resume"] if state == "unfinished" else ["--overwrite"] if run_dir.exists() else []
         command = [sys.executable, "-m", "pixelwise", "train", "--config", config, *shared, *overrides,
-                   f"train.output_dir={run_dir}"] + (["--resume"] if state == "unfinished" else [])
+                   f"train.output_dir={run_dir}", *flags]
         out.mkdir(parents=True, exist_ok=True)
         log = open(out / f"{name}.log", "a")  # beside the run folder: train refuses a non-empty new one
         print(f"{name}: {'resuming' if state == 'unfinished' else 'training'} ({threads} thread(s)); "

@@ -63,6 +63,9 @@ def test_recipe_ab_trains_variants_side_by_side_and_completes_on_rerun(tmp_path:
                "--out", str(tmp_path / "ab"), "--threads", "1", "--classes", "disc", "ring",
                "--output", str(tmp_path / "ab.json"), "--variant", "plain", "data.hflip=0",
                "--variant", "fast", "optim.lr=0.01"]
+    stale = tmp_path / "ab" / "fast"  # a run stopped before its first checkpoint: started afresh
+    stale.mkdir(parents=True)
+    (stale / "metrics.jsonl").write_text("")
     first = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
     assert first.returncode == 0, first.stderr
     report = json.loads((tmp_path / "ab.json").read_text())
