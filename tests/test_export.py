@@ -98,6 +98,11 @@ def test_input_scale_exports_its_antialiased_resize_as_shape_arithmetic() -> Non
     _assert_matches_eager(model, _session(model, "fcn8s"))
 
 
+def test_input_norm_exports_and_standardises_at_any_size() -> None:
+    model = pixelwise.create_model("fcn8s", num_classes=3, encoder="resnet18", input_norm="instance").eval()
+    _assert_matches_eager(model, _session(model, "fcn8s"))
+
+
 # A trained model exported through the command line --------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -161,6 +161,28 @@ def test_input_scale_trains_with_aux_logits_at_full_size() -> None:
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
+@pytest.mark.parametrize("name", ["unet", "deeplabv3plus"])
+def test_input_norm_makes_logits_independent_of_each_channels_brightness_and_contrast(name: str) -> None:
+    normed = pixelwise.create_model(name, num_classes=NUM_CLASSES, encoder="resnet18", input_norm="instance").eval()
+    plain = pixelwise.create_model(name, num_classes=NUM_CLASSES, encoder="resnet18").eval()
+    plain.load_state_dict(normed.state_dict())
+    x = torch.randn(2, 3, 67, 90)
+    gain = torch.tensor([0.4, 1.7, 3.0]).view(1, 3, 1, 1)
+    offset = torch.tensor([-1.0, 0.3, 2.0]).view(1, 3, 1, 1)
+    standardised = (x - x.mean((2, 3), keepdim=True)) / x.std((2, 3), correction=0, keepdim=True)
+    with torch.no_grad():
+        logits = normed(x)
+        torch.testing.assert_close(normed(x * gain + offset), logits, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(logits, plain(standardised), atol=1e-4, rtol=1e-4)
+        assert (plain(x * gain + offset) - plain(x)).abs().max() > 1e-2  # 100× the tolerance: not nothing
+        assert normed(torch.randn(1, 3, 1, 1)).shape == (1, NUM_CLASSES, 1, 1)  # any size, 1×1 included
+
+
+def test_input_norm_unknown_kind_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match=r"input_norm must be null .* or 'instance' .*got 'batch'"):
+        pixelwise.create_model("unet", num_classes=2, input_norm="batch")
+
+
 def test_input_scale_out_of_range_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match=r"input_scale must be in \(0, 4\], got 0"):
         pixelwise.create_model("unet", num_classes=2, input_scale=0)

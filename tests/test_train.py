@@ -284,11 +284,11 @@ def test_class_weights_must_match_the_classes(tmp_path: Path) -> None:
     assert run.iterations == 2
 
 
-def test_input_scale_from_the_recipe_travels_with_the_checkpoint(tmp_path: Path) -> None:
-    train(_small(tmp_path, "model.options={base_channels: 4, depth: 2, norm: null, input_scale: 0.5}",
-                 "train.iterations=2"))
+def test_input_scale_and_norm_from_the_recipe_travel_with_the_checkpoint(tmp_path: Path) -> None:
+    train(_small(tmp_path, "model.options={base_channels: 4, depth: 2, norm: null, input_scale: 0.5,"
+                 " input_norm: instance}", "train.iterations=2"))
     loaded = load_model(tmp_path / "last.pt")
-    assert loaded.model.input_scale == 0.5
+    assert loaded.model.input_scale == 0.5 and loaded.model.input_norm == "instance"
     assert loaded.model(torch.randn(1, 3, 30, 42)).shape == (1, loaded.model.num_classes, 30, 42)
 
 

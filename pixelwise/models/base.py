@@ -36,6 +36,19 @@ def size_listing(sizes: Sequence[int], head: int = 4) -> str:
     return shown + (f", …, {sizes[-1]}" if len(sizes) > head else "")
 
 
+INPUT_NORMS = (None, "instance")
+
+
+def standardize_per_image(x: Tensor, eps: float = 1e-5) -> Tensor:
+    """Each image's channels to zero mean and unit variance over its pixels (instance
+    normalisation without learned parameters; a constant channel becomes 0).
+
+    ``F.instance_norm`` refuses a 1×1 image, which the any-size contract accepts.
+    """
+    variance, mean = torch.var_mean(x, dim=(-2, -1), correction=0, keepdim=True)
+    return (x - mean) * torch.rsqrt(variance + eps)
+
+
 class SegmentationModel(nn.Module):
     """Base class of every model.
 
@@ -55,9 +68,14 @@ class SegmentationModel(nn.Module):
             antialiased) and its logits are resized back to the input's size: a cheaper model
             at the same output size (1: no resizing); set by :meth:`set_input_scale`
             (``create_model(..., input_scale=0.5)`` calls it).
+        input_norm: ``"instance"``: every image's channels are standardised over its own pixels
+            (zero mean, unit variance) before the network sees them, so a per-channel change
+            of brightness, contrast or white balance leaves the logits unchanged; ``None``: the
+            input as given. Set by :meth:`set_input_norm` (``create_model(...,
+            input_norm="instance")`` calls it).
 
-    These two change how :meth:`forward` treats its input, not the weights' meaning; they are
-    set only through those two methods.
+    These three change how :meth:`forward` treats its input, not the weights' meaning; they
+    are set only through those three methods.
     """
 
     num_classes: int
@@ -66,6 +84,7 @@ class SegmentationModel(nn.Module):
     min_train_size: int = 1
     channels_last: bool = False
     input_scale: float = 1.0
+    input_norm: str | None = None
 
     def forward(self, x: Tensor, return_aux: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """Logits ``(N, num_classes, H, W)`` at the input's size.
@@ -79,6 +98,8 @@ class SegmentationModel(nn.Module):
         if return_aux and not self.has_aux:
             raise ValueError(f"{type(self).__name__} has no auxiliary head; build it with aux=True")
         size = x.shape[-2:]
+        if self.input_norm == "instance":
+            x = standardize_per_image(x)
         if self.input_scale != 1.0:
             x = resize_bilinear(x, scaled_size(size, self.input_scale), antialias=True)
         height, width = x.shape[-2:]
@@ -97,6 +118,15 @@ class SegmentationModel(nn.Module):
         if not 0 < scale <= 4:
             raise ValueError(f"input_scale must be in (0, 4], got {scale}")
         self.input_scale = float(scale)
+        return self
+
+    def set_input_norm(self, kind: str | None) -> SegmentationModel:
+        """Standardise every input image per channel before the network (``"instance"``) or not
+        (``None``); returns the model itself."""
+        if kind not in INPUT_NORMS:
+            raise ValueError(f"input_norm must be null (the input as given) or 'instance' (each image "
+                             f"standardised per channel), got {kind!r}")
+        self.input_norm = kind
         return self
 
     def to_channels_last(self) -> SegmentationModel:

@@ -106,6 +106,7 @@ def create_model(
     weights: str | os.PathLike[str] | None = None,
     encoder_weights: str | os.PathLike[str] | None = None,
     input_scale: float = 1.0,
+    input_norm: str | None = None,
     **kwargs,
 ) -> SegmentationModel:
     """Build a registered model.
@@ -121,6 +122,9 @@ def create_model(
         encoder_weights: ``None``, ``"imagenet"`` or a local file for the encoder alone.
         input_scale: run the network on the input resized by this factor and resize its logits
             back (0.5: about a quarter of the compute, logits still at the input's size).
+        input_norm: ``"instance"`` standardises each image per channel over its own pixels
+            before the network, which makes the logits independent of per-channel brightness,
+            contrast and white balance; ``None`` (default) feeds the input as given.
         **kwargs: builder-specific options; see ``model_info(name).parameters``.
     """
     info = model_info(name)
@@ -135,7 +139,7 @@ def create_model(
     unknown = sorted(set(options) - set(info.parameters))
     if unknown:
         raise ValueError(f"model {name!r} does not take {unknown}; it takes {info.parameters}")
-    model = info.builder(num_classes=num_classes, **options).set_input_scale(input_scale)
+    model = info.builder(num_classes=num_classes, **options).set_input_scale(input_scale).set_input_norm(input_norm)
     if weights is not None:
         if not is_weights_file(weights):
             raise ValueError(f"weights must be None, 'imagenet' or a file path, got {weights!r}")
