@@ -11,7 +11,8 @@ ours / theirs (above 1.0: ours is faster).
 Two pixelwise variants: as built (``create_model("unet", encoder="resnet18")``: transposed-conv
 upsampling, the default) and with ``channels_last`` memory format (``train.channels_last`` in a
 recipe). smp is timed as built. With ``--bf16`` both networks are also timed under CPU bf16
-autocast (``train.amp: bf16``), and those rows are compared with smp under bf16.
+autocast (``train.amp: bf16``), ours also channels-last (the CamVid recipes' setting), and those
+rows are compared with smp under bf16.
 
 Usage:
     python benchmarks/train_step.py [--size 352 480] [--batch-size 4] [--steps 8] [--threads 2] [--bf16]
@@ -98,6 +99,10 @@ def build_steps(batch: tuple[Tensor, Tensor], bf16: bool) -> dict[str, Callable[
     }
     if bf16:
         steps["pixelwise unet resnet18 bf16"] = make_step(ours(), batch, bf16=True)
+        ours_cl_bf16 = ours()
+        ours_cl_bf16.channels_last = True
+        steps["pixelwise unet resnet18 channels_last bf16"] = make_step(ours_cl_bf16, batch, channels_last=True,
+                                                                        bf16=True)
         steps["smp Unet(resnet18) bf16"] = make_step(theirs(), batch, bf16=True)
     return steps
 
