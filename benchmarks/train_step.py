@@ -87,22 +87,21 @@ def build_steps(batch: tuple[Tensor, Tensor], bf16: bool) -> dict[str, Callable[
     def ours() -> nn.Module:
         return pixelwise.create_model("unet", num_classes=NUM_CLASSES, encoder="resnet18")
 
+    def ours_channels_last() -> nn.Module:
+        return ours().to_channels_last()
+
     def theirs() -> nn.Module:
         return smp.Unet("resnet18", encoder_weights=None, classes=NUM_CLASSES)
 
-    ours_cl = ours()
-    ours_cl.channels_last = True
     steps = {
         "pixelwise unet resnet18": make_step(ours(), batch),
-        "pixelwise unet resnet18 channels_last": make_step(ours_cl, batch, channels_last=True),
+        "pixelwise unet resnet18 channels_last": make_step(ours_channels_last(), batch, channels_last=True),
         "smp Unet(resnet18)": make_step(theirs(), batch),
     }
     if bf16:
         steps["pixelwise unet resnet18 bf16"] = make_step(ours(), batch, bf16=True)
-        ours_cl_bf16 = ours()
-        ours_cl_bf16.channels_last = True
-        steps["pixelwise unet resnet18 channels_last bf16"] = make_step(ours_cl_bf16, batch, channels_last=True,
-                                                                        bf16=True)
+        steps["pixelwise unet resnet18 channels_last bf16"] = make_step(ours_channels_last(), batch,
+                                                                        channels_last=True, bf16=True)
         steps["smp Unet(resnet18) bf16"] = make_step(theirs(), batch, bf16=True)
     return steps
 
