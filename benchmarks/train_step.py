@@ -1,5 +1,8 @@
 """Does pixelwise's U-Net-ResNet18 train as fast as segmentation_models.pytorch's ``Unet("resnet18")``?
 
+``--model deeplabv3plus`` asks the same of DeepLabV3+-ResNet18 (output stride 16) against smp's
+``DeepLabV3Plus("resnet18", encoder_output_stride=16)``.
+
 Both networks are built from random initialisation for 11 classes (CamVid) and trained on the
 same batches: random images and masks from one seed, ``--batch-size`` × 3 × H × W with 5% of the
 mask pixels set to the ignore index. One training step is what ``pixelwise train`` does:
@@ -9,13 +12,13 @@ sides alike; the median step time of each is reported as images per second, with
 ours / theirs (above 1.0: ours is faster).
 
 Two pixelwise variants: as built (``create_model("unet", encoder="resnet18")``: transposed-conv
-upsampling, the default) and with ``channels_last`` memory format (``train.channels_last`` in a
+upsampling, the default; or the DeepLabV3+) and with ``channels_last`` memory format (``train.channels_last`` in a
 recipe). smp is timed as built. With ``--bf16`` both networks are also timed under CPU bf16
 autocast (``train.amp: bf16``), ours also channels-last (the CamVid recipes' setting), and those
 rows are compared with smp under bf16.
 
 Usage:
-    python benchmarks/train_step.py [--size 352 480] [--batch-size 4] [--steps 8] [--threads 2] [--bf16]
+    python benchmarks/train_step.py [--model unet] [--size 352 480] [--batch-size 4] [--steps 8] [--threads 2] [--bf16]
 
 Needs ``pip install -e '.[bench]'`` (segmentation-models-pytorch); prints a table and writes
 ``benchmarks/results/train_step.json``.
@@ -77,32 +80,39 @@ def make_step(model: nn.Module, batch: tuple[Tensor, Tensor], channels_last: boo
     return step
 
 
-def build_steps(batch: tuple[Tensor, Tensor], bf16: bool) -> dict[str, Callable[[], float]]:
+MODELS = {  # --model: (pixelwise name and options, smp class name and options)
+    "unet": ({}, "Unet", {}),
+    "deeplabv3plus": ({"output_stride": 16}, "DeepLabV3Plus", {"encoder_output_stride": 16}),
+}
+
+
+def build_steps(batch: tuple[Tensor, Tensor], bf16: bool, model: str = "unet") -> dict[str, Callable[[], float]]:
     """The variants, each with its own model and optimiser; ``bf16`` adds both networks under
     bf16 autocast."""
     import segmentation_models_pytorch as smp
 
     torch.manual_seed(0)
+    options, smp_name, smp_options = MODELS[model]
 
     def ours() -> nn.Module:
-        return pixelwise.create_model("unet", num_classes=NUM_CLASSES, encoder="resnet18")
+        return pixelwise.create_model(model, num_classes=NUM_CLASSES, encoder="resnet18", **options)
 
     def ours_channels_last() -> nn.Module:
         return ours().to_channels_last()
 
     def theirs() -> nn.Module:
-        return smp.Unet("resnet18", encoder_weights=None, classes=NUM_CLASSES)
+        return getattr(smp, smp_name)("resnet18", encoder_weights=None, classes=NUM_CLASSES, **smp_options)
 
+    name, smp_label = f"pixelwise {model} resnet18", f"smp {smp_name}(resnet18)"
     steps = {
-        "pixelwise unet resnet18": make_step(ours(), batch),
-        "pixelwise unet resnet18 channels_last": make_step(ours_channels_last(), batch, channels_last=True),
-        "smp Unet(resnet18)": make_step(theirs(), batch),
+        name: make_step(ours(), batch),
+        f"{name} channels_last": make_step(ours_channels_last(), batch, channels_last=True),
+        smp_label: make_step(theirs(), batch),
     }
     if bf16:
-        steps["pixelwise unet resnet18 bf16"] = make_step(ours(), batch, bf16=True)
-        steps["pixelwise unet resnet18 channels_last bf16"] = make_step(ours_channels_last(), batch,
-                                                                        channels_last=True, bf16=True)
-        steps["smp Unet(resnet18) bf16"] = make_step(theirs(), batch, bf16=True)
+        steps[f"{name} bf16"] = make_step(ours(), batch, bf16=True)
+        steps[f"{name} channels_last bf16"] = make_step(ours_channels_last(), batch, channels_last=True, bf16=True)
+        steps[f"{smp_label} bf16"] = make_step(theirs(), batch, bf16=True)
     return steps
 
 
@@ -123,6 +133,7 @@ def compare(steps: dict[str, Callable[[], float]], repeats: int, warmup: int) ->
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", choices=sorted(MODELS), default="unet")
     parser.add_argument("--size", type=int, nargs=2, default=(352, 480), metavar=("H", "W"))
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--steps", type=int, default=8, help="timed steps per variant")
@@ -145,19 +156,21 @@ def main() -> int:
     batch = make_batch(args.batch_size, *args.size)
     print(f"batch {args.batch_size}×3×{args.size[0]}×{args.size[1]}, {NUM_CLASSES} classes, "
           f"{torch.get_num_threads()} threads; {args.warmup} warm-up + {args.steps} timed steps each, interleaved")
-    times = compare(build_steps(batch, args.bf16), args.steps, args.warmup)
+    times = compare(build_steps(batch, args.bf16, args.model), args.steps, args.warmup)
     medians = {name: statistics.median(values) for name, values in times.items()}
+    smp_label = f"smp {MODELS[args.model][1]}(resnet18)"
 
     def reference(name: str) -> float:  # smp at the same precision
-        return medians["smp Unet(resnet18) bf16" if name.endswith("bf16") else "smp Unet(resnet18)"]
+        return medians[f"{smp_label} bf16" if name.endswith("bf16") else smp_label]
 
-    header = f"{'variant':<40} {'median s/step':>13} {'images/s':>9} {'ratio to smp':>13}"
+    header = f"{'variant':<52} {'median s/step':>13} {'images/s':>9} {'ratio to smp':>13}"
     print(header)
     print("-" * len(header))
     for name, median in medians.items():
-        print(f"{name:<40} {median:>13.3f} {args.batch_size / median:>9.2f} {reference(name) / median:>13.3f}")
+        print(f"{name:<52} {median:>13.3f} {args.batch_size / median:>9.2f} {reference(name) / median:>13.3f}")
     report = {
-        "question": "training throughput of pixelwise U-Net-ResNet18 against smp Unet('resnet18'), same batches",
+        "question": f"training throughput of pixelwise {args.model}-ResNet18 against {smp_label}, same batches",
+        "model": args.model,
         "processor": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
         "torch": torch.__version__, "torchvision": torchvision.__version__,
         "batch_size": args.batch_size, "size": list(args.size), "steps": args.steps, "warmup": args.warmup,
