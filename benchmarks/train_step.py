@@ -12,8 +12,8 @@ sides alike; the median step time of each is reported as images per second, with
 ours / theirs (above 1.0: ours is faster).
 
 Two pixelwise variants: as built (``create_model("unet", encoder="resnet18")``: transposed-conv
-upsampling, the default; or the DeepLabV3+) and with ``channels_last`` memory format (``train.channels_last`` in a
-recipe). smp is timed as built. With ``--bf16`` both networks are also timed under CPU bf16
+upsampling, the default; or the DeepLabV3+) and with ``channels_last`` memory format
+(``train.channels_last`` in a recipe). smp is timed as built. With ``--bf16`` both networks are also timed under CPU bf16
 autocast (``train.amp: bf16``), ours also channels-last (the CamVid recipes' setting), and those
 rows are compared with smp under bf16.
 
@@ -86,6 +86,11 @@ MODELS = {  # --model: (pixelwise name and options, smp class name and options)
 }
 
 
+def smp_label(model: str) -> str:
+    """The name of smp's network in the table (``--model``'s peer)."""
+    return f"smp {MODELS[model][1]}(resnet18)"
+
+
 def build_steps(batch: tuple[Tensor, Tensor], bf16: bool, model: str = "unet") -> dict[str, Callable[[], float]]:
     """The variants, each with its own model and optimiser; ``bf16`` adds both networks under
     bf16 autocast."""
@@ -103,16 +108,16 @@ def build_steps(batch: tuple[Tensor, Tensor], bf16: bool, model: str = "unet") -
     def theirs() -> nn.Module:
         return getattr(smp, smp_name)("resnet18", encoder_weights=None, classes=NUM_CLASSES, **smp_options)
 
-    name, smp_label = f"pixelwise {model} resnet18", f"smp {smp_name}(resnet18)"
+    name, peer = f"pixelwise {model} resnet18", smp_label(model)
     steps = {
         name: make_step(ours(), batch),
         f"{name} channels_last": make_step(ours_channels_last(), batch, channels_last=True),
-        smp_label: make_step(theirs(), batch),
+        peer: make_step(theirs(), batch),
     }
     if bf16:
         steps[f"{name} bf16"] = make_step(ours(), batch, bf16=True)
         steps[f"{name} channels_last bf16"] = make_step(ours_channels_last(), batch, channels_last=True, bf16=True)
-        steps[f"{smp_label} bf16"] = make_step(theirs(), batch, bf16=True)
+        steps[f"{peer} bf16"] = make_step(theirs(), batch, bf16=True)
     return steps
 
 
@@ -158,10 +163,10 @@ def main() -> int:
           f"{torch.get_num_threads()} threads; {args.warmup} warm-up + {args.steps} timed steps each, interleaved")
     times = compare(build_steps(batch, args.bf16, args.model), args.steps, args.warmup)
     medians = {name: statistics.median(values) for name, values in times.items()}
-    smp_label = f"smp {MODELS[args.model][1]}(resnet18)"
+    peer = smp_label(args.model)
 
     def reference(name: str) -> float:  # smp at the same precision
-        return medians[f"{smp_label} bf16" if name.endswith("bf16") else smp_label]
+        return medians[f"{peer} bf16" if name.endswith("bf16") else peer]
 
     header = f"{'variant':<52} {'median s/step':>13} {'images/s':>9} {'ratio to smp':>13}"
     print(header)
@@ -169,7 +174,7 @@ def main() -> int:
     for name, median in medians.items():
         print(f"{name:<52} {median:>13.3f} {args.batch_size / median:>9.2f} {reference(name) / median:>13.3f}")
     report = {
-        "question": f"training throughput of pixelwise {args.model}-ResNet18 against {smp_label}, same batches",
+        "question": f"training throughput of pixelwise {args.model}-ResNet18 against {peer}, same batches",
         "model": args.model,
         "processor": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
         "torch": torch.__version__, "torchvision": torchvision.__version__,
