@@ -201,6 +201,22 @@ def test_a_spec_saved_before_alignment_rebuilds_the_half_pixel_model(tmp_path: P
     assert spec_options("fcn_resnet50", {})["aligned"] is False  # torchvision's geometry by default
 
 
+@pytest.mark.parametrize("name", ["deeplabv3", "deeplabv3plus"])
+def test_a_deeplab_spec_saved_before_the_resize_default_rebuilds_its_learned_upsamplers(name: str) -> None:
+    old = pixelwise.create_model(name, num_classes=2, encoder="resnet18", upsample="bilinear").eval()
+    assert any(p.requires_grad for p in old.upsample.parameters())
+    state = {"model": old.state_dict(), "model_spec": {"name": name, "num_classes": 2,
+                                                       "options": {"encoder": "resnet18", "aligned": True}},
+             "classes": {"names": ["a", "b"]}, "normalization": {"mean": [0.5] * 3, "std": [0.25] * 3}}
+    loaded = model_from_checkpoint(state, "cpu", "old.pt").model
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), old(x), rtol=0, atol=0)
+    assert spec_options(name, {})["upsample"] == "resize"
+    assert not list(pixelwise.create_model(name, num_classes=2, encoder="resnet18").upsample.parameters())
+    assert "upsample" not in saved_options("unet", {})  # other models' defaults are unchanged
+
+
 def test_new_checkpoints_record_the_geometry_they_were_built_with() -> None:
     config = Config()
     assert model_spec(config, 3)["options"]["aligned"] is True

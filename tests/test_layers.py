@@ -48,6 +48,25 @@ def test_resize_then_conv_starts_as_plain_resize(kind: str, scale: int) -> None:
     torch.testing.assert_close(y, F.interpolate(x, scale_factor=scale, mode=kind, **options), atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("scale", [2, 3, 8])
+def test_resize_kind_is_torch_bilinear_resize_and_learns_nothing(scale: int) -> None:
+    x = torch.randn(2, 5, 6, 9)
+    upsampler = make_upsampler("resize", 5, 5, scale)
+    assert not list(upsampler.parameters())
+    torch.testing.assert_close(upsampler(x), F.interpolate(x, scale_factor=scale, mode="bilinear",
+                                                           align_corners=False), atol=0, rtol=0)
+
+
+def test_resize_kind_changes_channels_with_a_1x1_conv_before_the_resize() -> None:
+    x = torch.randn(2, 6, 5, 7)
+    upsampler = make_upsampler("resize", 6, 3, 4)
+    conv = upsampler.project
+    assert isinstance(conv, nn.Conv2d) and conv.kernel_size == (1, 1)
+    # Both maps are linear and bilinear weights sum to one, so projecting after the resize is the same map.
+    after = conv(F.interpolate(x, scale_factor=4, mode="bilinear", align_corners=False))
+    torch.testing.assert_close(upsampler(x), after, atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("scale", [2, 3, 4])
 @pytest.mark.parametrize("channels", [(6, 6), (6, 3)])
 def test_icnr_pixelshuffle_equals_nearest_upsampling_of_its_convolution(scale: int, channels: tuple[int, int]) -> None:

@@ -13,6 +13,9 @@ so swapping kinds changes what can be learned, not where training starts.
 - ``"pixelshuffle"``: a 3×3 convolution to ``s²`` times the channels, then sub-pixel shuffling
   (Shi et al., 2016), ICNR-initialised (Aitken et al., 2017) so it starts as nearest-neighbour
   upsampling of its convolution and free of checkerboard.
+- ``"resize"``: bilinear interpolation and nothing learned, as DeepLab v3/v3+ upsample (Chen et
+  al., 2017, 2018); where the channel count changes, a 1×1 convolution first, at the input's
+  resolution (the two are linear and commute, so it is the cheaper order of the same map).
 
 The resize rules above place output pixel ``j`` at input coordinate ``(j + 1/2)/s - 1/2``
 (half-pixel centres, ``align_corners=False``). Given a ``shift`` δ, every kind instead places
@@ -26,6 +29,7 @@ interpolation at those coordinates, borders replicated:
   ``max(0, 1 - |t + s·δ|/s)`` (a triangle kernel; ``2s - 1`` taps for δ = 0) on the input
   replicate-padded by a pixel (two after it for δ > 1/s), the output cropped to ``s·H × s·W``.
 - ``"nearest"`` / ``"bilinear"``: the shifted resize, then the 3×3 convolution.
+- ``"resize"``: the shifted resize (after the 1×1 convolution, if any).
 - ``"pixelshuffle"``: the 3×3 convolution (replicate padding) starts with sub-pixel ``r`` of input
   pixel ``m`` equal to the linear mix of the pixels around ``m + δ + r/s`` (per axis).
 
@@ -190,6 +194,26 @@ class PixelShuffleUpsample(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.shuffle(self.conv(x))
+
+
+@UPSAMPLERS.register("resize")
+class ResizeUpsample(nn.Module):
+    """Bilinear interpolation with no parameters; a 1×1 convolution before it when the channel
+    count changes. With a ``shift`` the resize is :func:`~pixelwise.layers.align.shifted_upsample`."""
+
+    def __init__(self, in_channels: int, out_channels: int, scale: int, shift: Number | None = None) -> None:
+        super().__init__()
+        self.scale = scale
+        self.sampling = None if shift is None else (scale, _fraction(shift, "shift"))
+        if shift is not None:
+            _check_shift(self.sampling[1], scale)
+        self.project = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.project(x)
+        if self.sampling is not None:
+            return shifted_upsample(x, self.scale, self.sampling[1])
+        return F.interpolate(x, scale_factor=self.scale, mode="bilinear", align_corners=False)
 
 
 class ShiftedResize(nn.Module):

@@ -161,7 +161,7 @@ class DeepLabV3(SegmentationModel):
             (``False``: half-pixel centres, as earlier versions and torchvision do).
     """
 
-    def __init__(self, encoder: Encoder, num_classes: int, upsample: str = "bilinear",
+    def __init__(self, encoder: Encoder, num_classes: int, upsample: str = "resize",
                  aux: bool = False, aligned: bool = True) -> None:
         super().__init__()
         output_stride = encoder.reductions[-1]
@@ -194,7 +194,7 @@ class DeepLabV3Plus(SegmentationModel):
             the input's pixels (``False``: half-pixel centres, as earlier versions).
     """
 
-    def __init__(self, encoder: Encoder, num_classes: int, upsample: str = "bilinear", separable: bool = True,
+    def __init__(self, encoder: Encoder, num_classes: int, upsample: str = "resize", separable: bool = True,
                  aux: bool = False, channels: int = 256, aligned: bool = True) -> None:
         super().__init__()
         output_stride = encoder.reductions[-1]
@@ -226,7 +226,7 @@ class DeepLabV3Plus(SegmentationModel):
 def deeplabv3(
     num_classes: int = 21,
     encoder: str = "resnet50",
-    upsample: str = "bilinear",
+    upsample: str = "resize",
     encoder_weights: EncoderWeights = None,
     output_stride: int = 16,
     aux: bool = False,
@@ -237,7 +237,8 @@ def deeplabv3(
     Args:
         num_classes: number of classes.
         encoder: encoder name (``pixelwise.list_encoders()`` or ``"timm:NAME"``).
-        upsample: how the logits reach the input size (``pixelwise.layers.UPSAMPLE_KINDS``).
+        upsample: how the logits reach the input size (``pixelwise.layers.UPSAMPLE_KINDS``);
+            ``"resize"``, the paper's bilinear resize, learns nothing.
         encoder_weights: ``None``, ``"imagenet"`` or a local file.
         output_stride: 16 (the paper's training setting) or 8 (denser, about 4× the compute).
         aux: add the auxiliary FCN head (``forward(x, return_aux=True)``).
@@ -251,7 +252,7 @@ def deeplabv3(
 def deeplabv3plus(
     num_classes: int = 21,
     encoder: str = "resnet50",
-    upsample: str = "bilinear",
+    upsample: str = "resize",
     encoder_weights: EncoderWeights = None,
     output_stride: int = 16,
     separable: bool = True,
@@ -263,7 +264,9 @@ def deeplabv3plus(
     Args:
         num_classes: number of classes.
         encoder: encoder name; it must return a feature at stride 4.
-        upsample: upsampler kind for the ASPP feature and the logits.
+        upsample: upsampler kind for the ASPP feature and the logits; ``"resize"``, the paper's
+            bilinear resize, learns nothing (a learned kind at the stride-4 merge costs a dense 3×3
+            convolution of the 256-channel feature there).
         encoder_weights: ``None``, ``"imagenet"`` or a local file.
         output_stride: 16 or 8.
         separable: depthwise-separable 3×3 convolutions in ASPP and the decoder.
