@@ -95,6 +95,15 @@ def _check_shift(shift: Fraction, scale: int) -> None:
                          f"the grids of the two maps are more than a pixel apart")
 
 
+def _checked_sampling(scale: int, shift: Number | None) -> tuple[int, Fraction] | None:
+    """An upsampler's ``sampling``: ``(scale, shift)``, or ``None`` for half-pixel centres."""
+    if shift is None:
+        return None
+    shift = _fraction(shift, "shift")
+    _check_shift(shift, scale)
+    return scale, shift
+
+
 @UPSAMPLERS.register("transposed")
 class TransposedUpsample(nn.Module):
     """Transposed convolution, bilinear-initialised, exact at the borders.
@@ -106,9 +115,8 @@ class TransposedUpsample(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, scale: int, shift: Number | None = None) -> None:
         super().__init__()
         self.scale = scale
-        self.sampling = None if shift is None else (scale, _fraction(shift, "shift"))
-        if shift is not None:
-            _check_shift(self.sampling[1], scale)
+        self.sampling = _checked_sampling(scale, shift)
+        if self.sampling is not None:
             taps, first = _shift_taps(scale, self.sampling[1])
             kernel = (taps[:, None] * taps[None, :]).float()
             # Outputs read input coordinates in (shift - 1, H - 1/scale + shift + 1): the input gets
@@ -148,9 +156,7 @@ class ResizeConv(nn.Module):
         super().__init__()
         self.scale = scale
         self.mode = mode
-        self.sampling = None if shift is None else (scale, _fraction(shift, "shift"))
-        if shift is not None:
-            _check_shift(self.sampling[1], scale)
+        self.sampling = _checked_sampling(scale, shift)
         self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
         _init_conv_as_identity_or_default(self.conv)
 
@@ -204,9 +210,7 @@ class ResizeUpsample(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, scale: int, shift: Number | None = None) -> None:
         super().__init__()
         self.scale = scale
-        self.sampling = None if shift is None else (scale, _fraction(shift, "shift"))
-        if shift is not None:
-            _check_shift(self.sampling[1], scale)
+        self.sampling = _checked_sampling(scale, shift)
         self.project = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
 
     def forward(self, x: Tensor) -> Tensor:
