@@ -1,7 +1,9 @@
 """Does pixelwise's U-Net-ResNet18 train as fast as segmentation_models.pytorch's ``Unet("resnet18")``?
 
 ``--model deeplabv3plus`` asks the same of DeepLabV3+-ResNet18 (output stride 16) against smp's
-``DeepLabV3Plus("resnet18", encoder_output_stride=16)``.
+``DeepLabV3Plus("resnet18", encoder_output_stride=16)``. ``--model fcn8s`` times FCN-8s-ResNet18,
+which smp does not have: every row is then compared with ours as built at the same precision,
+which measures what the CamVid recipe's ``train.channels_last`` buys.
 
 Both networks are built from random initialisation for 11 classes (CamVid) and trained on the
 same batches: random images and masks from one seed, ``--batch-size`` × 3 × H × W with 5% of the
@@ -18,7 +20,7 @@ autocast (``train.amp: bf16``), ours also channels-last (the CamVid recipes' set
 rows are compared with smp under bf16.
 
 Usage:
-    python benchmarks/train_step.py [--model unet] [--size 352 480] [--batch-size 4] [--steps 8] [--threads 2] [--bf16]
+    python benchmarks/train_step.py [--model {unet,deeplabv3plus,fcn8s}] [--size 352 480] [--batch-size 4] [--steps 8] [--threads 2] [--bf16]
 
 Needs ``pip install -e '.[bench]'`` (segmentation-models-pytorch); prints a table and writes
 ``benchmarks/results/train_step.json``.
@@ -83,19 +85,25 @@ def make_step(model: nn.Module, batch: tuple[Tensor, Tensor], channels_last: boo
 MODELS = {  # --model: (pixelwise name and options, smp class name and options)
     "unet": ({}, "Unet", {}),
     "deeplabv3plus": ({"output_stride": 16}, "DeepLabV3Plus", {"encoder_output_stride": 16}),
+    "fcn8s": ({}, None, {}),  # no FCN in smp: the rows are compared with ours as built
 }
 
 
-def smp_label(model: str) -> str:
-    """The name of smp's network in the table (``--model``'s peer)."""
-    return f"smp {MODELS[model][1]}(resnet18)"
+def ours_label(model: str) -> str:
+    """The name of our network as built in the table."""
+    return f"pixelwise {model} resnet18"
+
+
+def peer_label(model: str) -> str:
+    """The name of the row every other row is compared with: smp's network, or ours as built
+    where smp has no peer."""
+    smp_name = MODELS[model][1]
+    return f"smp {smp_name}(resnet18)" if smp_name else ours_label(model)
 
 
 def build_steps(batch: tuple[Tensor, Tensor], bf16: bool, model: str = "unet") -> dict[str, Callable[[], float]]:
     """The variants, each with its own model and optimiser; ``bf16`` adds both networks under
     bf16 autocast."""
-    import segmentation_models_pytorch as smp
-
     torch.manual_seed(0)
     options, smp_name, smp_options = MODELS[model]
 
@@ -106,18 +114,22 @@ def build_steps(batch: tuple[Tensor, Tensor], bf16: bool, model: str = "unet") -
         return ours().to_channels_last()
 
     def theirs() -> nn.Module:
+        import segmentation_models_pytorch as smp
+
         return getattr(smp, smp_name)("resnet18", encoder_weights=None, classes=NUM_CLASSES, **smp_options)
 
-    name, peer = f"pixelwise {model} resnet18", smp_label(model)
+    name, has_peer = ours_label(model), smp_name is not None
     steps = {
         name: make_step(ours(), batch),
         f"{name} channels_last": make_step(ours_channels_last(), batch, channels_last=True),
-        peer: make_step(theirs(), batch),
     }
+    if has_peer:
+        steps[peer_label(model)] = make_step(theirs(), batch)
     if bf16:
         steps[f"{name} bf16"] = make_step(ours(), batch, bf16=True)
         steps[f"{name} channels_last bf16"] = make_step(ours_channels_last(), batch, channels_last=True, bf16=True)
-        steps[f"{peer} bf16"] = make_step(theirs(), batch, bf16=True)
+        if has_peer:
+            steps[f"{peer_label(model)} bf16"] = make_step(theirs(), batch, bf16=True)
     return steps
 
 
@@ -151,11 +163,12 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
-    try:
-        import segmentation_models_pytorch  # noqa: F401
-    except ImportError:
-        print("segmentation_models_pytorch is not installed: pip install -e '.[bench]'")
-        return 1
+    if MODELS[args.model][1]:
+        try:
+            import segmentation_models_pytorch  # noqa: F401
+        except ImportError:
+            print("segmentation_models_pytorch is not installed: pip install -e '.[bench]'")
+            return 1
     if args.threads:
         torch.set_num_threads(args.threads)
     batch = make_batch(args.batch_size, *args.size)
@@ -163,25 +176,27 @@ def main() -> int:
           f"{torch.get_num_threads()} threads; {args.warmup} warm-up + {args.steps} timed steps each, interleaved")
     times = compare(build_steps(batch, args.bf16, args.model), args.steps, args.warmup)
     medians = {name: statistics.median(values) for name, values in times.items()}
-    peer = smp_label(args.model)
+    peer = peer_label(args.model)
 
-    def reference(name: str) -> float:  # smp at the same precision
+    def reference(name: str) -> float:  # the peer at the same precision
         return medians[f"{peer} bf16" if name.endswith("bf16") else peer]
 
-    header = f"{'variant':<52} {'median s/step':>13} {'images/s':>9} {'ratio to smp':>13}"
+    ratio_column = "ratio to smp" if MODELS[args.model][1] else "ratio to built"
+    header = f"{'variant':<52} {'median s/step':>13} {'images/s':>9} {ratio_column:>14}"
     print(header)
     print("-" * len(header))
     for name, median in medians.items():
-        print(f"{name:<52} {median:>13.3f} {args.batch_size / median:>9.2f} {reference(name) / median:>13.3f}")
+        print(f"{name:<52} {median:>13.3f} {args.batch_size / median:>9.2f} {reference(name) / median:>14.3f}")
     report = {
         "question": f"training throughput of pixelwise {args.model}-ResNet18 against {peer}, same batches",
+        "reference": peer,
         "model": args.model,
         "processor": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
         "torch": torch.__version__, "torchvision": torchvision.__version__,
         "batch_size": args.batch_size, "size": list(args.size), "steps": args.steps, "warmup": args.warmup,
         "seconds_per_step": times, "median_s": medians,
         "images_per_s": {name: args.batch_size / median for name, median in medians.items()},
-        "ratio_to_smp": {name: reference(name) / median for name, median in medians.items()},
+        "ratio_to_reference": {name: reference(name) / median for name, median in medians.items()},
     }
     write_report(report, args.output)
     return 0

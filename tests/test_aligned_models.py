@@ -201,10 +201,11 @@ def test_a_spec_saved_before_alignment_rebuilds_the_half_pixel_model(tmp_path: P
     assert spec_options("fcn_resnet50", {})["aligned"] is False  # torchvision's geometry by default
 
 
-@pytest.mark.parametrize("name", ["deeplabv3", "deeplabv3plus"])
-def test_a_deeplab_spec_saved_before_the_resize_default_rebuilds_its_learned_upsamplers(name: str) -> None:
+@pytest.mark.parametrize(("name", "upsampler"), [("deeplabv3", "upsample"), ("deeplabv3plus", "upsample"),
+                                                  ("hypercolumn", "upsample_logits")])
+def test_a_spec_saved_before_the_resize_default_rebuilds_its_learned_upsamplers(name: str, upsampler: str) -> None:
     old = pixelwise.create_model(name, num_classes=2, encoder="resnet18", upsample="bilinear").eval()
-    assert any(p.requires_grad for p in old.upsample.parameters())
+    assert any(p.requires_grad for p in getattr(old, upsampler).parameters())
     state = {"model": old.state_dict(), "model_spec": {"name": name, "num_classes": 2,
                                                        "options": {"encoder": "resnet18", "aligned": True}},
              "classes": {"names": ["a", "b"]}, "normalization": {"mean": [0.5] * 3, "std": [0.25] * 3}}
@@ -213,7 +214,7 @@ def test_a_deeplab_spec_saved_before_the_resize_default_rebuilds_its_learned_ups
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), old(x), rtol=0, atol=0)
     assert spec_options(name, {})["upsample"] == "resize"
-    assert not list(pixelwise.create_model(name, num_classes=2, encoder="resnet18").upsample.parameters())
+    assert not list(getattr(pixelwise.create_model(name, num_classes=2, encoder="resnet18"), upsampler).parameters())
     assert "upsample" not in saved_options("unet", {})  # other models' defaults are unchanged
 
 

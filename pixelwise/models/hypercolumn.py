@@ -59,7 +59,7 @@ class HyperColumn(SegmentationModel):
             logits onto the input's pixels; ``False``: half-pixel upsampling (earlier versions).
     """
 
-    def __init__(self, num_classes: int, encoder: Encoder, upsample: str = "bilinear",
+    def __init__(self, num_classes: int, encoder: Encoder, upsample: str = "resize",
                  stages: Sequence[int] | None = None, column_channels: int = 128,
                  norm: LayerSpec = "batchnorm", aligned: bool = True) -> None:
         super().__init__()
@@ -116,7 +116,7 @@ class HyperColumn(SegmentationModel):
 def hypercolumn(
     num_classes: int = 21,
     encoder: str = "vgg16",
-    upsample: str = "bilinear",
+    upsample: str = "resize",
     encoder_weights: EncoderWeights = None,
     stages: Sequence[int] | None = None,
     column_channels: int = 128,
@@ -128,8 +128,9 @@ def hypercolumn(
     Args:
         num_classes: number of classes.
         encoder: encoder name (VGG-16 as in the paper).
-        upsample: ``"bilinear"`` (the paper's choice), ``"nearest"``, ``"transposed"`` or
-            ``"pixelshuffle"``.
+        upsample: ``"resize"`` (the paper's plain bilinear interpolation, which learns
+            nothing), ``"bilinear"`` / ``"nearest"`` (resize, then a learned 3×3 convolution),
+            ``"transposed"`` or ``"pixelshuffle"``.
         encoder_weights: ``None``, ``"imagenet"`` or a local file.
         stages: indices into the encoder's features (highest resolution first) that form the
             hypercolumn; ``None`` for all of them.

@@ -70,12 +70,13 @@ def register_model(family: str, fixed_encoder: str | None = None) -> Callable[[B
 #: half-pixel centres whatever the encoder.
 EARLIER_DEFAULTS: dict[str, Any] = {"aligned": False}
 
-#: The same for one model's options. ``upsample`` of DeepLab v3/v3+: the papers' fixed bilinear
-#: resize (``"resize"``); before, a resize followed by a learned 3×3 convolution (``"bilinear"``),
-#: which at v3+'s stride-4 merge cost a fifth of a training step.
+#: The same for one model's options. ``upsample`` of DeepLab v3/v3+ and HyperColumn: the papers'
+#: fixed bilinear resize (``"resize"``); before, a resize followed by a learned 3×3 convolution
+#: (``"bilinear"``), which at v3+'s stride-4 merge cost a fifth of a training step.
 MODEL_EARLIER_DEFAULTS: dict[str, dict[str, Any]] = {
     "deeplabv3": {"upsample": "bilinear"},
     "deeplabv3plus": {"upsample": "bilinear"},
+    "hypercolumn": {"upsample": "bilinear"},
 }
 
 
