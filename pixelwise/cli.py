@@ -224,7 +224,8 @@ def _progress(label: str):
 def _inference_options(args: argparse.Namespace) -> dict[str, object]:
     stride = None if args.stride is None else tuple(args.stride)
     return {"mode": args.mode, "window": tuple(args.window), "stride": stride, "blend": args.blend,
-            "scales": tuple(args.scales), "flip": args.flip, "batch_size": args.batch_size, "device": args.device,
+            "scales": None if args.scales is None else tuple(args.scales), "flip": args.flip,
+            "batch_size": args.batch_size, "device": args.device,
             "runtime": args.runtime, "precision": args.precision}
 
 
@@ -304,13 +305,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from pixelwise.engine.inference import InferenceOptions
     from pixelwise.serve import ServiceLimits, app_for_file
 
     settings = _inference_options(args)
     runtime, precision, device = settings.pop("runtime"), settings.pop("precision"), settings.pop("device")
     limits = ServiceLimits(args.max_upload_mb, args.max_pixels, args.tile_threshold, args.max_queue)
-    app = app_for_file(_model_source(args), runtime, precision, device, InferenceOptions.create(**settings), limits)
+    app = app_for_file(_model_source(args), runtime, precision, device, settings, limits)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         console.print(f"warning: listening on {args.host}, reachable from other machines", style="yellow")
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
@@ -573,9 +573,12 @@ def _add_inference_arguments(parser: argparse.ArgumentParser) -> None:
                         help="largest step between windows (default: two thirds of the window)")
     parser.add_argument("--blend", choices=("gaussian", "uniform"), default="gaussian",
                         help="weighting of overlapping windows")
-    parser.add_argument("--scales", type=float, nargs="+", default=(1.0,), metavar="S",
-                        help="test-time augmentation: resize factors, e.g. 0.75 1 1.25")
-    parser.add_argument("--flip", action="store_true", help="test-time augmentation: also predict the flipped image")
+    parser.add_argument("--scales", type=float, nargs="+", metavar="S",
+                        help="test-time augmentation: resize factors, e.g. 0.75 1 1.25 (default: the recipe's "
+                             "inference.scales as the model records them, else 1)")
+    parser.add_argument("--flip", action=argparse.BooleanOptionalAction,
+                        help="test-time augmentation: also predict the flipped image (default: the recipe's "
+                             "inference.flip as the model records it, else no)")
     parser.add_argument("--batch-size", type=int, default=4, help="windows per forward pass")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--runtime", choices=("torch", "torch-optimized", "onnxruntime"),

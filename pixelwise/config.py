@@ -97,6 +97,16 @@ class TrainConfig:
 
 
 @dataclass
+class InferenceConfig:
+    """How the trained network predicts: the test-time augmentation that ``pixelwise evaluate``,
+    ``predict`` and ``serve`` apply to its checkpoints unless told otherwise (validation during
+    training stays at one scale, unflipped, to stay cheap)."""
+
+    scales: list[float] = field(default_factory=lambda: [1.0])  # the image resized by each; logits averaged
+    flip: bool = False  # also predict each scale mirrored
+
+
+@dataclass
 class Config:
     """A whole training recipe."""
 
@@ -109,6 +119,7 @@ class Config:
     # inverse_sqrt_frequency (counted on the training split, unaugmented), or one number per class.
     class_weights: str | list[float] | None = None
     train: TrainConfig = field(default_factory=TrainConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
@@ -170,6 +181,7 @@ RANGES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("train.amp", lambda v: v in (None, "bf16", "fp16"), "null, bf16 or fp16"),
     ("train.aux_weight", lambda v: 0 <= v < math.inf, "0 or more"),
     ("train.time_budget_min", lambda v: v is None or 0 < v < math.inf, "a positive number of minutes, or null"),
+    ("inference.scales", lambda v: len(v) >= 1 and all(0 < x < math.inf for x in v), "one or more positive factors"),
 )
 
 

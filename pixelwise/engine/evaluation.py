@@ -38,7 +38,7 @@ from rich.table import Table
 from pixelwise.data import ClassInfo, SegmentationDataset, create_dataset
 from pixelwise.data.transforms import val_transform
 from pixelwise.engine.checkpoint import LoadedModel, load_checkpoint
-from pixelwise.engine.inference import Blend, InferenceOptions, Mode, Size
+from pixelwise.engine.inference import Blend, InferenceOptions, Mode, Size, recorded_augmentation
 from pixelwise.engine.loading import is_onnx, load_predictor
 from pixelwise.engine.predict import ProgressCallback
 from pixelwise.metrics import BoundaryMetric, ConfusionMatrix
@@ -147,9 +147,9 @@ def _open_dataset(data: dict[str, Any], loaded: LoadedModel) -> SegmentationData
 def evaluate_checkpoint(checkpoint: str | Path, data_format: str | None = None, root: str | Path | None = None,
                         split: str | None = None, data_options: dict[str, Any] | None = None,
                         mode: Mode = "whole", window: Size = 512, stride: Size | None = None,
-                        blend: Blend = "gaussian", scales: Sequence[float] = (1.0,), flip: bool = False,
-                        batch_size: int = 4, device: str | torch.device = "cpu", runtime: str | None = None,
-                        precision: str | None = None, out_dir: str | Path | None = None,
+                        blend: Blend = "gaussian", scales: Sequence[float] | None = None,
+                        flip: bool | None = None, batch_size: int = 4, device: str | torch.device = "cpu",
+                        runtime: str | None = None, precision: str | None = None, out_dir: str | Path | None = None,
                         on_image: ProgressCallback | None = None, boundary_width: int = 3) -> EvaluationResult:
     """Measure a checkpoint (or an exported ONNX file) on a data set split; optionally write
     ``metrics.json`` and a plot.
@@ -165,24 +165,28 @@ def evaluate_checkpoint(checkpoint: str | Path, data_format: str | None = None, 
         window: sliding-window size.
         stride: largest step between windows (default: two thirds of the window).
         blend: ``"gaussian"`` or ``"uniform"`` weighting of overlapping windows.
-        scales: test-time augmentation: factors each image is resized by.
-        flip: test-time augmentation: also predict the flipped image.
+        scales: test-time augmentation: factors each image is resized by (default: the
+            recorded ones, those of the recipe's ``inference`` section; else ``(1.0,)``).
+        flip: test-time augmentation: also predict the flipped image (default: as recorded).
         batch_size: windows per forward pass.
         device: where the model runs.
         runtime: ``"torch"``, ``"torch-optimized"`` or ``"onnxruntime"``
             (see :func:`~pixelwise.engine.loading.load_predictor`).
         precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (default: the precision the run
-            validated with; with every other option at its default too, the result on
-            ``best.pt`` reproduces the logged validation mIoU).
+            validated with; with every other option at its default too and a recipe without
+            test-time augmentation, the result on ``best.pt`` reproduces the logged validation
+            mIoU).
         out_dir: folder for ``metrics.json`` and ``confusion_matrix.png`` (``None``: no files).
         on_image: progress callback ``on_image(done, total)``.
         boundary_width: band width in pixels for Boundary IoU and trimap accuracy (0: not
             measured).
     """
     _check_boundary_width(boundary_width)
-    options = InferenceOptions.create(mode, window, stride, blend, scales, flip, batch_size)
+    InferenceOptions.create(mode, window, stride, blend, scales or (1.0,), bool(flip), batch_size)  # checks
     state = None if is_onnx(checkpoint) else load_checkpoint(checkpoint)
     loaded = load_predictor(checkpoint, runtime, precision, device, state=state)
+    options = InferenceOptions.create(mode, window, stride, blend, batch_size=batch_size,
+                                      **recorded_augmentation(loaded.inference, scales, flip))
     recorded = (state.get("config") or {}).get("data") if state is not None else None
     data = resolve_data(recorded, data_format, root, split, data_options)
     result = evaluate_loaded(loaded, data, options, device, on_image, boundary_width=boundary_width)
@@ -295,9 +299,11 @@ def _percent(value: float | None) -> str:
 def evaluation_table(result: EvaluationResult) -> Table:
     """Per-class IoU, Dice, accuracy, Boundary IoU (when measured) and pixel counts, then the
     means, as a rich table."""
-    data = result.data
+    data, inference = result.data, result.inference
+    views = "" if not inference.augmented else (
+        f"scales {' '.join(f'{scale:g}' for scale in inference.scales)}{' + flip' if inference.flip else ''}, ")
     table = Table(title=f"{Path(result.checkpoint).name} on {data['format']} {data['split']} "
-                        f"({data['num_images']} images, {result.inference.mode}, "
+                        f"({data['num_images']} images, {inference.mode}, {views}"
                         f"{' '.join(result.runtime.values())})")
     boundary = result.boundary is not None
     columns = ["class", "IoU %", "Dice %", "Acc %"] + (["BIoU %"] if boundary else []) + ["gt px", "pred px"]

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Literal, Mapping, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -474,6 +474,16 @@ class InferenceOptions:
     def to_dict(self) -> dict:
         """JSON-able form, for metrics files and checkpoints."""
         return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}
+
+
+def recorded_augmentation(recorded: Mapping[str, Any] | None, scales: Sequence[float] | None = None,
+                          flip: bool | None = None) -> dict[str, Any]:
+    """The test-time ``scales`` and ``flip`` to predict with: those asked for; where one is
+    ``None``, the one a checkpoint or exported file records (its recipe's ``inference``
+    section); for files that record none, one scale and no flip."""
+    recorded = recorded or {}
+    return {"scales": tuple(recorded.get("scales", (1.0,)) if scales is None else scales),
+            "flip": bool(recorded.get("flip", False) if flip is None else flip)}
 
 
 # Images larger than memory --------------------------------------------------------------------

@@ -59,6 +59,7 @@ from pixelwise.engine.inference import (
     label_dtype,
     normalize_image,
     predict_large_image,
+    recorded_augmentation,
 )
 from pixelwise.engine.loading import load_predictor
 
@@ -323,7 +324,7 @@ def _predict_one(loaded: LoadedModel, source: Path, out_dir: Path, options: Infe
 
 def predict_files(checkpoint: str | Path | LoadedModel, inputs: Sequence[str | Path], out_dir: str | Path,
                   mode: Mode = "whole", window: Size = 512, stride: Size | None = None, blend: Blend = "gaussian",
-                  scales: Sequence[float] = (1.0,), flip: bool = False, batch_size: int = 4,
+                  scales: Sequence[float] | None = None, flip: bool | None = None, batch_size: int = 4,
                   device: str | torch.device = "cpu", runtime: str | None = None, precision: str | None = None,
                   save_probabilities: bool = False,
                   probability_dtype: str = "float16", tile_threshold_pixels: int = DEFAULT_TILE_THRESHOLD,
@@ -342,8 +343,10 @@ def predict_files(checkpoint: str | Path | LoadedModel, inputs: Sequence[str | P
         window: window size for ``"slide"`` and for tiled images.
         stride: largest step between windows (default: two thirds of the window).
         blend: ``"gaussian"`` or ``"uniform"`` weighting of overlapping windows.
-        scales: test-time augmentation: factors the image is resized by.
-        flip: test-time augmentation: also predict the horizontally flipped image.
+        scales: test-time augmentation: factors the image is resized by (default: the recorded
+            ones, those of the recipe's ``inference`` section; else ``(1.0,)``).
+        flip: test-time augmentation: also predict the horizontally flipped image (default: as
+            recorded).
         batch_size: windows per forward pass.
         device: where the model runs (ignored when ``checkpoint`` is a loaded model).
         runtime: ``"torch"``, ``"torch-optimized"`` or ``"onnxruntime"`` (see
@@ -364,7 +367,7 @@ def predict_files(checkpoint: str | Path | LoadedModel, inputs: Sequence[str | P
         ValueError: bad options, or outputs that would collide, overwrite an input, or (unless
             ``overwrite``) replace a file pixelwise did not write.
     """
-    options = InferenceOptions.create(mode, window, stride, blend, scales, flip, batch_size)
+    InferenceOptions.create(mode, window, stride, blend, scales or (1.0,), bool(flip), batch_size)  # checks
     if probability_dtype not in ("float16", "float32"):
         raise ValueError(f"probability_dtype must be 'float16' or 'float32', got {probability_dtype!r}")
     images = expand_inputs(inputs)
@@ -374,6 +377,8 @@ def predict_files(checkpoint: str | Path | LoadedModel, inputs: Sequence[str | P
     outputs = planned_outputs(images, out_dir, save_probabilities, overwrite)
     loaded = checkpoint if isinstance(checkpoint, LoadedModel) else load_predictor(checkpoint, runtime, precision,
                                                                                      device)
+    options = InferenceOptions.create(mode, window, stride, blend, batch_size=batch_size,
+                                      **recorded_augmentation(loaded.inference, scales, flip))
     out_dir.mkdir(parents=True, exist_ok=True)
     _record_outputs(out_dir, outputs)
     report = PredictionReport(out_dir)

@@ -205,9 +205,17 @@ def evaluate(model: nn.Module, dataset: SegmentationDataset, device: torch.devic
 
 
 def validation_inference(amp: str | None) -> InferenceOptions:
-    """How validation computes logits (whole image, the training precision); checkpoints record
-    it, so ``pixelwise evaluate`` computes the same."""
+    """How validation computes logits: whole image, one scale, the training precision."""
     return InferenceOptions.create(precision=amp or "fp32")
+
+
+def recipe_inference(config: Config) -> InferenceOptions:
+    """How the recipe's checkpoints predict, as they record it: validation's whole image and
+    precision, with the test-time scales and flip of the recipe's ``inference`` section. With
+    that section at its defaults ``pixelwise evaluate`` on ``best.pt`` reproduces the logged
+    validation mIoU."""
+    return InferenceOptions.create(scales=config.inference.scales, flip=config.inference.flip,
+                                   precision=config.train.amp or "fp32")
 
 
 def _evaluate_images(model: nn.Module, dataset: SegmentationDataset, indices: range, device: torch.device,
@@ -264,7 +272,7 @@ def checkpoint_state(model: nn.Module, optimizer: torch.optim.Optimizer, config:
         "rng": rng_states[0], "rng_per_rank": rng_states, "config": config_to_dict(config),
         "model_spec": model_spec(config, classes.num_classes), "classes": classes.to_dict(),
         "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
-        "inference": validation_inference(config.train.amp).to_dict(),
+        "inference": recipe_inference(config).to_dict(),
     }
 
 

@@ -32,7 +32,7 @@ import time
 from dataclasses import asdict, dataclass
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any, AsyncGenerator, Callable
+from typing import Any, AsyncGenerator, Callable, Mapping
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -46,7 +46,7 @@ from torch import nn
 
 from pixelwise.data.io import DataError, decode_image_bytes
 from pixelwise.engine.checkpoint import LoadedModel
-from pixelwise.engine.inference import InferenceOptions, predict_large_image
+from pixelwise.engine.inference import InferenceOptions, predict_large_image, recorded_augmentation
 from pixelwise.engine.predict import label_image, overlay as overlay_image, predict_whole
 
 
@@ -205,13 +205,22 @@ async def read_upload(request: Request, limit: int) -> tuple[bytes, str]:
 # The app ---------------------------------------------------------------------------------------
 
 def app_for_file(source: str, runtime: str | None = None, precision: str | None = None, device: str = "cpu",
-                 options: InferenceOptions | None = None, limits: ServiceLimits | None = None) -> FastAPI:
-    """The service for a checkpoint or an exported ONNX file (what ``pixelwise serve`` runs)."""
+                 options: InferenceOptions | Mapping[str, Any] | None = None,
+                 limits: ServiceLimits | None = None) -> FastAPI:
+    """The service for a checkpoint or an exported ONNX file (what ``pixelwise serve`` runs).
+
+    ``options`` are the inference options, or keyword arguments of
+    :meth:`~pixelwise.engine.inference.InferenceOptions.create` whose ``scales`` and ``flip``,
+    when absent or ``None``, are the file's recorded ones (see :func:`create_app`)."""
     from pixelwise.engine.loading import is_onnx, load_predictor
     from pixelwise.export import read_metadata
     from pixelwise.models import create_model, saved_options
 
     loaded = load_predictor(source, runtime, precision, device)
+    if isinstance(options, Mapping):
+        settings = {key: value for key, value in options.items() if key not in ("scales", "flip")}
+        options = InferenceOptions.create(**settings, **recorded_augmentation(
+            loaded.inference, options.get("scales"), options.get("flip")))
     geometry = None
     if is_onnx(source):  # the receptive fields of /explain need the architecture, not the weights
         spec = read_metadata(source)["model_spec"]
@@ -240,13 +249,14 @@ def create_app(loaded: LoadedModel, options: InferenceOptions | None = None, lim
     Args:
         loaded: the model (any runtime), its classes and normalisation
             (:func:`~pixelwise.engine.loading.load_predictor`).
-        options: how logits are computed (default: whole image, 512 windows for tiled images).
+        options: how logits are computed (default: whole image, 512 windows for tiled images,
+            and the test-time scales and flip the model records, those of its recipe).
         limits: what requests may be.
         source: the model's file, for ``/info``.
         geometry: the network's architecture (weights do not matter), for the receptive fields of
             ``/explain``; default: the loaded module itself when it is a PyTorch one.
     """
-    options = options or InferenceOptions.create()
+    options = options or InferenceOptions.create(**recorded_augmentation(loaded.inference))
     limits = limits or ServiceLimits()
     geometry = geometry or getattr(loaded.model, "model", None)
     model, metrics = _Model(loaded, options, limits, geometry), _Metrics()
