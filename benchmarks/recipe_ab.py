@@ -4,8 +4,9 @@ Each variant is the recipe plus its own ``key=value`` overrides (and the ones sh
 ``--set``). The variants train at the same time, one process each, with the machine's cores
 shared out (``OMP_NUM_THREADS``), same seed and data order, so the only difference is the
 overrides. Then every ``last.pt`` (the same iteration for all: choosing ``best.pt`` on the split
-being reported would favour the noisier run) is evaluated through the one inference path with
-the boundary metrics: mIoU, the IoU of chosen classes, mean Boundary IoU and trimap accuracy
+being reported would favour the noisier run) is evaluated through the one inference path, at one
+scale and unflipped as validation runs (not with the recipe's test-time views), with the
+boundary metrics: mIoU, the IoU of chosen classes, mean Boundary IoU and trimap accuracy
 within ``--boundary-width`` pixels of class edges, pixel accuracy, and the validation mIoU logged
 during training.
 
@@ -80,8 +81,9 @@ def train_variants(config: str, variants: list[tuple[str, list[str]]], shared: l
 
 
 def score(run_dir: Path, classes: list[str], boundary_width: int) -> dict:
-    """``last.pt`` evaluated on the recipe's validation split, with the run's logged history."""
-    result = evaluate_checkpoint(run_dir / "last.pt", boundary_width=boundary_width)
+    """``last.pt`` evaluated on the recipe's validation split as validation runs (one scale, no
+    flip), with the run's logged history."""
+    result = evaluate_checkpoint(run_dir / "last.pt", scales=(1.0,), flip=False, boundary_width=boundary_width)
     summary = result.summary()
     names = list(result.classes.names)
     _, evaluations = read_metrics(run_dir / "metrics.jsonl")
