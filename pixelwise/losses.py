@@ -1,4 +1,5 @@
-"""Segmentation losses: cross-entropy, Dice, focal, Lovász-Softmax, their weighted sums, class weights.
+"""Segmentation losses: cross-entropy (also over hard pixels only, OHEM), Dice, focal, Lovász-Softmax,
+their weighted sums, class weights.
 
 Every loss is an ``nn.Module`` called as ``loss(logits, target)`` with logits ``(N, C, H, W)``
 (any number of spatial dimensions works) and an int64 target ``(N, H, W)`` of class indices in
@@ -16,6 +17,9 @@ References:
     Multi-Scale Convolutional Architecture", ICCV 2015 (median frequency balancing).
     Milletari et al., "V-Net", 3DV 2016 (soft Dice loss).
     Lin et al., "Focal Loss for Dense Object Detection", ICCV 2017.
+    Shrivastava et al., "Training Region-based Object Detectors with Online Hard Example
+    Mining", CVPR 2016; Wu et al., "Bridging Category-level and Instance-level Semantic Image
+    Segmentation", 2016 (OHEM over pixels, with a probability threshold and a minimum kept).
     Berman et al., "The Lovász-Softmax loss: A tractable surrogate for the optimization of the
     intersection-over-union measure in neural networks", CVPR 2018.
     Zhao et al., "Pyramid Scene Parsing Network", CVPR 2017 (auxiliary loss weight 0.4).
@@ -165,6 +169,49 @@ class CrossEntropyLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"ignore_index={self.ignore_index}, label_smoothing={self.label_smoothing}"
+
+
+@LOSSES.register("ohem")
+class OhemCrossEntropyLoss(CrossEntropyLoss):
+    """Cross-entropy over the hard pixels only: online hard example mining (OHEM).
+
+    A valid pixel counts when the predicted probability of its true class is below ``thresh``;
+    when fewer than ``min_kept`` pixels are that hard, the ``min_kept`` hardest count (all valid
+    pixels, if there are fewer). The loss is the cross-entropy (class-weighted like
+    :class:`CrossEntropyLoss`) averaged over the pixels that count, so the pixels the network
+    already gets right stop diluting the gradient of the thin and rare ones. The selection is
+    made without a gradient and without synchronising with the host. ``thresh=1`` is plain
+    cross-entropy (every pixel is below 1 unless it is already certain).
+
+    Args:
+        thresh: probability of the true class under which a pixel is hard.
+        min_kept: at least this many of the hardest valid pixels count, per batch.
+        ignore_index, class_weights, label_smoothing: as for :class:`CrossEntropyLoss`.
+    """
+
+    def __init__(self, thresh: float = 0.7, min_kept: int = 100_000, ignore_index: int = IGNORE_INDEX,
+                 class_weights: WeightsLike | None = None, label_smoothing: float = 0.0) -> None:
+        super().__init__(ignore_index, class_weights, label_smoothing)
+        if not 0 < thresh <= 1:
+            raise ValueError(f"thresh must be a probability in (0, 1], got {thresh}")
+        if isinstance(min_kept, bool) or not isinstance(min_kept, int) or min_kept < 1:
+            raise ValueError(f"min_kept must be a positive whole number of pixels, got {min_kept!r}")
+        self.thresh, self.min_kept = thresh, min_kept
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        target = _check_inputs(logits, target)
+        valid = target != self.ignore_index
+        with torch.no_grad():
+            safe_target = torch.where(valid, target, torch.zeros_like(target))
+            p_true = _upcast(logits).softmax(1).gather(1, safe_target.unsqueeze(1)).squeeze(1)
+            p_true = torch.where(valid, p_true, torch.full_like(p_true, 2.0))  # ignored pixels sort last
+            kth = p_true.flatten().kthvalue(min(self.min_kept, p_true.numel())).values
+            hard = valid & ((p_true < self.thresh) | (p_true <= kth))
+        masked = torch.where(hard, target, torch.full_like(target, self.ignore_index))
+        return super().forward(logits, masked)
+
+    def extra_repr(self) -> str:
+        return f"thresh={self.thresh}, min_kept={self.min_kept}, {super().extra_repr()}"
 
 
 @LOSSES.register("dice")
@@ -389,7 +436,7 @@ def _parse_terms(spec: Any) -> list[tuple[str, float, dict]]:
 def _build_term(name: str, options: dict, ignore_index: int, class_weights: WeightsLike | None) -> nn.Module:
     loss_class = LOSSES[name]
     options = {"ignore_index": ignore_index, **options}
-    if class_weights is not None and loss_class is CrossEntropyLoss:
+    if class_weights is not None and issubclass(loss_class, CrossEntropyLoss):
         options.setdefault("class_weights", class_weights)
     if class_weights is not None and loss_class is FocalLoss:
         options.setdefault("alpha", class_weights)
@@ -410,8 +457,8 @@ def create_loss(spec: str | Mapping | Sequence, ignore_index: int = IGNORE_INDEX
     Args:
         spec: a loss name, a mapping of names to weights (or to option mappings), or a list.
         ignore_index: given to every loss.
-        class_weights: given to cross-entropy (``class_weights``) and focal (``alpha``) unless the
-            spec sets them; Dice and Lovász do not take class weights.
+        class_weights: given to cross-entropy and OHEM (``class_weights``) and focal (``alpha``)
+            unless the spec sets them; Dice and Lovász do not take class weights.
 
     Returns:
         The loss module for a single name; a :class:`CombinedLoss` for a mapping or list.

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pixelwise.losses import (
-    CombinedLoss, CrossEntropyLoss, DiceLoss, FocalLoss, LovaszSoftmaxLoss, class_pixel_counts, create_loss,
+    CombinedLoss, CrossEntropyLoss, DiceLoss, FocalLoss, LovaszSoftmaxLoss, OhemCrossEntropyLoss, class_pixel_counts,
+    create_loss,
     inverse_frequency_weights, list_losses, loss_with_aux, lovasz_grad, median_frequency_weights,
 )
 
@@ -38,6 +39,8 @@ def _every_loss() -> dict[str, nn.Module]:
     return {
         "ce": CrossEntropyLoss(), "ce_weighted_smoothed": CrossEntropyLoss(class_weights=weights, label_smoothing=0.1),
         "dice": DiceLoss(), "dice_all": DiceLoss(classes="all"), "dice_no_smooth": DiceLoss(smooth=0.0),
+        "ohem": OhemCrossEntropyLoss(thresh=0.5, min_kept=8),
+        "ohem_weighted": OhemCrossEntropyLoss(thresh=0.3, min_kept=3, class_weights=weights),
         "focal": FocalLoss(), "focal_alpha": FocalLoss(gamma=0.5, alpha=weights),
         "lovasz": LovaszSoftmaxLoss(), "lovasz_all": LovaszSoftmaxLoss(classes="all"),
         "lovasz_per_image": LovaszSoftmaxLoss(per_image=True), "combined": create_loss({"ce": 1.0, "dice": 0.5}),
@@ -146,6 +149,61 @@ def _dice_reference(logits: Tensor, target: Tensor, smooth: float, classes: str)
         dice = (2 * (probs[:, c] * truth).sum() + smooth) / (probs[:, c].sum() + truth.sum() + smooth)
         losses.append(1 - dice)
     return float(np.mean(losses))
+
+
+def _ohem_reference(logits: Tensor, target: Tensor, thresh: float, min_kept: int,
+                    weights: Tensor | None = None) -> Tensor:
+    """Sort the valid pixels by the probability of their class, keep those under ``thresh`` or
+    among the ``min_kept`` lowest, and take PyTorch's cross-entropy over them."""
+    flat_logits = logits.detach().movedim(1, -1).reshape(-1, logits.shape[1]).double()
+    flat_target = target.reshape(-1)
+    valid = (flat_target != IGNORE).nonzero().squeeze(1)
+    p_true = flat_logits[valid].softmax(1)[torch.arange(len(valid)), flat_target[valid]]
+    order = p_true.argsort()
+    kept = valid[order[:min_kept]].tolist() + valid[(p_true < thresh).nonzero().squeeze(1)].tolist()
+    kept = sorted(set(kept))
+    return F.cross_entropy(flat_logits[kept], flat_target[kept], weight=None if weights is None else weights.double())
+
+
+@pytest.mark.parametrize("thresh, min_kept", [(0.5, 1), (0.3, 20), (0.9, 5), (0.05, 40)])
+def test_ohem_equals_cross_entropy_over_the_pixels_it_keeps(thresh: float, min_kept: int) -> None:
+    torch.manual_seed(3)
+    logits, target = _batch((2, NUM_CLASSES, 6, 7))
+    logits = (logits * 2).detach()
+    weights = torch.tensor([1.0, 2.0, 0.5, 1.5])
+    for class_weights in (None, weights):
+        loss = OhemCrossEntropyLoss(thresh=thresh, min_kept=min_kept, ignore_index=IGNORE, class_weights=class_weights)
+        assert loss(logits, target).item() == pytest.approx(
+            _ohem_reference(logits, target, thresh, min_kept, class_weights).item(), rel=1e-5)
+
+
+def test_ohem_leaves_easy_pixels_without_gradient_and_can_be_plain_cross_entropy() -> None:
+    torch.manual_seed(4)
+    target = torch.randint(0, NUM_CLASSES, (1, 4, 4))
+    logits = _perfect_logits(target).detach() / 10  # p(true) of about 0.998: easy
+    logits[0, :, 0, :] = torch.randn(NUM_CLASSES, 4)  # the first row hard
+    logits.requires_grad_()
+    OhemCrossEntropyLoss(thresh=0.7, min_kept=2)(logits, target).backward()
+    assert logits.grad[0, :, 1:].abs().max() == 0 and logits.grad[0, :, 0].abs().max() > 0
+    everything = OhemCrossEntropyLoss(thresh=1.0, min_kept=1)  # every pixel is below 1
+    plain = CrossEntropyLoss()
+    hard_logits, hard_target = _batch()
+    assert everything(hard_logits, hard_target).item() == pytest.approx(plain(hard_logits, hard_target).item())
+    few_valid = torch.full_like(hard_target, IGNORE)
+    few_valid[0, 0, :3] = hard_target[0, 0, :3].clamp(max=NUM_CLASSES - 1)
+    strict = OhemCrossEntropyLoss(thresh=1e-6, min_kept=100)  # more kept than there are valid pixels
+    assert strict(hard_logits, few_valid).item() == pytest.approx(plain(hard_logits, few_valid).item())
+
+
+def test_ohem_options_are_checked_and_read_from_a_recipe() -> None:
+    with pytest.raises(ValueError, match="thresh must be a probability"):
+        OhemCrossEntropyLoss(thresh=0.0)
+    with pytest.raises(ValueError, match="min_kept must be a positive whole number"):
+        OhemCrossEntropyLoss(min_kept=0)
+    loss = create_loss({"ohem": {"thresh": 0.6, "min_kept": 50}}, class_weights=[1.0, 3.0])
+    ohem = loss.losses[0]
+    assert isinstance(ohem, OhemCrossEntropyLoss) and (ohem.thresh, ohem.min_kept) == (0.6, 50)
+    assert ohem.class_weights.tolist() == [1.0, 3.0]
 
 
 @pytest.mark.parametrize("classes", ["present", "all"])
@@ -317,7 +375,7 @@ def test_combined_loss_is_the_weighted_sum() -> None:
 
 
 def test_create_loss_reads_names_mappings_and_lists() -> None:
-    assert set(list_losses()) == {"ce", "dice", "focal", "lovasz"}
+    assert set(list_losses()) == {"ce", "dice", "focal", "lovasz", "ohem"}
     assert isinstance(create_loss("ce"), CrossEntropyLoss)
     assert isinstance(create_loss("Lovasz"), LovaszSoftmaxLoss)
     combined = create_loss({"ce": 1.0, "dice": 0.5})
@@ -338,7 +396,7 @@ def test_create_loss_passes_ignore_index_and_class_weights() -> None:
 
 
 def test_create_loss_errors_are_clear() -> None:
-    with pytest.raises(ValueError, match=r"unknown loss 'iou' \(known: ce, dice, focal, lovasz\)"):
+    with pytest.raises(ValueError, match=r"unknown loss 'iou' \(known: ce, dice, focal, lovasz, ohem\)"):
         create_loss({"ce": 1.0, "iou": 1.0})
     with pytest.raises(ValueError, match="finite number"):
         create_loss({"ce": "heavy"})
