@@ -38,7 +38,7 @@ from rich.table import Table
 from pixelwise.data import ClassInfo, SegmentationDataset, create_dataset
 from pixelwise.data.transforms import val_transform
 from pixelwise.engine.checkpoint import LoadedModel, load_checkpoint
-from pixelwise.engine.inference import Blend, InferenceOptions, Mode, Size, recorded_augmentation
+from pixelwise.engine.inference import Blend, InferenceOptions, Mode, Size
 from pixelwise.engine.loading import is_onnx, load_predictor
 from pixelwise.engine.predict import ProgressCallback
 from pixelwise.metrics import BoundaryMetric, ConfusionMatrix
@@ -182,11 +182,12 @@ def evaluate_checkpoint(checkpoint: str | Path, data_format: str | None = None, 
             measured).
     """
     _check_boundary_width(boundary_width)
-    InferenceOptions.create(mode, window, stride, blend, scales or (1.0,), bool(flip), batch_size)  # checks
+    settings = {"mode": mode, "window": window, "stride": stride, "blend": blend, "scales": scales, "flip": flip,
+                "batch_size": batch_size}
+    InferenceOptions.following(None, **settings)  # checks every value before the model loads
     state = None if is_onnx(checkpoint) else load_checkpoint(checkpoint)
     loaded = load_predictor(checkpoint, runtime, precision, device, state=state)
-    options = InferenceOptions.create(mode, window, stride, blend, batch_size=batch_size,
-                                      **recorded_augmentation(loaded.inference, scales, flip))
+    options = InferenceOptions.following(loaded.inference, **settings)
     recorded = (state.get("config") or {}).get("data") if state is not None else None
     data = resolve_data(recorded, data_format, root, split, data_options)
     result = evaluate_loaded(loaded, data, options, device, on_image, boundary_width=boundary_width)

@@ -471,6 +471,14 @@ class InferenceOptions:
         return predict_logits(model, images, self.mode, self.window, self.stride, self.blend, self.batch_size,
                               self.scales, self.flip, self.precision)
 
+    @classmethod
+    def following(cls, recorded: Mapping[str, Any] | None, scales: Sequence[float] | None = None,
+                  flip: bool | None = None, **settings: Any) -> InferenceOptions:
+        """:meth:`create` with ``settings``, and the test-time ``scales`` and ``flip`` asked for
+        or, where ``None``, those a model records (see :func:`recorded_augmentation`);
+        ``recorded=None`` checks the values before a model is loaded."""
+        return cls.create(**settings, **recorded_augmentation(recorded, scales, flip))
+
     def to_dict(self) -> dict:
         """JSON-able form, for metrics files and checkpoints."""
         return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}

@@ -59,7 +59,6 @@ from pixelwise.engine.inference import (
     label_dtype,
     normalize_image,
     predict_large_image,
-    recorded_augmentation,
 )
 from pixelwise.engine.loading import load_predictor
 
@@ -367,7 +366,9 @@ def predict_files(checkpoint: str | Path | LoadedModel, inputs: Sequence[str | P
         ValueError: bad options, or outputs that would collide, overwrite an input, or (unless
             ``overwrite``) replace a file pixelwise did not write.
     """
-    InferenceOptions.create(mode, window, stride, blend, scales or (1.0,), bool(flip), batch_size)  # checks
+    settings = {"mode": mode, "window": window, "stride": stride, "blend": blend, "scales": scales, "flip": flip,
+                "batch_size": batch_size}
+    InferenceOptions.following(None, **settings)  # checks every value before the model loads
     if probability_dtype not in ("float16", "float32"):
         raise ValueError(f"probability_dtype must be 'float16' or 'float32', got {probability_dtype!r}")
     images = expand_inputs(inputs)
@@ -377,8 +378,7 @@ def predict_files(checkpoint: str | Path | LoadedModel, inputs: Sequence[str | P
     outputs = planned_outputs(images, out_dir, save_probabilities, overwrite)
     loaded = checkpoint if isinstance(checkpoint, LoadedModel) else load_predictor(checkpoint, runtime, precision,
                                                                                      device)
-    options = InferenceOptions.create(mode, window, stride, blend, batch_size=batch_size,
-                                      **recorded_augmentation(loaded.inference, scales, flip))
+    options = InferenceOptions.following(loaded.inference, **settings)
     out_dir.mkdir(parents=True, exist_ok=True)
     _record_outputs(out_dir, outputs)
     report = PredictionReport(out_dir)

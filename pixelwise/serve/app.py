@@ -46,7 +46,7 @@ from torch import nn
 
 from pixelwise.data.io import DataError, decode_image_bytes
 from pixelwise.engine.checkpoint import LoadedModel
-from pixelwise.engine.inference import InferenceOptions, predict_large_image, recorded_augmentation
+from pixelwise.engine.inference import InferenceOptions, predict_large_image
 from pixelwise.engine.predict import label_image, overlay as overlay_image, predict_whole
 
 
@@ -218,9 +218,7 @@ def app_for_file(source: str, runtime: str | None = None, precision: str | None 
 
     loaded = load_predictor(source, runtime, precision, device)
     if isinstance(options, Mapping):
-        settings = {key: value for key, value in options.items() if key not in ("scales", "flip")}
-        options = InferenceOptions.create(**settings, **recorded_augmentation(
-            loaded.inference, options.get("scales"), options.get("flip")))
+        options = InferenceOptions.following(loaded.inference, **options)
     geometry = None
     if is_onnx(source):  # the receptive fields of /explain need the architecture, not the weights
         spec = read_metadata(source)["model_spec"]
@@ -256,7 +254,7 @@ def create_app(loaded: LoadedModel, options: InferenceOptions | None = None, lim
         geometry: the network's architecture (weights do not matter), for the receptive fields of
             ``/explain``; default: the loaded module itself when it is a PyTorch one.
     """
-    options = options or InferenceOptions.create(**recorded_augmentation(loaded.inference))
+    options = options or InferenceOptions.following(loaded.inference)
     limits = limits or ServiceLimits()
     geometry = geometry or getattr(loaded.model, "model", None)
     model, metrics = _Model(loaded, options, limits, geometry), _Metrics()
