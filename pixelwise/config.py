@@ -87,6 +87,9 @@ class TrainConfig:
     amp: str | None = None  # None | bf16 | fp16
     channels_last: bool = False
     aux_weight: float = 0.4
+    # Decay of an exponential moving average of the weights (e.g. 0.999), which validation,
+    # best.pt and last.pt's predicting weights then use; null trains without one.
+    ema: float | None = None
     seed: int = 0
     output_dir: str = "runs/default"
     # Under torchrun: batch norms over the global batch (CUDA only; otherwise each process's share).
@@ -180,6 +183,7 @@ RANGES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("train.checkpoint_every", lambda v: v >= 1, "at least 1 (write last.pt every N iterations)"),
     ("train.amp", lambda v: v in (None, "bf16", "fp16"), "null, bf16 or fp16"),
     ("train.aux_weight", lambda v: 0 <= v < math.inf, "0 or more"),
+    ("train.ema", lambda v: v is None or 0 < v < 1, "a decay in (0, 1) such as 0.999, or null for no average"),
     ("train.time_budget_min", lambda v: v is None or 0 < v < math.inf, "a positive number of minutes, or null"),
     ("inference.scales", lambda v: len(v) >= 1 and all(0 < x < math.inf for x in v), "one or more positive factors"),
 )

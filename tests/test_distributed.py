@@ -18,11 +18,12 @@ from pixelwise.engine.distributed import DistributedContext, convert_sync_batchn
 from pixelwise.engine.train import build_datasets, build_model, evaluate, train
 
 # The paper's U-Net without batch norm: per-process batch norm would make N processes at batch b
-# differ from one process at batch N·b; with none, the two are the same computation.
+# differ from one process at batch N·b; with none, the two are the same computation. With a
+# moving average of the weights (train.ema), which must follow the same way.
 RECIPE = ["model.name=unet", "model.encoder=null", "model.options={base_channels: 4, depth: 2, norm: null}",
           "data.options={size: 32, length: 16}", "data.crop_size=[32, 32]", "data.scale_range=[1.0, 1.0]",
           "data.workers=0", "optim.name=sgd", "optim.lr=0.1", "train.iterations=4", "train.eval_every=2",
-          "train.checkpoint_every=2"]
+          "train.checkpoint_every=2", "train.ema=0.5"]
 
 # Stops a run after step 3, as a crash would, on every process (torchrun then reports failure).
 INTERRUPTED = textwrap.dedent("""
@@ -63,10 +64,13 @@ def test_two_processes_train_like_one_at_double_batch_and_resume(tmp_path: Path)
     assert resumed.stdout.count("best mIoU") == 1, "only rank 0 reports"
     state = load_checkpoint(run_dir / "last.pt")
     assert state["iteration"] == 4 and len(state["rng_per_rank"]) == 2
-    expected = load_checkpoint(reference.run_dir / "last.pt")["model"]
-    assert set(state["model"]) == set(expected), "no 'module.' prefix"
-    for key, value in expected.items():
-        torch.testing.assert_close(state["model"][key], value, rtol=1e-4, atol=1e-6, msg=key)
+    reference_state = load_checkpoint(reference.run_dir / "last.pt")
+    assert state["ema_updates"] == reference_state["ema_updates"] == 4
+    for weights in ("model", "training_model"):  # the moving average (train.ema) and the trained weights
+        expected = reference_state[weights]
+        assert set(state[weights]) == set(expected), "no 'module.' prefix"
+        for key, value in expected.items():
+            torch.testing.assert_close(state[weights][key], value, rtol=1e-4, atol=1e-6, msg=f"{weights}.{key}")
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [(r["iteration"], "eval" in r) for r in records] == [(1, False), (2, False), (2, True), (3, False),
                                                                 (4, False), (4, True)], "each record once"

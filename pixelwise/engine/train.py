@@ -37,6 +37,7 @@ from pixelwise.data.transforms import IMAGENET_MEAN, IMAGENET_STD, train_transfo
 from pixelwise.engine.budget import EVAL_PROBE_IMAGES, RECENT_STEPS, BudgetClock, BudgetPlan, iterations_for_budget
 from pixelwise.engine.checkpoint import (load_checkpoint, non_finite_tensors, remove_orphan_temporaries,
                                          save_checkpoint)
+from pixelwise.engine.ema import WeightAverage
 from pixelwise.engine.inference import InferenceOptions
 from pixelwise.engine.distributed import (DistributedContext, broadcast_object, convert_sync_batchnorm,
                                           distributed_session, gather_objects, mean_over_processes, sync_buffers,
@@ -258,15 +259,21 @@ def train_one_step(model: nn.Module, batch: tuple[Tensor, Tensor], loss_fn: nn.M
 
 
 def checkpoint_state(model: nn.Module, optimizer: torch.optim.Optimizer, config: Config, classes: ClassInfo,
-                     progress: Progress, rng_states: list[Tensor] | None = None) -> dict:
+                     progress: Progress, rng_states: list[Tensor] | None = None,
+                     average: WeightAverage | None = None) -> dict:
     """Everything to resume exactly and to predict without the recipe.
 
     Args:
         rng_states: every process's CPU random state, in rank order (default: this process's).
+        average: the run's moving average of the weights (``train.ema``): ``"model"`` then holds
+            the average, which is what predicts, and ``"training_model"`` the trained weights.
     """
     rng_states = rng_states or [torch.get_rng_state()]
+    averaged = {} if average is None else {"training_model": unwrap(model).state_dict(),
+                                           "ema_updates": average.updates}
     return {
-        "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+        "model": (unwrap(model) if average is None else average.module).state_dict(), **averaged,
+        "optimizer": optimizer.state_dict(),
         "iteration": progress.iteration, "total_iterations": progress.total, "best_miou": progress.best_miou,
         "train_seconds": progress.train_seconds, "time_budget": progress.budget,
         "rng": rng_states[0], "rng_per_rank": rng_states, "config": config_to_dict(config),
@@ -351,6 +358,7 @@ def _train(config: Config, resume: bool, overwrite: bool, context: DistributedCo
     loss_fn = create_loss(config.loss, ignore_index=train_set.classes.ignore_index,
                           class_weights=class_weights(config, train_set.classes)).to(context.device)
     progress = _restore(state, model, optimizer, config)
+    average = _restore_average(state, model, config)
     model = wrap_model(model, context)
     if context.is_main:
         save_config(config, run_dir / "config.yaml")
@@ -365,8 +373,8 @@ def _train(config: Config, resume: bool, overwrite: bool, context: DistributedCo
     clock = _budget_clock(config, progress, session_start)
     if progress.total is not None and on_total is not None:
         on_total(progress.total, None)
-    run = _Run(config, context, model, optimizer, loss_fn, train_set.classes, val_set, run_dir, progress, clock,
-               session_start, on_step, on_total)
+    run = _Run(config, context, model, average, optimizer, loss_fn, train_set.classes, val_set, run_dir, progress,
+               clock, session_start, on_step, on_total)
     with RunLog(run_dir, context.is_main, progress.iteration if state is not None else None,
                 train_set.classes.names) as log:
         last_metrics = run.loop(batches, log)
@@ -435,11 +443,11 @@ def _restore(state: dict | None, model: nn.Module, optimizer: torch.optim.Optimi
         total = None if config.train.time_budget_min is not None else config.train.iterations
         return Progress(total=total)
     check_resume_config(config, state.get("config") or {})
-    diverged = non_finite_tensors(state["model"])
+    diverged = non_finite_tensors(state["model"]) + non_finite_tensors(state.get("training_model", {}))
     if diverged:
         raise TrainingDiverged(f"last.pt holds NaN or infinite values ({', '.join(diverged[:3])}), so the run cannot "
                                f"continue from it; train again with --overwrite and a lower optim.lr")
-    model.load_state_dict(state["model"])
+    model.load_state_dict(state.get("training_model", state["model"]))
     optimizer.load_state_dict(state["optimizer"])
     total = state["total_iterations"]
     if config.train.time_budget_min is None:
@@ -452,6 +460,17 @@ def _restore(state: dict | None, model: nn.Module, optimizer: torch.optim.Optimi
         total = config.train.iterations  # what the recipe says (also: a budget that is now gone)
     return Progress(state["iteration"], total, state["best_miou"], state.get("train_seconds", 0.0),
                     state.get("time_budget"))
+
+
+def _restore_average(state: dict | None, model: nn.Module, config: Config) -> WeightAverage | None:
+    """The moving average of the weights when the recipe keeps one: the checkpoint's, or (a fresh
+    run, or one started without an average) a copy of the model."""
+    if config.train.ema is None:
+        return None
+    average = WeightAverage(model, config.train.ema)
+    if state is not None and "ema_updates" in state:
+        average.load(state["model"], state["ema_updates"])
+    return average
 
 
 def check_resume_config(config: Any, recorded: dict, allowed: Sequence[str] = RESUMABLE_CHANGES) -> None:
@@ -513,6 +532,7 @@ class _Run:
     config: Config
     context: DistributedContext
     model: nn.Module
+    average: WeightAverage | None  # train.ema's moving average: what validation scores and checkpoints predict with
     optimizer: torch.optim.Optimizer
     loss_fn: nn.Module
     classes: ClassInfo
@@ -539,6 +559,8 @@ class _Run:
             start = time.perf_counter()
             loss = train_one_step(self.model, batch, self.loss_fn, self.optimizer, config, self.context.device,
                                   self.context)
+            if self.average is not None:
+                self.average.update(unwrap(self.model))
             progress.iteration += 1
             log.step(progress.iteration, loss, lr, time.perf_counter() - start)
             if self.on_step is not None:
@@ -612,8 +634,9 @@ class _Run:
         saves = []
         if progress.iteration % train_config.eval_every == 0 or final:
             start = time.perf_counter()
-            sync_buffers(self.model, self.context)  # evaluate rank 0's batch-norm statistics everywhere
-            self.last_metrics = evaluate(self.model, self.val_set, self.context.device, train_config.amp,
+            predicting = self.model if self.average is None else self.average.module
+            sync_buffers(predicting, self.context)  # evaluate rank 0's batch-norm statistics everywhere
+            self.last_metrics = evaluate(predicting, self.val_set, self.context.device, train_config.amp,
                                          self.context).summary()
             log.evaluation(progress.iteration, self.last_metrics)
             if self.last_metrics["mean_iou"] > progress.best_miou:
@@ -631,6 +654,8 @@ class _Run:
         """Batch-norm running statistics can overflow before the loss does: a model with NaN or
         infinite weights or statistics predicts one class everywhere, and must not be kept."""
         diverged = non_finite_tensors(unwrap(self.model).state_dict())
+        if self.average is not None:
+            diverged += [f"average's {name}" for name in non_finite_tensors(self.average.module.state_dict())]
         if diverged:
             raise TrainingDiverged(f"at iteration {self.progress.iteration} the model's {', '.join(diverged[:3])}"
                                    f"{' and more' if len(diverged) > 3 else ''} became NaN or infinite; lower "
@@ -644,6 +669,7 @@ class _Run:
         self.session_start = time.perf_counter()
         if not self.context.is_main:
             return
-        state = checkpoint_state(self.model, self.optimizer, self.config, self.classes, self.progress, rng_states)
+        state = checkpoint_state(self.model, self.optimizer, self.config, self.classes, self.progress, rng_states,
+                                 self.average)
         for name in names:
             save_checkpoint(state, self.run_dir / name)
