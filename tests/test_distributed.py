@@ -18,8 +18,8 @@ from pixelwise.engine.distributed import DistributedContext, convert_sync_batchn
 from pixelwise.engine.train import build_datasets, build_model, evaluate, train
 
 # The paper's U-Net without batch norm: per-process batch norm would make N processes at batch b
-# differ from one process at batch N·b; with none, the two are the same computation. With a
-# moving average of the weights (train.ema), which must follow the same way.
+# differ from one process at batch N·b; with none, the two are the same computation. The moving
+# average of the weights (train.ema) must follow the same way.
 RECIPE = ["model.name=unet", "model.encoder=null", "model.options={base_channels: 4, depth: 2, norm: null}",
           "data.options={size: 32, length: 16}", "data.crop_size=[32, 32]", "data.scale_range=[1.0, 1.0]",
           "data.workers=0", "optim.name=sgd", "optim.lr=0.1", "train.iterations=4", "train.eval_every=2",

@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from test_train import _Interrupt, _stop_at
 
 from pixelwise.cli import main
 from pixelwise.config import ConfigError, load_config
@@ -87,16 +88,9 @@ def test_a_run_validates_and_saves_the_average_and_resumes_exactly(tmp_path: Pat
     assert best.summary()["mean_iou"] == pytest.approx(load_checkpoint(straight.run_dir / "best.pt")["best_miou"],
                                                        abs=1e-12)
 
-    class Interrupt(Exception):
-        pass
-
-    def stop_at_4(step: int, loss: float) -> None:
-        if step == 4:
-            raise Interrupt
-
     resumed_dir = tmp_path / "resumed"
-    with pytest.raises(Interrupt):
-        train(load_config(None, [*RUN, f"train.output_dir={resumed_dir}"]), on_step=stop_at_4)
+    with pytest.raises(_Interrupt):
+        train(load_config(None, [*RUN, f"train.output_dir={resumed_dir}"]), on_step=_stop_at(4))
     assert load_checkpoint(resumed_dir / "last.pt")["ema_updates"] == 3
     train(load_config(None, [*RUN, f"train.output_dir={resumed_dir}"]), resume=True)
     resumed = load_checkpoint(resumed_dir / "last.pt")
@@ -105,8 +99,7 @@ def test_a_run_validates_and_saves_the_average_and_resumes_exactly(tmp_path: Pat
             assert torch.equal(resumed[key][name], value), f"{key}.{name} differs after resuming"
 
 
-def test_the_cli_trains_with_an_average_and_refuses_a_decay_that_cannot_work(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_cli_trains_with_an_average_and_refuses_a_decay_that_cannot_work(tmp_path: Path) -> None:
     assert main(["train", *RUN, "train.iterations=2", "train.eval_every=2", f"train.output_dir={tmp_path}"]) == 0
     assert load_checkpoint(tmp_path / "last.pt")["ema_updates"] == 2
     for decay in ("1.0", "0", "-0.5"):
