@@ -51,6 +51,9 @@ class DataConfig:
     # Image-only colour jitter: one strength for brightness, contrast and saturation, or
     # [brightness, contrast, saturation, hue]; null or 0 for none.
     color_jitter: float | list[float] | None = 0.3
+    # Probability that a training sample gets a box of another sample pasted in, image and mask
+    # (CutMix); 0 for none.
+    cutmix: float = 0.0
     batch_size: int = 8  # per process: under torchrun the global batch is batch_size × processes
     workers: int = 2
     options: dict = field(default_factory=dict)  # format-specific: num_classes, mask_colors, ...
@@ -169,6 +172,7 @@ RANGES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("data.color_jitter", lambda v: v is None or (isinstance(v, float) and 0 <= v < math.inf)
      or (isinstance(v, list) and len(v) == 4 and all(0 <= x < math.inf for x in v[:3]) and 0 <= v[3] <= 0.5),
      "null, one strength >= 0, or [brightness, contrast, saturation, hue] with each >= 0 and hue <= 0.5"),
+    ("data.cutmix", lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
     ("optim.name", lambda v: v.lower() in ("sgd", "adamw"), "sgd or adamw"),
     ("optim.lr", lambda v: 0 < v < math.inf, "a positive number"),
     ("optim.weight_decay", lambda v: 0 <= v < math.inf, "0 or more"),

@@ -23,7 +23,7 @@ from pixelwise.engine.train import build_datasets, build_model, evaluate, train
 RECIPE = ["model.name=unet", "model.encoder=null", "model.options={base_channels: 4, depth: 2, norm: null}",
           "data.options={size: 32, length: 16}", "data.crop_size=[32, 32]", "data.scale_range=[1.0, 1.0]",
           "data.workers=0", "optim.name=sgd", "optim.lr=0.1", "train.iterations=4", "train.eval_every=2",
-          "train.checkpoint_every=2", "train.ema=0.5"]
+          "train.checkpoint_every=2", "train.ema=0.5", "data.cutmix=0.5"]
 
 # Stops a run after step 3, as a crash would, on every process (torchrun then reports failure).
 INTERRUPTED = textwrap.dedent("""

@@ -18,12 +18,14 @@ Example:
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 from PIL import Image as PILImage
 from torch import Tensor
+from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
@@ -190,3 +192,54 @@ def _as_mask(mask: Any) -> tv_tensors.Mask:
     if mask.ndim == 3 and mask.shape[0] == 1:  # a 1×H×W mask from a single-channel loader
         mask = mask[0]
     return tv_tensors.Mask(mask.to(torch.int64) if mask.dtype != torch.int64 else mask)
+
+
+def cutmix_box(height: int, width: int, alpha: float = 1.0) -> tuple[int, int, int, int]:
+    """A CutMix box ``(x1, y1, x2, y2)`` (Yun et al., 2019), drawn from torch's global generator
+    as ``torchvision.transforms.v2.CutMix`` draws it: a mixing ratio ``λ ~ Beta(α, α)``, a
+    centre uniform over the pixels, sides ``√(1 − λ)`` of the image's, clipped to the image (so
+    the box covers ``1 − λ`` of it on average before clipping, less after)."""
+    lam = float(torch.distributions.Beta(torch.tensor(alpha), torch.tensor(alpha)).sample(()))
+    centre_x = int(torch.randint(width, size=(1,)))
+    centre_y = int(torch.randint(height, size=(1,)))
+    half = 0.5 * math.sqrt(1.0 - lam)
+    half_w, half_h = int(half * width), int(half * height)
+    return (max(centre_x - half_w, 0), max(centre_y - half_h, 0),
+            min(centre_x + half_w, width), min(centre_y + half_h, height))
+
+
+class CutMix(Dataset):
+    """Training samples with, at a given probability, a box of another sample pasted in: image
+    and mask alike, so every pixel keeps its own label (CutMix for segmentation, as French et
+    al., 2020). The partner is drawn uniformly from the data set and augmented as any sample;
+    every draw comes from torch's global generator, so under
+    :class:`~pixelwise.engine.sampling.SeededSamples` a sample and its partner are a function of
+    the sample's seed (resumed and distributed runs see the same mixes).
+
+    Args:
+        dataset: yields ``(image, mask)`` pairs of one size (training crops).
+        probability: chance that a sample is mixed, in [0, 1].
+        alpha: the Beta distribution's parameter for the box's share (1: uniform).
+    """
+
+    def __init__(self, dataset: Dataset, probability: float, alpha: float = 1.0) -> None:
+        if not 0 <= probability <= 1:
+            raise ValueError(f"the CutMix probability must be in [0, 1], got {probability}")
+        self.dataset, self.probability, self.alpha = dataset, probability, alpha
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        image, mask = self.dataset[index]
+        if float(torch.rand(())) >= self.probability:
+            return image, mask
+        other_image, other_mask = self.dataset[int(torch.randint(len(self), size=()))]
+        if other_image.shape != image.shape or other_mask.shape != mask.shape:
+            raise ValueError(f"CutMix needs samples of one size (training crops): sample {index} is "
+                             f"{tuple(image.shape)}, its partner {tuple(other_image.shape)}; set data.crop_size")
+        x1, y1, x2, y2 = cutmix_box(image.shape[-2], image.shape[-1], self.alpha)
+        image, mask = image.clone(), mask.clone()
+        image[..., y1:y2, x1:x2] = other_image[..., y1:y2, x1:x2]
+        mask[..., y1:y2, x1:x2] = other_mask[..., y1:y2, x1:x2]
+        return image, mask

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, Subset
 
 from pixelwise.config import Config, ConfigError, config_to_dict, save_config
 from pixelwise.data import ClassInfo, DataError, SegmentationDataset, create_dataset
-from pixelwise.data.transforms import IMAGENET_MEAN, IMAGENET_STD, train_transform, val_transform
+from pixelwise.data.transforms import IMAGENET_MEAN, IMAGENET_STD, CutMix, train_transform, val_transform
 from pixelwise.engine.budget import EVAL_PROBE_IMAGES, RECENT_STEPS, BudgetClock, BudgetPlan, iterations_for_budget
 from pixelwise.engine.checkpoint import (load_checkpoint, non_finite_tensors, remove_orphan_temporaries,
                                          save_checkpoint)
@@ -365,7 +365,8 @@ def _train(config: Config, resume: bool, overwrite: bool, context: DistributedCo
     sampler = ResumableBatchSampler(len(train_set), config.data.batch_size, config.train.seed, progress.iteration,
                                     OPEN_ENDED if config.train.time_budget_min is not None else progress.total,
                                     context.rank, context.world_size)  # a budget's total may be revised
-    batches = _plain_data_errors(iter(DataLoader(SeededSamples(train_set), batch_sampler=sampler,
+    samples = CutMix(train_set, config.data.cutmix) if config.data.cutmix > 0 else train_set
+    batches = _plain_data_errors(iter(DataLoader(SeededSamples(samples), batch_sampler=sampler,
                                                  num_workers=config.data.workers)))
     # After creating the loader's iterator, which draws a seed from the global generator:
     # restoring first would leave a resumed run one draw apart from an uninterrupted one.
