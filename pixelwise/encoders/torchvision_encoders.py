@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from torchvision import models as tvm
 
 from pixelwise.encoders.base import Encoder, dilate_for_output_stride
+from pixelwise.layers.conv import InstanceBatchNorm2d
 from pixelwise.layers.convert import linear_to_conv2d_weight
 from pixelwise.registry import Registry
 
@@ -69,6 +70,48 @@ class ResNetEncoder(Encoder):
     def convert_state_dict(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
         """torchvision classifier keys → encoder keys: drop the ``fc`` head."""
         return {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
+
+
+class IBNResNetEncoder(ResNetEncoder):
+    """ResNet-IBN-a (Pan et al., ECCV 2018): a :class:`ResNetEncoder` whose blocks in ``layer1``
+    to ``layer3`` normalise their first convolution with
+    :class:`~pixelwise.layers.InstanceBatchNorm2d` (half the channels instance-normalised), the
+    shallow layers where appearance (light, colour cast, contrast) lives; the stem and ``layer4``
+    keep batch norm. Same channels, strides and grids as the plain ResNet.
+
+    Weights: IBN-Net's released ``resnet*_ibn_a`` files load as they are (same keys). A
+    torchvision ResNet state dict (``encoder_weights: imagenet``) loads too: each converted layer's
+    instance-norm half takes the scale and shift of its batch norm's first channels and the
+    batch-norm half the rest, with their running statistics; the network then differs from the
+    plain one only by normalising those channels per image.
+    """
+
+    IBN_LAYERS = ("layer1", "layer2", "layer3")
+
+    def __init__(self, builder: Callable[..., nn.Module], output_stride: int = 32) -> None:
+        super().__init__(builder, output_stride)
+        for block in self._ibn_blocks():
+            block.bn1 = InstanceBatchNorm2d(block.bn1.num_features)
+
+    def _ibn_blocks(self) -> list[nn.Module]:
+        return [block for name in self.IBN_LAYERS for block in getattr(self, name)]
+
+    def convert_state_dict(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+        """torchvision ResNet keys → these keys: drop ``fc``; split each converted ``bn1``."""
+        state = super().convert_state_dict(state_dict)
+        for layer in self.IBN_LAYERS:
+            for index, block in enumerate(getattr(self, layer)):
+                prefix, half = f"{layer}.{index}.bn1.", block.bn1.half
+                if f"{prefix}weight" not in state:
+                    continue  # not a torchvision key set: load_into reports what is missing
+                for name in ("weight", "bias"):
+                    value = state.pop(f"{prefix}{name}")
+                    state[f"{prefix}IN.{name}"], state[f"{prefix}BN.{name}"] = value[:half], value[half:]
+                for name in ("running_mean", "running_var"):
+                    state[f"{prefix}BN.{name}"] = state.pop(f"{prefix}{name}")[half:]
+                if f"{prefix}num_batches_tracked" in state:
+                    state[f"{prefix}BN.num_batches_tracked"] = state.pop(f"{prefix}num_batches_tracked")
+        return state
 
 
 class SlicedEncoder(Encoder):
@@ -188,6 +231,24 @@ def resnet50(output_stride: int = 32) -> ResNetEncoder:
 def resnet101(output_stride: int = 32) -> ResNetEncoder:
     """ResNet-101 features at strides 2…32 (64, 256, 512, 1024, 2048 channels)."""
     return ResNetEncoder(tvm.resnet101, output_stride)
+
+
+@register_encoder(tvm.ResNet18_Weights.IMAGENET1K_V1)
+def resnet18_ibn_a(output_stride: int = 32) -> IBNResNetEncoder:
+    """ResNet-18-IBN-a: ResNet-18 with IBN in layers 1–3; see :class:`IBNResNetEncoder`."""
+    return IBNResNetEncoder(tvm.resnet18, output_stride)
+
+
+@register_encoder(tvm.ResNet34_Weights.IMAGENET1K_V1)
+def resnet34_ibn_a(output_stride: int = 32) -> IBNResNetEncoder:
+    """ResNet-34-IBN-a: ResNet-34 with IBN in layers 1–3; see :class:`IBNResNetEncoder`."""
+    return IBNResNetEncoder(tvm.resnet34, output_stride)
+
+
+@register_encoder(tvm.ResNet50_Weights.IMAGENET1K_V1)
+def resnet50_ibn_a(output_stride: int = 32) -> IBNResNetEncoder:
+    """ResNet-50-IBN-a: ResNet-50 with IBN in layers 1–3; see :class:`IBNResNetEncoder`."""
+    return IBNResNetEncoder(tvm.resnet50, output_stride)
 
 
 @register_encoder(tvm.MobileNet_V2_Weights.IMAGENET1K_V1)

@@ -10,7 +10,15 @@ from pixelwise.layers.align import (
     upsampling_step,
 )
 from pixelwise.layers.aspp import ASPP, ASPPPooling, aspp_rates
-from pixelwise.layers.conv import ConvNormAct, LayerSpec, SeparableConv2d, make_act, make_conv_block, make_norm
+from pixelwise.layers.conv import (
+    ConvNormAct,
+    InstanceBatchNorm2d,
+    LayerSpec,
+    SeparableConv2d,
+    make_act,
+    make_conv_block,
+    make_norm,
+)
 from pixelwise.layers.padding import mirror_pad, pad_to_multiple
 from pixelwise.layers.resize import resize_bilinear, scaled_size
 from pixelwise.layers.upsample import (
@@ -29,8 +37,8 @@ from pixelwise.layers.upsample import (
 __all__ = [
     "IMAGE_GRID", "Grid", "aligned_resize", "aligned_upsample", "bilinear_icnr_", "half_pixel_shift", "shifted_upsample",
     "upsampling_step", "ShiftedResize", "upsampler_between",
-    "ASPP", "ASPPPooling", "aspp_rates", "ConvNormAct", "LayerSpec", "SeparableConv2d", "make_act",
-    "make_conv_block", "make_norm", "mirror_pad", "pad_to_multiple", "resize_bilinear", "scaled_size", "UPSAMPLE_KINDS",
-    "PixelShuffleUpsample", "ResizeConv", "TransposedUpsample", "bilinear_kernel", "icnr_",
+    "ASPP", "ASPPPooling", "aspp_rates", "ConvNormAct", "InstanceBatchNorm2d", "LayerSpec", "SeparableConv2d",
+    "make_act", "make_conv_block", "make_norm", "mirror_pad", "pad_to_multiple", "resize_bilinear", "scaled_size",
+    "UPSAMPLE_KINDS", "PixelShuffleUpsample", "ResizeConv", "TransposedUpsample", "bilinear_kernel", "icnr_",
     "make_upsampler",
 ]

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import Callable
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from pixelwise.registry import Registry
 
@@ -44,6 +45,41 @@ def _group_norm(channels: int) -> nn.Module:
 @NORMS.register("instancenorm")
 def _instance_norm(channels: int) -> nn.Module:
     return nn.InstanceNorm2d(channels, affine=True)
+
+
+class InstanceBatchNorm2d(nn.Module):
+    """IBN-Net's IBN layer (Pan et al., "Two at Once: Enhancing Learning and Generalization
+    Capacities via IBN-Net", ECCV 2018): instance normalisation on the first ``ratio`` of the
+    channels, batch normalisation on the rest.
+
+    Instance normalisation takes each image's own contrast and colour cast out of those
+    channels, so the features after it vary less between scenes lit differently; batch
+    normalisation keeps the rest discriminative. The submodules are named ``IN`` and ``BN``, as
+    in IBN-Net's code, so its released ResNet-IBN-a files load with their keys as they are.
+
+    Args:
+        channels: channels of the input.
+        ratio: share of the channels instance-normalised (IBN-Net: 0.5).
+    """
+
+    def __init__(self, channels: int, ratio: float = 0.5) -> None:
+        super().__init__()
+        self.half = int(channels * ratio)
+        if not 0 < self.half < channels:
+            raise ValueError(f"IBN needs channels on both sides of its split: {channels} channels at ratio "
+                             f"{ratio} put {self.half} under instance norm; use a ratio strictly between "
+                             f"{1 / channels:.3g} and 1")
+        self.IN = nn.InstanceNorm2d(self.half, affine=True)
+        self.BN = nn.BatchNorm2d(channels - self.half)
+
+    def forward(self, x: Tensor) -> Tensor:
+        instance, batch = torch.split(x, [self.half, x.shape[1] - self.half], dim=1)
+        return torch.cat([self.IN(instance), self.BN(batch)], dim=1)
+
+
+@NORMS.register("ibn")
+def _instance_batch_norm(channels: int) -> nn.Module:
+    return InstanceBatchNorm2d(channels)
 
 
 @ACTIVATIONS.register("relu")
