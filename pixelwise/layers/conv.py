@@ -47,6 +47,16 @@ def _instance_norm(channels: int) -> nn.Module:
     return nn.InstanceNorm2d(channels, affine=True)
 
 
+def standardize_per_image(x: Tensor, eps: float = 1e-5) -> Tensor:
+    """Each image's channels to zero mean and unit variance over its pixels (instance
+    normalisation without learned parameters; a constant channel becomes 0).
+
+    ``F.instance_norm`` refuses a 1×1 image, which the any-size contract accepts.
+    """
+    variance, mean = torch.var_mean(x, dim=(-2, -1), correction=0, keepdim=True)
+    return (x - mean) * torch.rsqrt(variance + eps)
+
+
 class InstanceBatchNorm2d(nn.Module):
     """IBN-Net's IBN layer (Pan et al., "Two at Once: Enhancing Learning and Generalization
     Capacities via IBN-Net", ECCV 2018): instance normalisation on the first ``ratio`` of the
@@ -74,7 +84,10 @@ class InstanceBatchNorm2d(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         instance, batch = torch.split(x, [self.half, x.shape[1] - self.half], dim=1)
-        return torch.cat([self.IN(instance), self.BN(batch)], dim=1)
+        # Instance norm written out: F.instance_norm's export fixes the batch size of the ONNX graph.
+        shape = (1, self.half, 1, 1)
+        instance = standardize_per_image(instance, self.IN.eps) * self.IN.weight.view(shape) + self.IN.bias.view(shape)
+        return torch.cat([instance, self.BN(batch)], dim=1)
 
 
 @NORMS.register("ibn")

@@ -7,6 +7,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from pixelwise.layers.conv import standardize_per_image
 from pixelwise.layers.padding import pad_to_multiple
 from pixelwise.layers.resize import resize_bilinear, scaled_size
 
@@ -37,16 +38,6 @@ def size_listing(sizes: Sequence[int], head: int = 4) -> str:
 
 
 INPUT_NORMS = (None, "instance")
-
-
-def standardize_per_image(x: Tensor, eps: float = 1e-5) -> Tensor:
-    """Each image's channels to zero mean and unit variance over its pixels (instance
-    normalisation without learned parameters; a constant channel becomes 0).
-
-    ``F.instance_norm`` refuses a 1×1 image, which the any-size contract accepts.
-    """
-    variance, mean = torch.var_mean(x, dim=(-2, -1), correction=0, keepdim=True)
-    return (x - mean) * torch.rsqrt(variance + eps)
 
 
 class SegmentationModel(nn.Module):
