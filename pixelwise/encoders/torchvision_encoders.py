@@ -90,11 +90,9 @@ class IBNResNetEncoder(ResNetEncoder):
 
     def __init__(self, builder: Callable[..., nn.Module], output_stride: int = 32) -> None:
         super().__init__(builder, output_stride)
-        for block in self._ibn_blocks():
-            block.bn1 = InstanceBatchNorm2d(block.bn1.num_features)
-
-    def _ibn_blocks(self) -> list[nn.Module]:
-        return [block for name in self.IBN_LAYERS for block in getattr(self, name)]
+        for layer in self.IBN_LAYERS:
+            for block in getattr(self, layer):
+                block.bn1 = InstanceBatchNorm2d(block.bn1.num_features)
 
     def convert_state_dict(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
         """torchvision ResNet keys → these keys: drop ``fc``; split each converted ``bn1``."""
