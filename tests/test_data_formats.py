@@ -430,6 +430,11 @@ def test_camvid_holdout_validates_on_sequences_training_never_sees(tmp_path: Pat
         create_dataset("camvid", root=tmp_path, split="val", holdout="0005VD")
     with pytest.raises(ValueError, match="the test split is never redrawn"):
         create_dataset("camvid", root=tmp_path, split="test", holdout="0006R0")
+    # Train and val together, for a final model measured on the test split.
+    assert stems("trainval") == sorted(frames["train"] + frames["val"])
+    assert formats.CamVidDataset.available_splits(tmp_path) == ["train", "val"], "the checker scans each frame once"
+    with pytest.raises(ValueError, match="split 'trainval' is not one of them"):
+        create_dataset("camvid", root=tmp_path, split="trainval", holdout="0006R0")
 
 
 @pytest.mark.skipif(not CAMVID.is_dir(), reason=f"real CamVid not at {CAMVID}")
@@ -448,3 +453,4 @@ def test_real_camvid() -> None:
     assert (len(rest), len(held_out)) == (367, 101)
     assert {image.stem[:6] for image, _ in held_out.pairs} == {"0006R0"}
     assert {image.stem[:6] for image, _ in rest.pairs} == {"0001TP", "0016E5"}
+    assert len(create_dataset("camvid", root=CAMVID, split="trainval")) == 468

@@ -548,9 +548,12 @@ class CamVidDataset(PairedFileDataset):
     held-out ones: a validation on a sequence training never saw. In a recipe:
     ``data.options: {holdout: 0006R0}``.
 
+    **Train and val together.** Split ``"trainval"`` is the 468 frames of both, for a final
+    model measured on the test split (``data.train_split: trainval``, ``data.val_split: test``).
+
     Args:
         root: the folder holding ``train/``, ``trainannot/``, ...
-        split: ``"train"``, ``"val"`` or ``"test"``.
+        split: ``"train"``, ``"val"``, ``"trainval"`` or ``"test"``.
         transform: joint image+mask transform.
         strict: raise on pairing problems (``False`` keeps them in :attr:`problems`).
         holdout: sequences (file-name prefixes such as ``"0006R0"``) to validate on instead of
@@ -576,10 +579,13 @@ class CamVidDataset(PairedFileDataset):
                 if (root / split).is_dir() or (root / f"{split}annot").is_dir()]
 
     def find_pairs(self) -> Pairing:
-        if not self.holdout:
+        if not self.holdout and self.split != "trainval":
             return self._released_pairs(self.split)
         both = [self._released_pairs(split) for split in ("train", "val")]
         pairs = sorted(pair for pairing in both for pair in pairing.pairs)
+        problems = [problem for pairing in both for problem in pairing.problems]
+        if not self.holdout:
+            return Pairing(pairs, problems)
         present = {_camvid_sequence(image) for image, _ in pairs}
         unknown = sorted(set(self.holdout) - present)
         if unknown:
@@ -587,7 +593,7 @@ class CamVidDataset(PairedFileDataset):
                              f"the sequences there are {sorted(present)}")
         keep = (lambda image: _camvid_sequence(image) in self.holdout) if self.split == "val" else (
             lambda image: _camvid_sequence(image) not in self.holdout)
-        return Pairing([pair for pair in pairs if keep(pair[0])], [p for pairing in both for p in pairing.problems])
+        return Pairing([pair for pair in pairs if keep(pair[0])], problems)
 
     def _released_pairs(self, split: str) -> Pairing:
         image_dir = _require_dir(self.root / split, f"the CamVid {split} images")
