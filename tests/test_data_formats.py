@@ -9,6 +9,7 @@ import torch
 from PIL import Image, ImageFile, ImageOps
 from torchvision import tv_tensors
 
+from pixelwise.cli import main
 from pixelwise.data import formats  # noqa: F401  (registers the formats)
 from pixelwise.data.classes import class_info, default_palette
 from pixelwise.data.io import (DataError, check_labels, decode_image, parse_color_table, read_image, read_mask,
@@ -412,7 +413,8 @@ def test_camvid_fixture_maps_void_to_ignore(tmp_path: Path) -> None:
     assert formats.CamVidDataset.available_splits(tmp_path) == ["train"]
 
 
-def test_camvid_holdout_validates_on_sequences_training_never_sees(tmp_path: Path) -> None:
+def test_camvid_holdout_validates_on_sequences_training_never_sees(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture) -> None:
     frames = {"train": ["0001TP_006690", "0006R0_f01", "0006R0_f02", "0016E5_00390"], "val": ["0016E5_07959"]}
     for split, stems in frames.items():
         for stem in stems:
@@ -435,6 +437,9 @@ def test_camvid_holdout_validates_on_sequences_training_never_sees(tmp_path: Pat
     assert formats.CamVidDataset.available_splits(tmp_path) == ["train", "val"], "the checker scans each frame once"
     with pytest.raises(ValueError, match="split 'trainval' is not one of them"):
         create_dataset("camvid", root=tmp_path, split="trainval", holdout="0006R0")
+    assert main(["check-data", "--format", "camvid", "--root", str(tmp_path), "--split", "trainval"]) == 0
+    out = capsys.readouterr().out
+    assert "trainval" in out and "No problems found" in out
 
 
 @pytest.mark.skipif(not CAMVID.is_dir(), reason=f"real CamVid not at {CAMVID}")
