@@ -1,7 +1,11 @@
 """Losses: exact agreement with PyTorch and with plain reference formulas, ignore pixels, no NaN."""
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -43,7 +47,9 @@ def _every_loss() -> dict[str, nn.Module]:
         "ohem_weighted": OhemCrossEntropyLoss(thresh=0.3, min_kept=3, class_weights=weights),
         "focal": FocalLoss(), "focal_alpha": FocalLoss(gamma=0.5, alpha=weights),
         "lovasz": LovaszSoftmaxLoss(), "lovasz_all": LovaszSoftmaxLoss(classes="all"),
-        "lovasz_per_image": LovaszSoftmaxLoss(per_image=True), "combined": create_loss({"ce": 1.0, "dice": 0.5}),
+        "lovasz_per_image": LovaszSoftmaxLoss(per_image=True), "lovasz_binned": LovaszSoftmaxLoss(bins=256),
+        "lovasz_binned_all_per_image": LovaszSoftmaxLoss(classes="all", per_image=True, bins=64),
+        "combined": create_loss({"ce": 1.0, "dice": 0.5}),
     }
 
 
@@ -306,10 +312,47 @@ def test_lovasz_equals_reference(classes: str, per_image: bool) -> None:
     assert loss.item() == pytest.approx(_lovasz_reference(logits, target, classes, per_image), rel=1e-5)
 
 
-def test_lovasz_of_a_perfect_prediction_is_zero() -> None:
+@pytest.mark.parametrize("per_image", [False, True])
+@pytest.mark.parametrize("classes", ["present", "all"])
+def test_lovasz_binned_finely_equals_reference(classes: str, per_image: bool) -> None:
+    # 2**16 bins for 20 pixels an image: ties are rare, and a tie's error is within 2**-16.
+    logits, target = _batch((3, NUM_CLASSES, 4, 5))
+    target[target == 3] = 1
+    target[2] = IGNORE
+    loss = LovaszSoftmaxLoss(classes=classes, per_image=per_image, bins=2**16)(logits, target)
+    assert loss.item() == pytest.approx(_lovasz_reference(logits, target, classes, per_image), rel=1e-5)
+
+
+@pytest.mark.parametrize("per_image", [False, True])
+def test_lovasz_binned_follows_the_sort_at_a_training_size(per_image: bool) -> None:
+    # 1024 bins for 6,144 pixels an image and many ties: value and gradient stay the sort's.
+    logits, target = _batch((2, 6, 64, 96), ignore_fraction=0.2)
+    exact_logits = logits.detach().mul(3).requires_grad_()
+    binned_logits = exact_logits.detach().clone().requires_grad_()
+    exact = LovaszSoftmaxLoss(per_image=per_image)(exact_logits, target)
+    binned = LovaszSoftmaxLoss(per_image=per_image, bins=1024)(binned_logits, target)
+    exact.backward()
+    binned.backward()
+    assert binned.item() == pytest.approx(exact.item(), rel=1e-3)
+    similarity = F.cosine_similarity(binned_logits.grad.flatten(), exact_logits.grad.flatten(), dim=0)
+    assert similarity.item() > 0.999
+    coarse = LovaszSoftmaxLoss(per_image=per_image, bins=2)(exact_logits, target)  # the test can fail
+    assert coarse.item() != pytest.approx(exact.item(), rel=1e-3)
+
+
+def test_lovasz_bins_are_checked_and_read_from_a_recipe() -> None:
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="lovasz bins must be a positive integer or None"):
+            LovaszSoftmaxLoss(bins=bad)
+    loss = create_loss({"ce": 1.0, "lovasz": {"weight": 0.5, "bins": 1024}})
+    assert loss.weights == [1.0, 0.5] and loss.losses[1].bins == 1024
+
+
+@pytest.mark.parametrize("bins", [None, 128])
+def test_lovasz_of_a_perfect_prediction_is_zero(bins: int | None) -> None:
     _, target = _batch()
     for per_image in (False, True):
-        loss = LovaszSoftmaxLoss(per_image=per_image)(_perfect_logits(target), target)
+        loss = LovaszSoftmaxLoss(per_image=per_image, bins=bins)(_perfect_logits(target), target)
         assert loss.item() == pytest.approx(0.0, abs=1e-6)
 
 
@@ -433,3 +476,17 @@ def test_cuda_matches_cpu(name: str) -> None:
     assert math.isclose(loss.item(), expected.item(), rel_tol=1e-4, abs_tol=1e-6)
     empty = loss_fn(logits.detach().cuda(), torch.full_like(target, IGNORE).cuda())
     assert empty.item() == 0.0
+
+
+def test_loss_benchmark_times_and_compares_the_lovasz_losses(tmp_path) -> None:
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "losses.py"
+    output = tmp_path / "losses.json"
+    done = subprocess.run([sys.executable, str(script), "--size", "24", "32", "--batch-size", "2", "--steps", "1",
+                           "--threads", "1", "--bins", "4096", "--output", str(output)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(output.read_text())
+    values = report["values"]
+    assert {"pixelwise ce", "pixelwise lovasz (sort)", "pixelwise lovasz (bins=4096)"} <= set(report["median_seconds"])
+    assert values["pixelwise lovasz (bins=4096)"] == pytest.approx(values["pixelwise lovasz (sort)"], rel=1e-3)
+    assert "binned against sorted: relative difference" in done.stdout
