@@ -54,6 +54,9 @@ class DataConfig:
     # Probability that a training sample gets a box of another sample pasted in, image and mask
     # (CutMix); 0 for none.
     cutmix: float = 0.0
+    # Probability that a training image is mixed with a random convolution of itself (texture
+    # and colour randomised, shapes kept; Xu et al., 2021); 0 for never.
+    random_conv: float = 0.0
     batch_size: int = 8  # per process: under torchrun the global batch is batch_size × processes
     workers: int = 2
     options: dict = field(default_factory=dict)  # format-specific: num_classes, mask_colors, ...
@@ -173,6 +176,7 @@ RANGES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
      or (isinstance(v, list) and len(v) == 4 and all(0 <= x < math.inf for x in v[:3]) and 0 <= v[3] <= 0.5),
      "null, one strength >= 0, or [brightness, contrast, saturation, hue] with each >= 0 and hue <= 0.5"),
     ("data.cutmix", lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
+    ("data.random_conv", lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
     ("optim.name", lambda v: v.lower() in ("sgd", "adamw"), "sgd or adamw"),
     ("optim.lr", lambda v: 0 < v < math.inf, "a positive number"),
     ("optim.weight_decay", lambda v: 0 <= v < math.inf, "0 or more"),

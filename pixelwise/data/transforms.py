@@ -80,6 +80,57 @@ class RandomScale(v2.Transform):
                                  antialias=True)
 
 
+class RandomConvolution(v2.Transform):
+    """At a given chance, mix the image with a random convolution of itself (Xu et al., 2021,
+    "Robust and Generalizable Visual Representation Learning via Random Convolutions", RC-mix).
+
+    A kernel size is drawn from ``kernel_sizes`` and a ``C × C × k × k`` kernel from
+    ``N(0, 1 / (C·k²))``; the convolved image (reflect-padded, so its pixels stay on the image's)
+    is brought back to the image's per-channel mean and standard deviation, and mixed with the
+    image by a weight ``α ~ U(0, 1)``. Shapes survive and local texture and colour do not, so a
+    network trained on it leans on shape, which is what carries to scenes of another light,
+    camera or place. The mask is left alone. Runs on the float image (after ``Normalize``).
+
+    Args:
+        probability: chance that an image is changed, in [0, 1].
+        kernel_sizes: odd kernel sizes to draw from.
+    """
+
+    def __init__(self, probability: float, kernel_sizes: Sequence[int] = (1, 3, 5, 7)) -> None:
+        super().__init__()
+        if not 0 <= probability <= 1:
+            raise ValueError(f"the random-convolution probability must be in [0, 1], got {probability}")
+        if not kernel_sizes or any(k < 1 or k % 2 == 0 for k in kernel_sizes):
+            raise ValueError(f"kernel sizes must be odd and positive (the image must not shift), got {kernel_sizes}")
+        self.probability, self.kernel_sizes = float(probability), tuple(int(k) for k in kernel_sizes)
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        if float(torch.rand(())) >= self.probability:
+            return {"weight": None}
+        channels = next(inpt.shape[-3] for inpt in flat_inputs if isinstance(inpt, tv_tensors.Image))
+        size = self.kernel_sizes[int(torch.randint(len(self.kernel_sizes), ()))]
+        weight = torch.randn(channels, channels, size, size) / math.sqrt(channels * size * size)
+        return {"weight": weight, "alpha": float(torch.rand(()))}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        weight = params["weight"]
+        if weight is None or not isinstance(inpt, tv_tensors.Image):
+            return inpt
+        if not inpt.is_floating_point():
+            raise TypeError("RandomConvolution works on float images: put it after ToDtype/Normalize")
+        image = inpt.as_subclass(Tensor)
+        pad = weight.shape[-1] // 2
+        batch = image.reshape(-1, *image.shape[-3:])
+        padded = torch.nn.functional.pad(batch, (pad, pad, pad, pad), mode="reflect") if pad else batch
+        convolved = torch.nn.functional.conv2d(padded, weight.to(image.dtype))
+        dims = (-2, -1)
+        mean, std = batch.mean(dims, keepdim=True), batch.std(dims, keepdim=True)
+        convolved = (convolved - convolved.mean(dims, keepdim=True)) / convolved.std(dims, keepdim=True).clamp(
+            min=1e-6) * std + mean
+        mixed = params["alpha"] * batch + (1 - params["alpha"]) * convolved
+        return tv_tensors.wrap(mixed.reshape(image.shape), like=inpt)
+
+
 class SegmentationTransform:
     """Callable ``(image, mask) -> (float image 3×H×W, int64 mask H×W)`` around a v2 pipeline.
 
@@ -105,8 +156,10 @@ class SegmentationTransform:
 def train_transform(crop_size: int | tuple[int, int], scale_range: tuple[float, float] = (0.5, 2.0),
                     hflip: float = 0.5, color_jitter: ColorJitterSpec = 0.3,
                     mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                    ignore_index: int = IGNORE_INDEX, base_size: int | None = None) -> SegmentationTransform:
-    """The training preset: random scale, random crop, flip, colour jitter, normalisation.
+                    ignore_index: int = IGNORE_INDEX, base_size: int | None = None,
+                    random_conv: float = 0.0) -> SegmentationTransform:
+    """The training preset: random scale, random crop, flip, colour jitter, normalisation, and
+    optionally a random convolution.
 
     Args:
         crop_size: output height and width (an int for a square). Smaller (scaled) images are
@@ -121,6 +174,8 @@ def train_transform(crop_size: int | tuple[int, int], scale_range: tuple[float, 
         ignore_index: mask value of padded pixels.
         base_size: short side that ``scale_range`` is relative to (torchvision references'
             ``RandomResize``); ``None`` scales each image relative to itself.
+        random_conv: chance that the normalised image is mixed with a random convolution of
+            itself (:class:`RandomConvolution`); 0 for never.
 
     Returns:
         A callable on ``(image, mask)`` pairs; see :class:`SegmentationTransform`.
@@ -136,6 +191,8 @@ def train_transform(crop_size: int | tuple[int, int], scale_range: tuple[float, 
     if jitter is not None:
         steps.append(jitter)
     steps += _to_normalized_float(mean, std)
+    if random_conv > 0:
+        steps.append(RandomConvolution(random_conv))
     return SegmentationTransform(v2.Compose(steps))
 
 

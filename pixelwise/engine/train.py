@@ -106,7 +106,7 @@ def build_datasets(config: Config) -> tuple[SegmentationDataset, SegmentationDat
     ignore_index = probe.classes.ignore_index
     jitter = tuple(data.color_jitter) if isinstance(data.color_jitter, list) else data.color_jitter
     augment = train_transform(tuple(data.crop_size), tuple(data.scale_range), hflip=data.hflip,
-                              color_jitter=jitter, ignore_index=ignore_index)
+                              color_jitter=jitter, ignore_index=ignore_index, random_conv=data.random_conv)
     train_set = create_dataset(data.format, split=data.train_split, transform=augment, **options)
     val_set = create_dataset(data.format, split=data.val_split, transform=val_transform(), **options)
     return train_set, val_set
