@@ -39,6 +39,7 @@ bench: venv
 	$(BIN)/python benchmarks/train_step.py
 	$(BIN)/python benchmarks/data.py
 	$(BIN)/python benchmarks/runtime.py
+	$(BIN)/python benchmarks/losses.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -418,9 +418,10 @@ class LovaszSoftmaxLoss(nn.Module):
             valid pixel (Berman et al. also count all-ignore images, as 0); otherwise over the
             whole batch as one set of pixels.
         bins: ``None`` (default) sorts the errors, as Berman et al.; a number (1024 is plenty)
-            histograms them into that many bins instead, a close approximation that costs two
-            counting passes instead of a sort (see :func:`_lovasz_binned`), which on a
-            CPU is what makes the loss affordable beside a network's training step.
+            histograms them into that many bins instead, a close approximation that costs a
+            few passes over the pixels and one count instead of a sort (see
+            :func:`_lovasz_binned`), which on a CPU is what makes the loss affordable beside a
+            network's training step.
     """
 
     def __init__(self, ignore_index: int = IGNORE_INDEX, classes: ClassSelection = "present",
