@@ -38,6 +38,16 @@ class ModelConfig:
 
 
 @dataclass
+class RareClassConfig:
+    """Rare-class sampling (``data.rare_classes``): each training sample is drawn for a class,
+    rare classes more often; see :class:`pixelwise.data.transforms.RareClassSampling`."""
+
+    temperature: float = 0.01  # P(class) ∝ exp((1 − its pixel share) / temperature)
+    min_pixels: int = 3000  # pixels of the class an image needs to be drawn for it
+    min_crop_ratio: float = 0.5  # the crop is redrawn until it holds this share of min_pixels
+
+
+@dataclass
 class DataConfig:
     """Where the images come from and how they are augmented."""
 
@@ -57,6 +67,10 @@ class DataConfig:
     # Probability that a training image is mixed with a random convolution of itself (texture
     # and colour randomised, shapes kept; Xu et al., 2021); 0 for never.
     random_conv: float = 0.0
+    # Draw each training sample for a class, rare classes more often (DAFormer's rare-class
+    # sampling): null for the data set's own order, {} for the defaults, or some of
+    # {temperature, min_pixels, min_crop_ratio}.
+    rare_classes: RareClassConfig | None = None
     batch_size: int = 8  # per process: under torchrun the global batch is batch_size × processes
     workers: int = 2
     options: dict = field(default_factory=dict)  # format-specific: num_classes, mask_colors, ...
@@ -177,6 +191,9 @@ RANGES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
      "null, one strength >= 0, or [brightness, contrast, saturation, hue] with each >= 0 and hue <= 0.5"),
     ("data.cutmix", lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
     ("data.random_conv", lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
+    ("data.rare_classes", lambda v: v is None or (0 < v.temperature < math.inf and v.min_pixels >= 1
+                                                  and 0 <= v.min_crop_ratio < math.inf),
+     "null, or temperature > 0, min_pixels >= 1 and min_crop_ratio >= 0"),
     ("optim.name", lambda v: v.lower() in ("sgd", "adamw"), "sgd or adamw"),
     ("optim.lr", lambda v: 0 < v < math.inf, "a positive number"),
     ("optim.weight_decay", lambda v: 0 <= v < math.inf, "0 or more"),
@@ -259,6 +276,9 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         return _build(hint, value, where)
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
+        section = [option for option in typing.get_args(hint) if dataclasses.is_dataclass(option)]
+        if section and isinstance(value, dict):  # a section: its own errors name the key at fault
+            return _build(section[0], value, where)
         for option in typing.get_args(hint):
             try:
                 return _coerce(value, option, where)

@@ -598,6 +598,31 @@ def _masks(data: Iterable) -> Iterable[Tensor]:
         yield torch.as_tensor(mask)
 
 
+def image_class_pixels(data: Iterable, num_classes: int, ignore_index: int = IGNORE_INDEX) -> Tensor:
+    """Pixels of each class in each image: an ``(images, num_classes)`` int64 table.
+
+    Pass a data set without random augmentation (crops change the counts).
+
+    Args:
+        data: a data set yielding ``(image, mask)`` pairs, or an iterable of masks.
+        num_classes: number of classes.
+        ignore_index: mask value that is not counted.
+
+    Raises:
+        ValueError: a mask value that is neither a class index nor ``ignore_index``.
+    """
+    rows = []
+    for index, mask in enumerate(_masks(data)):
+        labels = mask.reshape(-1).long().cpu()
+        labels = labels[labels != ignore_index]
+        if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
+            bad = labels[(labels < 0) | (labels >= num_classes)].unique()[:5].tolist()
+            raise ValueError(f"mask {index} holds values {bad} outside 0..{num_classes - 1} "
+                             f"(and not ignore_index {ignore_index})")
+        rows.append(torch.bincount(labels, minlength=num_classes))
+    return torch.stack(rows) if rows else torch.zeros(0, num_classes, dtype=torch.int64)
+
+
 def class_pixel_counts(data: Iterable, num_classes: int, ignore_index: int = IGNORE_INDEX) -> ClassPixelCounts:
     """Count pixels per class, and per class the pixels of the images it appears in.
 
@@ -612,19 +637,9 @@ def class_pixel_counts(data: Iterable, num_classes: int, ignore_index: int = IGN
     Raises:
         ValueError: a mask value that is neither a class index nor ``ignore_index``.
     """
-    class_pixels = torch.zeros(num_classes, dtype=torch.int64)
-    image_pixels = torch.zeros(num_classes, dtype=torch.int64)
-    for index, mask in enumerate(_masks(data)):
-        labels = mask.reshape(-1).long().cpu()
-        labels = labels[labels != ignore_index]
-        if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
-            bad = labels[(labels < 0) | (labels >= num_classes)].unique()[:5].tolist()
-            raise ValueError(f"mask {index} holds values {bad} outside 0..{num_classes - 1} "
-                             f"(and not ignore_index {ignore_index})")
-        counts = torch.bincount(labels, minlength=num_classes)
-        class_pixels += counts
-        image_pixels += (counts > 0) * labels.numel()
-    return ClassPixelCounts(class_pixels, image_pixels)
+    per_image = image_class_pixels(data, num_classes, ignore_index)
+    labelled = per_image.sum(1, keepdim=True)  # each image's pixels that are not ignored
+    return ClassPixelCounts(per_image.sum(0), ((per_image > 0) * labelled).sum(0))
 
 
 def _as_float64(values: WeightsLike) -> Tensor:
@@ -685,6 +700,6 @@ def inverse_frequency_weights(class_pixel_counts: WeightsLike, power: float = 1.
 
 __all__ = [
     "ClassPixelCounts", "CombinedLoss", "CrossEntropyLoss", "DiceLoss", "FocalLoss", "LOSSES",
-    "LovaszSoftmaxLoss", "class_pixel_counts", "create_loss", "inverse_frequency_weights", "list_losses",
-    "loss_with_aux", "lovasz_grad", "median_frequency_weights",
+    "LovaszSoftmaxLoss", "class_pixel_counts", "create_loss", "image_class_pixels", "inverse_frequency_weights",
+    "list_losses", "loss_with_aux", "lovasz_grad", "median_frequency_weights",
 ]

@@ -300,3 +300,69 @@ class CutMix(Dataset):
         image[..., y1:y2, x1:x2] = other_image[..., y1:y2, x1:x2]
         mask[..., y1:y2, x1:x2] = other_mask[..., y1:y2, x1:x2]
         return image, mask
+
+
+class RareClassSampling(Dataset):
+    """Training samples drawn for a class rather than for an image: rare-class sampling (Hoyer
+    et al., 2022, "DAFormer", section 3.3).
+
+    Each sample first draws a class ``c`` with probability ``P(c) ∝ exp((1 − f_c) / T)``, where
+    ``f_c`` is the class's share of the labelled pixels of the unaugmented images; then an image
+    uniformly among those holding at least ``min_pixels`` pixels of ``c``; then augments it
+    (its random crop redrawn, up to ``redraws`` times, until the crop holds at least
+    ``min_crop_ratio × min_pixels`` pixels of ``c``). A rare class is then seen about as often as
+    a common one, and its images are not left to the chance of an epoch's order. A small ``T``
+    draws the rare classes almost exclusively; a large one draws every class alike. Every draw
+    comes from torch's global generator, so under
+    :class:`~pixelwise.engine.sampling.SeededSamples` a sample is a function of its seed (resumed
+    and distributed runs see the same samples); the index asked for is not used.
+
+    Args:
+        dataset: the training set, with its random augmentation.
+        image_class_pixels: ``(images, classes)`` pixels of each class in each unaugmented image
+            (:func:`pixelwise.losses.image_class_pixels`).
+        temperature: ``T`` above, > 0.
+        min_pixels: pixels of a class an image needs to be drawn for it, ≥ 1.
+        min_crop_ratio: share of ``min_pixels`` the crop needs; 0 takes the first crop.
+        redraws: most augmentations tried for one sample.
+
+    Raises:
+        ValueError: a setting out of range, a table that does not match the data set, or no
+            image holding ``min_pixels`` of any class.
+    """
+
+    def __init__(self, dataset: Dataset, image_class_pixels: Tensor, temperature: float = 0.01,
+                 min_pixels: int = 3000, min_crop_ratio: float = 0.5, redraws: int = 10) -> None:
+        counts = torch.as_tensor(image_class_pixels)
+        if not temperature > 0:
+            raise ValueError(f"the rare-class sampling temperature must be > 0, got {temperature}")
+        if min_pixels < 1 or min_crop_ratio < 0 or redraws < 1:
+            raise ValueError(f"rare-class sampling needs min_pixels >= 1, min_crop_ratio >= 0 and redraws >= 1, "
+                             f"got {min_pixels}, {min_crop_ratio} and {redraws}")
+        if counts.dim() != 2 or counts.shape[0] != len(dataset):  # type: ignore[arg-type]
+            raise ValueError(f"rare-class sampling needs one row of class pixel counts per image: "
+                             f"{tuple(counts.shape)} for {len(dataset)} images")  # type: ignore[arg-type]
+        eligible = counts >= min_pixels
+        drawable = eligible.any(0)
+        if not drawable.any():
+            raise ValueError(f"no training image holds {min_pixels} pixels of any class: lower the rare-class "
+                             f"sampling's min_pixels (the largest count is {int(counts.max()) if counts.numel() else 0})")
+        share = counts.sum(0).double() / counts.sum().clamp(min=1)
+        weights = ((1 - share) / temperature).masked_fill(~drawable, -math.inf)
+        self.class_probability = weights.softmax(0)
+        self.images_of = [eligible[:, c].nonzero().flatten() for c in range(counts.shape[1])]
+        self.dataset, self.min_crop = dataset, min_crop_ratio * min_pixels
+        self.redraws = redraws
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        c = int(torch.multinomial(self.class_probability, 1))
+        images = self.images_of[c]
+        chosen = int(images[int(torch.randint(len(images), size=()))])
+        for _ in range(self.redraws):
+            image, mask = self.dataset[chosen]
+            if int((mask == c).sum()) >= self.min_crop:
+                break
+        return image, mask

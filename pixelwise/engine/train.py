@@ -29,11 +29,12 @@ from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from pixelwise.config import Config, ConfigError, config_to_dict, save_config
 from pixelwise.data import ClassInfo, DataError, SegmentationDataset, create_dataset
-from pixelwise.data.transforms import IMAGENET_MEAN, IMAGENET_STD, CutMix, train_transform, val_transform
+from pixelwise.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, CutMix, RareClassSampling, train_transform,
+                                       val_transform)
 from pixelwise.engine.budget import EVAL_PROBE_IMAGES, RECENT_STEPS, BudgetClock, BudgetPlan, iterations_for_budget
 from pixelwise.engine.checkpoint import (load_checkpoint, non_finite_tensors, remove_orphan_temporaries,
                                          save_checkpoint)
@@ -45,8 +46,8 @@ from pixelwise.engine.distributed import (DistributedContext, broadcast_object, 
 from pixelwise.engine.run_log import RunLog, plot_curves
 from pixelwise.engine.sampling import ResumableBatchSampler, SeededSamples, _mix
 from pixelwise.errors import PixelwiseError
-from pixelwise.losses import (class_pixel_counts, create_loss, inverse_frequency_weights, loss_with_aux,
-                              median_frequency_weights)
+from pixelwise.losses import (class_pixel_counts, create_loss, image_class_pixels, inverse_frequency_weights,
+                              loss_with_aux, median_frequency_weights)
 from pixelwise.metrics import ConfusionMatrix
 from pixelwise.models import SegmentationModel, create_model, saved_options, spec_options
 from pixelwise.runtimes import autocast_context
@@ -101,7 +102,7 @@ class Progress:
 def build_datasets(config: Config) -> tuple[SegmentationDataset, SegmentationDataset]:
     """The training set (with the training augmentation) and the validation set (full images)."""
     data = config.data
-    options = {"root": data.root, **data.options} if data.root is not None else dict(data.options)
+    options = _data_options(config)
     probe = create_dataset(data.format, split=data.train_split, **options)
     ignore_index = probe.classes.ignore_index
     jitter = tuple(data.color_jitter) if isinstance(data.color_jitter, list) else data.color_jitter
@@ -110,6 +111,31 @@ def build_datasets(config: Config) -> tuple[SegmentationDataset, SegmentationDat
     train_set = create_dataset(data.format, split=data.train_split, transform=augment, **options)
     val_set = create_dataset(data.format, split=data.val_split, transform=val_transform(), **options)
     return train_set, val_set
+
+
+def _data_options(config: Config) -> dict:
+    """The data set's keyword arguments: its folder and the format's options."""
+    data = config.data
+    return {"root": data.root, **data.options} if data.root is not None else dict(data.options)
+
+
+def _unaugmented_train_set(config: Config) -> SegmentationDataset:
+    """The training split as stored: what class statistics are counted on (crops change them)."""
+    return create_dataset(config.data.format, split=config.data.train_split, **_data_options(config))
+
+
+def training_samples(config: Config, train_set: SegmentationDataset) -> Dataset:
+    """What the loader draws from: the training set, drawn for rare classes (``data.rare_classes``)
+    and mixed by CutMix (``data.cutmix``) where the recipe asks."""
+    samples: Dataset = train_set
+    spec = config.data.rare_classes
+    if spec is not None:
+        classes = train_set.classes
+        counts = image_class_pixels(_unaugmented_train_set(config), classes.num_classes, classes.ignore_index)
+        samples = RareClassSampling(train_set, counts, spec.temperature, spec.min_pixels, spec.min_crop_ratio)
+        logger.info("rare-class sampling draws %s", ", ".join(
+            f"{name} {probability:.1%}" for name, probability in zip(classes.names, samples.class_probability)))
+    return CutMix(samples, config.data.cutmix) if config.data.cutmix > 0 else samples
 
 
 CLASS_WEIGHTINGS = ("median_frequency", "inverse_frequency", "inverse_sqrt_frequency")
@@ -128,10 +154,7 @@ def class_weights(config: Config, classes: ClassInfo) -> Tensor | None:
     if spec not in CLASS_WEIGHTINGS:
         raise ValueError(f"class_weights {spec!r} is not supported; choose {', '.join(CLASS_WEIGHTINGS)}, "
                          "a list of one number per class, or null")
-    data = config.data
-    options = {"root": data.root, **data.options} if data.root is not None else dict(data.options)
-    counts = class_pixel_counts(create_dataset(data.format, split=data.train_split, **options),
-                                classes.num_classes, classes.ignore_index)
+    counts = class_pixel_counts(_unaugmented_train_set(config), classes.num_classes, classes.ignore_index)
     if spec == "median_frequency":
         return median_frequency_weights(*counts)
     return inverse_frequency_weights(counts.class_pixels, power=1.0 if spec == "inverse_frequency" else 0.5)
@@ -365,7 +388,7 @@ def _train(config: Config, resume: bool, overwrite: bool, context: DistributedCo
     sampler = ResumableBatchSampler(len(train_set), config.data.batch_size, config.train.seed, progress.iteration,
                                     OPEN_ENDED if config.train.time_budget_min is not None else progress.total,
                                     context.rank, context.world_size)  # a budget's total may be revised
-    samples = CutMix(train_set, config.data.cutmix) if config.data.cutmix > 0 else train_set
+    samples = training_samples(config, train_set)
     batches = _plain_data_errors(iter(DataLoader(SeededSamples(samples), batch_sampler=sampler,
                                                  num_workers=config.data.workers)))
     # After creating the loader's iterator, which draws a seed from the global generator:
