@@ -178,7 +178,7 @@ def _native_size(name: str) -> Size:
 
     try:
         crop = tvm.get_model_weights(name).DEFAULT.transforms().crop_size
-    except Exception:  # noqa: BLE001 - metadata missing or shaped differently: the common default
+    except (AttributeError, ValueError):  # no weights, or transforms without a crop: the common default
         return (224, 224)
     return (crop[0], crop[-1])
 
