@@ -11,9 +11,11 @@ import pytest
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
+from torchvision import tv_tensors
 
 from pixelwise.cli import main
 from pixelwise.config import ConfigError, load_config
+from pixelwise.data import SegmentationDataset, class_info
 from pixelwise.data.transforms import RareClassSampling, train_transform
 from pixelwise.engine.checkpoint import load_checkpoint
 from pixelwise.engine.sampling import SeededSamples
@@ -97,14 +99,17 @@ def test_the_crop_is_redrawn_until_it_holds_the_class() -> None:
     mask[:8, :8] = 1
     image = torch.zeros(3, 32, 32, dtype=torch.uint8)
 
-    class Crops(Dataset):
+    class Crops(SegmentationDataset):
+        classes = class_info(["background", "square"])
         transform = train_transform((16, 16), (1.0, 1.0), hflip=0, color_jitter=None)
+        loads = 0
 
         def __len__(self) -> int:
             return 1
 
-        def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-            return self.transform(image, mask)
+        def load(self, index: int) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
+            Crops.loads += 1
+            return tv_tensors.Image(image), tv_tensors.Mask(mask)
 
     table = image_class_pixels([mask], num_classes=2)
 
@@ -114,6 +119,7 @@ def test_the_crop_is_redrawn_until_it_holds_the_class() -> None:
         return sum(int((samples[(0, seed)][1] == 1).sum()) >= 16 for seed in range(200)) / 200
 
     assert share_holding_the_square(0.5) > 0.95  # class 1 drawn nearly always, its crop redrawn
+    assert Crops.loads == 200  # the files read once per sample, however many crops are drawn
     assert share_holding_the_square(0.0) < 0.25  # the first crop taken: the square's odds, 11%
 
 

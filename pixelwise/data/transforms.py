@@ -19,7 +19,7 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -30,6 +30,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
+from pixelwise.data.base import SegmentationDataset
 from pixelwise.data.classes import IGNORE_INDEX
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -360,9 +361,19 @@ class RareClassSampling(Dataset):
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         c = int(torch.multinomial(self.class_probability, 1))
         images = self.images_of[c]
-        chosen = int(images[int(torch.randint(len(images), size=()))])
+        draws = self._augmentations(int(images[int(torch.randint(len(images), size=()))]))
         for _ in range(self.redraws):
-            image, mask = self.dataset[chosen]
+            image, mask = next(draws)
             if int((mask == c).sum()) >= self.min_crop:
                 break
         return image, mask
+
+    def _augmentations(self, index: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """Augmented draws of one sample; a :class:`SegmentationDataset`'s files are read once."""
+        dataset = self.dataset
+        if isinstance(dataset, SegmentationDataset) and dataset.transform is not None:
+            image, mask = dataset.load(index)
+            while True:
+                yield dataset.transform(image, mask)
+        while True:
+            yield dataset[index]
