@@ -626,16 +626,8 @@ def image_class_pixels(data: Iterable, num_classes: int, ignore_index: int = IGN
 def class_pixel_counts(data: Iterable, num_classes: int, ignore_index: int = IGNORE_INDEX) -> ClassPixelCounts:
     """Count pixels per class, and per class the pixels of the images it appears in.
 
-    Pass a data set without random augmentation (crops change the counts). Use the result with
+    The sums of :func:`image_class_pixels` (its arguments, its errors). Use the result with
     ``median_frequency_weights(*counts)``.
-
-    Args:
-        data: a data set yielding ``(image, mask)`` pairs, or an iterable of masks.
-        num_classes: number of classes.
-        ignore_index: mask value that is not counted.
-
-    Raises:
-        ValueError: a mask value that is neither a class index nor ``ignore_index``.
     """
     per_image = image_class_pixels(data, num_classes, ignore_index)
     labelled = per_image.sum(1, keepdim=True)  # each image's pixels that are not ignored
