@@ -346,8 +346,9 @@ class RareClassSampling(Dataset):
         eligible = counts >= min_pixels
         drawable = eligible.any(0)
         if not drawable.any():
+            largest = int(counts.max()) if counts.numel() else 0
             raise ValueError(f"no training image holds {min_pixels} pixels of any class: lower the rare-class "
-                             f"sampling's min_pixels (the largest count is {int(counts.max()) if counts.numel() else 0})")
+                             f"sampling's min_pixels (the largest count is {largest})")
         share = counts.sum(0).double() / counts.sum().clamp(min=1)
         weights = ((1 - share) / temperature).masked_fill(~drawable, -math.inf)
         self.class_probability = weights.softmax(0)
