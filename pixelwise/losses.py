@@ -587,6 +587,12 @@ class ClassPixelCounts(NamedTuple):
     class_pixels: Tensor
     image_pixels: Tensor
 
+    @classmethod
+    def of(cls, image_class_pixels: Tensor) -> ClassPixelCounts:
+        """The sums of a per-image table (:func:`image_class_pixels`)."""
+        labelled = image_class_pixels.sum(1, keepdim=True)  # each image's pixels that are not ignored
+        return cls(image_class_pixels.sum(0), ((image_class_pixels > 0) * labelled).sum(0))
+
 
 def _masks(data: Iterable) -> Iterable[Tensor]:
     """Masks of a data set of ``(image, mask)`` pairs, or of an iterable of masks."""
@@ -629,9 +635,7 @@ def class_pixel_counts(data: Iterable, num_classes: int, ignore_index: int = IGN
     The sums of :func:`image_class_pixels` (its arguments, its errors). Use the result with
     ``median_frequency_weights(*counts)``.
     """
-    per_image = image_class_pixels(data, num_classes, ignore_index)
-    labelled = per_image.sum(1, keepdim=True)  # each image's pixels that are not ignored
-    return ClassPixelCounts(per_image.sum(0), ((per_image > 0) * labelled).sum(0))
+    return ClassPixelCounts.of(image_class_pixels(data, num_classes, ignore_index))
 
 
 def _as_float64(values: WeightsLike) -> Tensor:

@@ -168,3 +168,15 @@ def test_the_cli_trains_with_it_and_the_recipe_checks_it(tmp_path: Path, caplog:
         load_config(None, ["data.rare_classes={temprature: 0.1}"])
     with pytest.raises(ConfigError, match="data.rare_classes = .* must be null, or temperature > 0"):
         load_config(None, ["data.rare_classes={temperature: 0}"])
+
+
+def test_class_weights_and_rare_class_sampling_count_the_training_split_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pixelwise.engine.train as train_module
+
+    counted = []
+    original = train_module.image_class_pixels
+    monkeypatch.setattr(train_module, "image_class_pixels", lambda *args: counted.append(1) or original(*args))
+    run = _tiny_run(tmp_path, "data.rare_classes={min_pixels: 10}", "class_weights=median_frequency")
+    assert main(["train", *run]) == 0
+    assert len(counted) == 1

@@ -46,7 +46,7 @@ from pixelwise.engine.distributed import (DistributedContext, broadcast_object, 
 from pixelwise.engine.run_log import RunLog, plot_curves
 from pixelwise.engine.sampling import ResumableBatchSampler, SeededSamples, _mix
 from pixelwise.errors import PixelwiseError
-from pixelwise.losses import (class_pixel_counts, create_loss, image_class_pixels, inverse_frequency_weights,
+from pixelwise.losses import (ClassPixelCounts, create_loss, image_class_pixels, inverse_frequency_weights,
                               loss_with_aux, median_frequency_weights)
 from pixelwise.metrics import ConfusionMatrix
 from pixelwise.models import SegmentationModel, create_model, saved_options, spec_options
@@ -124,14 +124,22 @@ def _unaugmented_train_set(config: Config) -> SegmentationDataset:
     return create_dataset(config.data.format, split=config.data.train_split, **_data_options(config))
 
 
-def training_samples(config: Config, train_set: SegmentationDataset) -> Dataset:
+def train_class_pixels(config: Config, classes: ClassInfo) -> Tensor:
+    """Pixels of each class in each image of the unaugmented training split
+    (:func:`~pixelwise.losses.image_class_pixels`): what class weights and rare-class sampling
+    are computed from."""
+    return image_class_pixels(_unaugmented_train_set(config), classes.num_classes, classes.ignore_index)
+
+
+def training_samples(config: Config, train_set: SegmentationDataset, table: Tensor | None = None) -> Dataset:
     """What the loader draws from: the training set, drawn for rare classes (``data.rare_classes``)
-    and mixed by CutMix (``data.cutmix``) where the recipe asks."""
+    and mixed by CutMix (``data.cutmix``) where the recipe asks. ``table``: the training split's
+    :func:`train_class_pixels`, when already counted."""
     samples: Dataset = train_set
     spec = config.data.rare_classes
     if spec is not None:
         classes = train_set.classes
-        counts = image_class_pixels(_unaugmented_train_set(config), classes.num_classes, classes.ignore_index)
+        counts = train_class_pixels(config, classes) if table is None else table
         samples = RareClassSampling(train_set, counts, spec.temperature, spec.min_pixels, spec.min_crop_ratio)
         logger.info("rare-class sampling draws %s", ", ".join(
             f"{name} {probability:.1%}" for name, probability in zip(classes.names, samples.class_probability)))
@@ -141,9 +149,10 @@ def training_samples(config: Config, train_set: SegmentationDataset) -> Dataset:
 CLASS_WEIGHTINGS = ("median_frequency", "inverse_frequency", "inverse_sqrt_frequency")
 
 
-def class_weights(config: Config, classes: ClassInfo) -> Tensor | None:
+def class_weights(config: Config, classes: ClassInfo, table: Tensor | None = None) -> Tensor | None:
     """The loss's class weights: as listed in the recipe, or counted on the unaugmented training
-    split (random crops would change the counts)."""
+    split (random crops would change the counts; ``table``: its :func:`train_class_pixels`, when
+    already counted)."""
     spec = config.class_weights
     if spec is None:
         return None
@@ -154,7 +163,7 @@ def class_weights(config: Config, classes: ClassInfo) -> Tensor | None:
     if spec not in CLASS_WEIGHTINGS:
         raise ValueError(f"class_weights {spec!r} is not supported; choose {', '.join(CLASS_WEIGHTINGS)}, "
                          "a list of one number per class, or null")
-    counts = class_pixel_counts(_unaugmented_train_set(config), classes.num_classes, classes.ignore_index)
+    counts = ClassPixelCounts.of(train_class_pixels(config, classes) if table is None else table)
     if spec == "median_frequency":
         return median_frequency_weights(*counts)
     return inverse_frequency_weights(counts.class_pixels, power=1.0 if spec == "inverse_frequency" else 0.5)
@@ -378,8 +387,11 @@ def _train(config: Config, resume: bool, overwrite: bool, context: DistributedCo
         _keep_earlier_defaults(config, state)
     model = _build_training_model(config, train_set.classes.num_classes, context)
     optimizer = build_optimizer(config, model)
+    # Counted once where both class weights and rare-class sampling need the training split's pixels.
+    both = config.data.rare_classes is not None and config.class_weights in CLASS_WEIGHTINGS
+    table = train_class_pixels(config, train_set.classes) if both else None
     loss_fn = create_loss(config.loss, ignore_index=train_set.classes.ignore_index,
-                          class_weights=class_weights(config, train_set.classes)).to(context.device)
+                          class_weights=class_weights(config, train_set.classes, table)).to(context.device)
     progress = _restore(state, model, optimizer, config)
     average = _restore_average(state, model, config)
     model = wrap_model(model, context)
@@ -388,7 +400,7 @@ def _train(config: Config, resume: bool, overwrite: bool, context: DistributedCo
     sampler = ResumableBatchSampler(len(train_set), config.data.batch_size, config.train.seed, progress.iteration,
                                     OPEN_ENDED if config.train.time_budget_min is not None else progress.total,
                                     context.rank, context.world_size)  # a budget's total may be revised
-    samples = training_samples(config, train_set)
+    samples = training_samples(config, train_set, table)
     batches = _plain_data_errors(iter(DataLoader(SeededSamples(samples), batch_sampler=sampler,
                                                  num_workers=config.data.workers)))
     # After creating the loader's iterator, which draws a seed from the global generator:
