@@ -3,6 +3,7 @@ rare-class sampling): the class probabilities of the formula, the images drawn a
 imply, crops redrawn until they hold the class, seeded as every sample is, from the CLI."""
 from __future__ import annotations
 
+import json
 import logging
 import math
 from pathlib import Path
@@ -157,11 +158,15 @@ def test_the_cli_trains_with_it_and_the_recipe_checks_it(tmp_path: Path, caplog:
     recorded = load_checkpoint(tmp_path / "last.pt")["config"]["data"]["rare_classes"]
     assert recorded == {"temperature": 0.05, "min_pixels": 10, "min_crop_ratio": 0.5}
     assert "rare-class sampling draws background" in caplog.text
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    logged = [line["rare_class_sampling"] for line in lines if "rare_class_sampling" in line]
+    assert len(logged) == 1 and sum(logged[0].values()) == pytest.approx(1.0)
     config = load_config(None, run)
     train_set, _ = build_datasets(config)
     samples = training_samples(config, train_set)
     assert isinstance(samples, RareClassSampling)
     assert samples.class_probability.sum().item() == pytest.approx(1.0)
+    assert list(logged[0].values()) == pytest.approx(samples.class_probability.tolist())
     assert load_config(None, ["data.rare_classes={}"]).data.rare_classes.min_pixels == 3000
     assert load_config(None).data.rare_classes is None
     with pytest.raises(ConfigError, match="unknown key 'data.rare_classes.temprature'; valid keys"):

@@ -141,9 +141,19 @@ def training_samples(config: Config, train_set: SegmentationDataset, table: Tens
         classes = train_set.classes
         counts = train_class_pixels(config, classes) if table is None else table
         samples = RareClassSampling(train_set, counts, spec.temperature, spec.min_pixels, spec.min_crop_ratio)
-        logger.info("rare-class sampling draws %s", ", ".join(
-            f"{name} {probability:.1%}" for name, probability in zip(classes.names, samples.class_probability)))
     return CutMix(samples, config.data.cutmix) if config.data.cutmix > 0 else samples
+
+
+def _record_rare_class_sampling(samples: Dataset, classes: ClassInfo, iteration: int, log: RunLog) -> None:
+    """Each class's probability of being drawn, where the run samples for rare classes: one line of
+    ``metrics.jsonl`` (``{"rare_class_sampling": {class: probability}}``) and the INFO log, from
+    the main process only."""
+    rare = samples.dataset if isinstance(samples, CutMix) else samples
+    if not isinstance(rare, RareClassSampling) or not log.enabled:
+        return
+    probability = dict(zip(classes.names, rare.class_probability.tolist()))
+    log.record({"iteration": iteration, "rare_class_sampling": probability})
+    logger.info("rare-class sampling draws %s", ", ".join(f"{name} {p:.1%}" for name, p in probability.items()))
 
 
 CLASS_WEIGHTINGS = ("median_frequency", "inverse_frequency", "inverse_sqrt_frequency")
@@ -413,6 +423,7 @@ def _train(config: Config, resume: bool, overwrite: bool, context: DistributedCo
                clock, session_start, on_step, on_total)
     with RunLog(run_dir, context.is_main, progress.iteration if state is not None else None,
                 train_set.classes.names) as log:
+        _record_rare_class_sampling(samples, train_set.classes, progress.iteration, log)
         last_metrics = run.loop(batches, log)
     plots = plot_curves(run_dir / "metrics.jsonl", run_dir) if context.is_main else []
     return TrainResult(run_dir, progress.iteration, progress.best_miou, last_metrics, plots)
