@@ -10,6 +10,7 @@ from torchvision import models as tvm
 
 import pixelwise
 from pixelwise.encoders import WeightsUnavailableError, create_encoder, list_encoders
+from pixelwise.safe_load import UntrustedFileError
 
 LIGHT_ENCODERS = ["resnet18", "resnet34", "mobilenet_v2", "mobilenet_v3_large", "vgg16_bn"]
 
@@ -126,8 +127,7 @@ def test_offline_imagenet_request_says_how_to_pass_a_local_file(monkeypatch: pyt
     def offline(*args: object, **kwargs: object) -> None:
         raise URLError("[Errno -3] Temporary failure in name resolution")
 
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
-    monkeypatch.setattr("torchvision.models._api.load_state_dict_from_url", offline)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     with pytest.raises(WeightsUnavailableError) as raised:
         create_encoder("resnet18", weights="imagenet")
     message = str(raised.value)
@@ -148,6 +148,41 @@ def test_imagenet_weights_come_through_torchvision_from_its_cache(monkeypatch: p
     torch.testing.assert_close(encoder.conv1.weight, reference.conv1.weight)
 
 
+class _Payload:
+    """Rebuilding it from a pickle would call ``print``: what a weights-only load must refuse."""
+
+    def __reduce__(self) -> tuple:
+        return print, ("this ran",)
+
+
+def test_a_cached_torchvision_file_is_read_weights_only(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    """torchvision's own loader unpickles without ``weights_only``: a file planted in the hub cache
+    would run code. pixelwise reads it as it reads every file, and refuses it."""
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    (tmp_path / "checkpoints").mkdir()
+    torch.save({"conv1.weight": _Payload()}, tmp_path / "checkpoints" / "resnet18-f37072fd.pth")
+    with pytest.raises(UntrustedFileError, match="resnet18-f37072fd.pth.*it calls print"):
+        create_encoder("resnet18", weights="imagenet")
+    assert "this ran" not in capsys.readouterr().out
+
+
+def test_a_download_is_checked_against_the_published_hash(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    asked = []
+
+    def corrupted(url: str, dst: str, hash_prefix: str | None = None, progress: bool = True) -> None:
+        asked.append((url, dst, hash_prefix))
+        raise RuntimeError(f'invalid hash value (expected "{hash_prefix}", got "00")')
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", corrupted)
+    with pytest.raises(WeightsUnavailableError, match="not the published file .*try again"):
+        create_encoder("resnet18", weights="imagenet")
+    url, dst, hash_prefix = asked[0]
+    assert url.endswith("/resnet18-f37072fd.pth") and hash_prefix == "f37072fd"
+    assert dst == str(tmp_path / "checkpoints" / "resnet18-f37072fd.pth")
+
+
 timm = pytest.importorskip("timm")
 
 
@@ -159,6 +194,24 @@ def test_timm_model_as_encoder() -> None:
     assert encoder.reductions == [2, 4, 8, 16, 32]
     dilated = create_encoder("timm:resnet18", output_stride=16)
     assert dilated.reductions[-1] == 16
+
+
+def test_a_timm_encoder_loads_a_local_weights_file(tmp_path: Path) -> None:
+    reference = timm.create_model("resnet18")  # the classifier, as timm's weight files hold it
+    torch.save(reference.state_dict(), tmp_path / "resnet18.pth")
+    encoder = create_encoder("timm:resnet18", weights=tmp_path / "resnet18.pth")
+    torch.testing.assert_close(encoder.model.conv1.weight, reference.conv1.weight)
+    torch.testing.assert_close(encoder.model.layer4[1].conv2.weight, reference.layer4[1].conv2.weight)
+
+
+def test_a_timm_weights_file_is_read_weights_only(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    planted = tmp_path / "resnet18.pth"
+    torch.save({"conv1.weight": _Payload()}, planted)
+    with pytest.raises(UntrustedFileError, match="resnet18.pth.*it calls print"):
+        create_encoder("timm:resnet18", weights=planted)
+    assert "this ran" not in capsys.readouterr().out
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        create_encoder("timm:resnet18", weights=tmp_path / "absent.pth")
 
 
 def test_timm_encoder_offline_error_is_clear(monkeypatch: pytest.MonkeyPatch) -> None:

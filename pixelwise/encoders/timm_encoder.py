@@ -5,7 +5,7 @@ import torch
 from torch import Tensor
 
 from pixelwise.encoders.base import Encoder
-from pixelwise.encoders.weights import WeightsUnavailableError, is_weights_file
+from pixelwise.encoders.weights import WeightsUnavailableError, is_weights_file, load_file
 
 
 class TimmEncoder(Encoder):
@@ -29,6 +29,9 @@ class TimmEncoder(Encoder):
         if weights is not None:
             kwargs["pretrained"] = True
             if is_weights_file(weights):
+                # Read first by pixelwise's own loader, for its checks and errors (a missing file, not a
+                # weights file, Python objects refused), whatever timm's version does when it loads it.
+                load_file(weights)
                 kwargs["pretrained_cfg_overlay"] = {"file": str(weights)}
         try:
             self.model = timm.create_model(model_name, **kwargs)

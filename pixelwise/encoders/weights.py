@@ -75,17 +75,29 @@ def file_format(path: Path) -> str:
 
 
 def download_torchvision_weights(weights_enum: Any, encoder_name: str) -> dict[str, torch.Tensor]:
-    """Fetch a torchvision weight set through torchvision (from the torch hub cache when present)."""
-    try:
-        return weights_enum.get_state_dict(progress=False, check_hash=False)
-    except Exception as error:  # noqa: BLE001 - URLError, socket errors, SSL errors, HTTP errors
-        cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights_enum.url).name
-        raise WeightsUnavailableError(
-            f"could not load ImageNet weights for encoder {encoder_name!r} ({error}).\n"
-            f"This machine may be offline. Either download {weights_enum.url}\n"
-            f"  and save it as {cache} (torchvision's cache), or\n"
-            f"  pass the file directly: encoder_weights='/path/to/{Path(weights_enum.url).name}'."
-        ) from error
+    """A torchvision weight set: from torch's hub cache, downloaded there first when absent (its
+    SHA-256 checked against the prefix in the file name), read with ``weights_only=True`` as every
+    file pixelwise loads (torchvision's own loader would unpickle it without that guard)."""
+    cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights_enum.url).name
+    if not cache.is_file():
+        digest = torch.hub.HASH_REGEX.search(cache.name)
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            # Written beside the cache file, then moved onto it: a cut download leaves no cache file.
+            torch.hub.download_url_to_file(weights_enum.url, str(cache), digest.group(1) if digest else None,
+                                           progress=False)
+        except OSError as error:  # URLError, HTTPError, socket and SSL errors are all OSErrors
+            raise WeightsUnavailableError(
+                f"could not load ImageNet weights for encoder {encoder_name!r} ({error}).\n"
+                f"This machine may be offline. Either download {weights_enum.url}\n"
+                f"  and save it as {cache} (torchvision's cache), or\n"
+                f"  pass the file directly: encoder_weights='/path/to/{cache.name}'."
+            ) from error
+        except RuntimeError as error:  # the downloaded file's hash is not the published one
+            raise WeightsUnavailableError(f"the ImageNet weights downloaded for encoder {encoder_name!r} from "
+                                          f"{weights_enum.url} are not the published file ({error}); nothing "
+                                          f"was saved, try again") from error
+    return load_torch_file(cache, "torchvision weights file")
 
 
 def load_into(module: nn.Module, state_dict: dict[str, torch.Tensor], source: str,
