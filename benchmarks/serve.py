@@ -11,6 +11,13 @@ phase follows a warm-up; the overhead is (median latency at 1 client − in-proc
 
     python benchmarks/serve.py [--checkpoint C | --model F.onnx] [--requests 24] [--threads 2]
 
+With ``--hostile``, the service's defaults meet uploads whose work is far beyond their bytes
+instead: a 1×60000 strip (and a 245×245 image of the same pixel count), a 1×16,000,000 strip, a
+4096×4096 image of zeros, and five 2048×2048 requests abandoned by their clients. For each: the
+answer, its latency, the service's resident memory after it and its peak so far (``VmRSS``,
+``VmHWM`` of the process), and the latency of a normal 480×360 request sent right after, as a
+ratio to the same request before any hostile one (``benchmarks/results/serve_hostile.json``).
+
 Without a model file, a U-Net-ResNet18 (11 classes, random weights) is saved as a checkpoint
 first. Prints a table and writes ``benchmarks/results/serve.json``.
 """
@@ -48,10 +55,12 @@ def random_checkpoint(folder: Path) -> Path:
     import pixelwise
     from pixelwise.data.classes import ClassInfo
     from pixelwise.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from pixelwise.models.registry import spec_options
 
     model = pixelwise.create_model("unet", num_classes=11, encoder="resnet18")
     state = {"model": model.state_dict(), "classes": ClassInfo(tuple(f"class{i}" for i in range(11))).to_dict(),
-             "model_spec": {"name": "unet", "num_classes": 11, "options": {"encoder": "resnet18"}},
+             "model_spec": {"name": "unet", "num_classes": 11,
+                            "options": spec_options("unet", {"encoder": "resnet18"})},
              "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}}
     torch.save(state, folder / "unet.pt")
     return folder / "unet.pt"
@@ -147,6 +156,65 @@ def load(url: str, body: bytes, clients: int, requests: int) -> dict:
             "p50_ms": percentile(50), "p95_ms": percentile(95), "p99_ms": percentile(99)}
 
 
+def png_of(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+def memory_mb(pid: int) -> tuple[float, float]:
+    """The process's resident memory now and at its peak, in MiB (Linux ``/proc``)."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+def abandon(url: str, body: bytes) -> None:
+    """A whole /predict request sent, then the connection closed without reading the answer."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as connection:
+        connection.sendall(f"POST /predict HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: image/png\r\n"
+                           f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+
+
+def timed_post(client: httpx.Client, url: str, body: bytes) -> tuple[int, float, str]:
+    start = time.perf_counter()
+    response = client.post(f"{url}/predict?format=json", content=body, headers={"content-type": "image/png"})
+    detail = response.json().get("error", "") if response.status_code != 200 else \
+        f"tiled={response.json()['tiled']}"
+    return response.status_code, time.perf_counter() - start, detail
+
+
+def hostile(url: str, pid: int, normal: bytes) -> dict:
+    """Each hostile upload, then a normal request: status, seconds, memory."""
+    cases = {"1x60000 strip": png_of(np.zeros((1, 60_000, 3), np.uint8)),
+             "245x245, same pixels": png_of(np.full((245, 245, 3), 128, np.uint8)),
+             "1x16000000 strip": png_of(np.zeros((1, 16_000_000, 3), np.uint8)),
+             "4096x4096 zeros": png_of(np.zeros((4096, 4096, 3), np.uint8))}
+    with httpx.Client(timeout=1200) as client:
+        baseline = statistics.median(timed_post(client, url, normal)[1] for _ in range(3))
+        rows = []
+        for name, body in [*cases.items(), ("5 abandoned 2048x2048", png_of(np.zeros((2048, 2048, 3), np.uint8)))]:
+            if name.startswith("5 abandoned"):
+                start = time.perf_counter()
+                for _ in range(5):
+                    abandon(url, body)
+                status, seconds, detail = 0, time.perf_counter() - start, "sent, then hung up"
+            else:
+                status, seconds, detail = timed_post(client, url, body)
+            rss, peak = memory_mb(pid)
+            after = timed_post(client, url, normal)[1]
+            rows.append({"case": name, "bytes": len(body), "status": status, "seconds": seconds, "detail": detail,
+                         "rss_mb": rss, "peak_rss_mb": peak, "normal_after_s": after,
+                         "normal_after_vs_before": after / baseline})
+    print(f"normal 480x360 request before any hostile one: {baseline:.3f} s")
+    print(f"{'case':<22} {'bytes':>8} {'status':>6} {'seconds':>8} {'RSS MB':>7} {'peak MB':>8} {'normal after':>13}")
+    for row in rows:
+        print(f"{row['case']:<22} {row['bytes']:>8} {row['status'] or '-':>6} {row['seconds']:>8.2f} "
+              f"{row['rss_mb']:>7.0f} {row['peak_rss_mb']:>8.0f} {row['normal_after_vs_before']:>12.2f}x  "
+              f"{row['detail'][:70]}")
+    return {"normal_before_s": baseline, "results": rows}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     group = parser.add_mutually_exclusive_group()
@@ -155,9 +223,24 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=24, help="requests per concurrency level")
     parser.add_argument("--threads", type=int, default=2, help="threads of the network, in-process and served")
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--hostile", action="store_true", help="uploads whose work is far beyond their bytes")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     body, pixels = image_png()
+    if args.hostile:
+        with tempfile.TemporaryDirectory(prefix="pixelwise-serve-") as folder:
+            source = args.checkpoint or args.model or random_checkpoint(Path(folder))
+            port = free_port()
+            service = start_service(source, port, args.threads)
+            try:
+                report = hostile(f"http://127.0.0.1:{port}", service.pid, body)
+            finally:
+                service.terminate()
+                service.wait(timeout=30)
+        write_report({"question": "does serve stay bounded whatever the upload?", "threads": args.threads,
+                      "model": str(args.checkpoint or args.model or "unet resnet18, random weights"), **report},
+                     args.output.with_name("serve_hostile.json"))
+        return
     with tempfile.TemporaryDirectory(prefix="pixelwise-serve-") as folder:
         source = args.checkpoint or args.model or random_checkpoint(Path(folder))
         local = in_process(source, pixels, max(6, args.requests // 4))

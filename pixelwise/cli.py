@@ -305,13 +305,17 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from pixelwise.serve import ServiceLimits, app_for_file
+    from pixelwise.serve.app import LOOPBACK_HOSTS, WILDCARD_ADDRESSES, ServiceLimits, app_for_file
 
     settings = _inference_options(args)
     runtime, precision, device = settings.pop("runtime"), settings.pop("precision"), settings.pop("device")
-    limits = ServiceLimits(args.max_upload_mb, args.max_pixels, args.tile_threshold, args.max_queue)
-    app = app_for_file(_model_source(args), runtime, precision, device, settings, limits)
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
+    limits = ServiceLimits(max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels,
+                           tile_threshold_pixels=args.tile_threshold, explain_max_pixels=args.explain_max_pixels,
+                           max_aspect_ratio=args.max_aspect_ratio, max_queue=args.max_queue)
+    hosts = [args.host, *(LOOPBACK_HOSTS if args.host in (*LOOPBACK_HOSTS, *WILDCARD_ADDRESSES) else ()),
+             *args.allow_host]
+    app = app_for_file(_model_source(args), runtime, precision, device, settings, limits, hosts)
+    if args.host not in LOOPBACK_HOSTS:
         console.print(f"warning: listening on {args.host}, reachable from other machines", style="yellow")
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0
@@ -521,10 +525,19 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--max-upload-mb", type=float, default=20.0, help="largest request body (MiB)")
-    serve.add_argument("--max-pixels", type=int, default=100_000_000, help="most pixels an image may have")
+    serve.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                       help="also accept requests naming this host (a name the service is reached by, e.g. "
+                            "behind a proxy); others are refused, against DNS rebinding; repeatable")
+    serve.add_argument("--max-pixels", type=int, default=100_000_000,
+                       help="most pixels an image may have, and most a tiled prediction computes on")
     serve.add_argument("--max-queue", type=int, default=16, help="requests that may wait; beyond, 503")
-    serve.add_argument("--tile-threshold", type=int, default=4096 * 4096, metavar="PIXELS",
-                       help="images with more pixels are predicted window by window (bounded memory)")
+    serve.add_argument("--tile-threshold", type=int, default=2048 * 2048, metavar="PIXELS",
+                       help="images whose forward pass would compute on more pixels (the network's padding and "
+                            "test-time scales included) are predicted window by window (bounded memory)")
+    serve.add_argument("--explain-max-pixels", type=int, default=1024 * 1024, metavar="PIXELS",
+                       help="the same bound for /explain, which refuses larger images (413)")
+    serve.add_argument("--max-aspect-ratio", type=float, default=20.0,
+                       help="refuse images whose longer side is more than this many times the shorter (422)")
     _add_inference_arguments(serve)
     serve.set_defaults(run=_cmd_serve)
     _add_superres_commands(commands)

@@ -36,6 +36,11 @@ def _overlay_pixels(page, card: str) -> list[int]:
     }}""")
 
 
+# Records what the Content-Security-Policy blocked, before any script of the page runs.
+WATCH_POLICY = """window.__violations = [];
+document.addEventListener('securitypolicyviolation', e => window.__violations.push(e.violatedDirective));"""
+
+
 def test_upload_overlay_slider_legend_hiding_and_a_click(tiny_checkpoint: Path, tmp_path: Path) -> None:
     loaded = load_predictor(tiny_checkpoint)
     paths = []
@@ -47,10 +52,14 @@ def test_upload_overlay_slider_legend_hiding_and_a_click(tiny_checkpoint: Path, 
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
         try:
             page = browser.new_page()
+            page.add_init_script(WATCH_POLICY)
             failed = []
             page.on("requestfailed", lambda request: failed.append(request.url))
-            page.goto(url)
+            response = page.goto(url)
+            assert "default-src 'self'" in response.headers["content-security-policy"]
             page.wait_for_function("document.getElementById('model-info').textContent.includes('classes')")
+            assert "best.pt" in page.text_content("#model-info") and str(tiny_checkpoint.parent) not in \
+                page.content()
             page.set_input_files("#files", [str(path) for path in paths])
             page.wait_for_selector(".card:nth-of-type(2) canvas.overlay[data-ready='1']", timeout=60_000)
             card = ".card:nth-of-type(1)"
@@ -95,5 +104,44 @@ def test_upload_overlay_slider_legend_hiding_and_a_click(tiny_checkpoint: Path, 
             page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
             assert (tmp_path / "page.png").stat().st_size > 10_000
             assert not [u for u in failed if not u.startswith(url)], "the page reached outside the service"
+            assert page.evaluate("window.__violations") == [], "the page needs what its own policy forbids"
+        finally:
+            browser.close()
+
+
+HOSTILE = '<img src=x onerror="document.title=\'PWNED\'">'
+
+
+def test_a_model_file_with_markup_in_its_class_names_runs_no_script(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    from pixelwise.engine.checkpoint import load_checkpoint, save_checkpoint
+
+    state = load_checkpoint(tiny_checkpoint)
+    names = state["classes"]["names"]
+    state["classes"]["names"] = [f"{HOSTILE}{index}" for index in range(len(names))]
+    hostile = tmp_path / "shared_model.pt"
+    save_checkpoint(state, hostile)  # a well-formed file, as someone could share it
+    image = tmp_path / "scene.png"
+    Image.fromarray(SyntheticShapes("test", size=(72, 96), length=1).load(0)[0].permute(1, 2, 0).numpy()).save(image)
+    with running(create_app(load_predictor(hostile), source=str(hostile))) as url, \
+            sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        try:
+            page = browser.new_page()
+            page.add_init_script(WATCH_POLICY)
+            page.goto(url)
+            page.wait_for_function("document.getElementById('model-info').textContent.includes('classes')")
+            page.set_input_files("#files", [str(image)])
+            page.wait_for_selector(".card canvas.overlay[data-ready='1']", timeout=60_000)
+            page.click(".card canvas.field", position={"x": 40, "y": 30})
+            page.wait_for_selector(".card .explain table.top tr", timeout=60_000)
+            page.wait_for_timeout(300)  # an injected image would have failed to load and fired by now
+            assert page.title() == "pixelwise"
+            assert page.query_selector_all(".card img") == []  # no element was made from a name
+            shown = page.eval_on_selector_all(".card .explain table.top td:first-child", "cells => cells.map(c => "
+                                              "c.textContent)")
+            assert len(shown) == 3 and all(cell.startswith(HOSTILE) for cell in shown)
+            legend = page.eval_on_selector_all(".card .legend .class-name", "nodes => nodes.map(n => n.textContent)")
+            assert legend == state["classes"]["names"]
+            assert page.evaluate("window.__violations") == []
         finally:
             browser.close()

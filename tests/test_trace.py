@@ -358,7 +358,7 @@ def _valid_unet(size: int) -> bool:
 
 def test_pixelwise_models_answer_by_their_design(unet_model: nn.Module) -> None:
     deeplab = valid_input_sizes(create_model("deeplabv3plus", num_classes=3, encoder="resnet18"), max_size=128)
-    assert deeplab.sizes == (32, 48, 64, 80, 96, 112, 128) and "multiple of 16" in deeplab.explanation
+    assert deeplab.sizes == (16, 32, 48, 64, 80, 96, 112, 128) and "multiple of 16" in deeplab.explanation
     unet = valid_input_sizes(unet_model, max_size=400)
     assert unet.sizes[:3] == (4, 20, 36) and 388 in unet and unet.period == 16
     assert "92" in unet.explanation and "572" not in unet.sizes

@@ -46,8 +46,7 @@ def valid_input_sizes(model: nn.Module, max_size: int = 1024, min_size: int = 1,
 
     Pixelwise models answer from their design
     (:meth:`~pixelwise.models.base.SegmentationModel.designed_sizes`): models that pad to a
-    multiple of ``size_divisor`` need none at its multiples (from twice it, the smallest they
-    pad to); the paper FCN takes every size (its 100-pixel padding, ceil-mode pooling and crops);
+    multiple of ``size_divisor`` need none at its multiples; the paper FCN takes every size (its 100-pixel padding, ceil-mode pooling and crops);
     the paper U-Net always mirrors its margin outward, and needs nothing more at the sizes its
     valid network maps onto. For any other module, sizes are re-propagated through the traced
     operations (no forward pass per size): a size is valid when every strided window tiles its

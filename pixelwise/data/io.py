@@ -15,8 +15,9 @@ the upright view), and otherwise keep the stored pixels so the size check report
 from __future__ import annotations
 
 import struct
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Mapping, Sequence, Union
+from typing import Iterator, Mapping, Sequence, Union
 
 import numpy as np
 import torch
@@ -145,6 +146,45 @@ def decode_image(path: str | Path, target_size: tuple[int, int] | None = None) -
     return _to_rgb_array(image, Path(path), notes), notes
 
 
+@contextmanager
+def _decoding(name: str, max_pixels: int) -> Iterator[None]:
+    """Decoding errors as :class:`DataError` naming the upload."""
+    try:
+        yield
+    except Image.DecompressionBombError as error:  # PIL's own guard, for headers claiming billions
+        raise DataError(f"{name}: {error} The most accepted is {max_pixels} pixels; downscale or tile it.", name,
+                        "too-large") from error
+    except _DECODE_ERRORS as error:
+        raise DataError(f"{name}: cannot decode the image ({error}); the file is truncated, corrupt or not an "
+                        f"image (PNG, JPEG, ...)", name, "unreadable") from error
+
+
+def _open_upload(data: bytes, name: str, max_pixels: int) -> Image.Image:
+    """The upload opened, its header read and its size checked: nothing is decoded yet."""
+    from io import BytesIO
+
+    if not data:
+        raise DataError(f"{name}: the upload is empty; send the image file's bytes", name, "unreadable")
+    with _decoding(name, max_pixels):
+        image = Image.open(BytesIO(data))
+        width, height = image.size
+    if width * height > max_pixels:
+        raise DataError(f"{name}: the image claims {width}×{height} = {width * height} pixels, more than the "
+                        f"{max_pixels} accepted; downscale or tile it", name, "too-large")
+    return image
+
+
+def upload_size(data: bytes, name: str, max_pixels: int) -> tuple[int, int]:
+    """An uploaded image's ``(height, width)`` as its header states it, before any decoding (EXIF
+    orientation may swap the two), so what it would cost can be judged first.
+
+    Raises:
+        DataError: as :func:`decode_image_bytes`, for what the header alone shows.
+    """
+    width, height = _open_upload(data, name, max_pixels).size
+    return height, width
+
+
 def decode_image_bytes(data: bytes, name: str, max_pixels: int) -> np.ndarray:
     """Decode an uploaded image to uint8 H×W×3 RGB (EXIF orientation applied, as a viewer shows
     it), refusing it *before* decoding when its header claims more than ``max_pixels`` pixels.
@@ -158,24 +198,9 @@ def decode_image_bytes(data: bytes, name: str, max_pixels: int) -> np.ndarray:
         DataError: empty, not an image, truncated or corrupt (``kind="unreadable"``), or too large
             (``kind="too-large"``).
     """
-    from io import BytesIO
-
-    if not data:
-        raise DataError(f"{name}: the upload is empty; send the image file's bytes", name, "unreadable")
-    try:
-        image = Image.open(BytesIO(data))
-        width, height = image.size  # read from the header: nothing is decoded yet
-        if width * height <= max_pixels:
-            image.load()
-    except Image.DecompressionBombError as error:  # PIL's own guard, for headers claiming billions
-        raise DataError(f"{name}: {error} The most accepted is {max_pixels} pixels; downscale or tile it.", name,
-                        "too-large") from error
-    except _DECODE_ERRORS as error:
-        raise DataError(f"{name}: cannot decode the image ({error}); the file is truncated, corrupt or not an "
-                        f"image (PNG, JPEG, ...)", name, "unreadable") from error
-    if width * height > max_pixels:
-        raise DataError(f"{name}: the image claims {width}×{height} = {width * height} pixels, more than the "
-                        f"{max_pixels} accepted; downscale or tile it", name, "too-large")
+    image = _open_upload(data, name, max_pixels)
+    with _decoding(name, max_pixels):
+        image.load()
     notes: list[str] = []
     return _to_rgb_array(_orient(image, None, notes), Path(name), notes)
 

@@ -479,6 +479,27 @@ class InferenceOptions:
         ``recorded=None`` checks the values before a model is loaded."""
         return cls.create(**settings, **recorded_augmentation(recorded, scales, flip))
 
+    def pass_areas(self, size: tuple[int, int], geometry: nn.Module | None = None) -> list[int]:
+        """The area one forward pass computes on, for each view of an image of ``size``
+        (height, width): what whole-image inference of it costs, view by view (memory goes with
+        the largest, time with the sum; a sliding window counts a batch of windows).
+
+        Args:
+            size: the image's height and width.
+            geometry: the network, for the size it really computes on
+                (:meth:`~pixelwise.models.base.SegmentationModel.padded_size`: its padding and
+                input scale); ``None`` or another module: the size as given.
+        """
+        padded = getattr(geometry, "padded_size", lambda view: view)
+        areas = []
+        for scale in self.scales:
+            height, width = (int(side) for side in scaled_size(size, scale))
+            if self.mode == "slide":
+                height, width = min(height, self.window[0]), min(width, self.window[1])
+            height, width = padded((height, width))
+            areas += [height * width * (self.batch_size if self.mode == "slide" else 1)] * (2 if self.flip else 1)
+        return areas
+
     def to_dict(self) -> dict:
         """JSON-able form, for metrics files and checkpoints."""
         return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}

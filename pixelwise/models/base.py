@@ -44,8 +44,9 @@ class SegmentationModel(nn.Module):
     """Base class of every model.
 
     Subclasses implement :meth:`forward_padded` on inputs whose height and width are multiples
-    of ``size_divisor`` (and at least twice it); :meth:`forward` pads any input (bottom and
-    right, zeros) and crops the logits back, so users never resize to a multiple of 32.
+    of ``size_divisor`` (and at least twice it for a training batch of one image); :meth:`forward`
+    pads any input (bottom and right, zeros) and crops the logits back, so users never resize to
+    a multiple of 32. :meth:`padded_size` says what size the network computes on.
 
     Attributes:
         num_classes: number of output channels.
@@ -96,7 +97,7 @@ class SegmentationModel(nn.Module):
         height, width = x.shape[-2:]
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        padded = pad_to_multiple(x, self.size_divisor, self._min_padded_size(x))
+        padded = pad_to_multiple(x, self.size_divisor, self._min_padded_size(x.shape[0]))
         logits, aux = self.forward_padded(padded, return_aux)
         outputs = [logits[..., :height, :width]] + ([aux[..., :height, :width]] if return_aux else [])
         if self.input_scale != 1.0:
@@ -127,14 +128,24 @@ class SegmentationModel(nn.Module):
         self.channels_last = True
         return self
 
-    def _min_padded_size(self, x: Tensor) -> int:
-        """A 1×1 deepest map leaves batch norm one value per channel, which training at batch
-        size 1 cannot normalise: pad to at least two cells of the coarsest grid. Models that
-        do not pad to a grid (``size_divisor == 1``) name their own floor, ``min_train_size``,
-        used only where it is needed."""
-        if self.size_divisor > 1:
-            return 2 * self.size_divisor
-        return self.min_train_size if self.training and x.shape[0] == 1 else 1
+    def _min_padded_size(self, batch: int) -> int:
+        """A 1×1 deepest map leaves batch norm one value per channel, which a training batch of
+        one image cannot normalise: such a batch is padded to two cells of the coarsest grid, or
+        (models that do not pad to a grid, ``size_divisor == 1``) to ``min_train_size``.
+        Anywhere else one cell is enough: inference never pads further than the grid needs."""
+        if not (self.training and batch == 1):
+            return 1
+        return 2 * self.size_divisor if self.size_divisor > 1 else self.min_train_size
+
+    def padded_size(self, size: Sequence[int]) -> tuple[int, int]:
+        """The height and width the network computes on, in eval mode, for an input of ``size``
+        (height, width): after ``input_scale`` and the padding of :meth:`forward`. What an input
+        costs in time and memory goes with this area, not with the input's own (a 1×60000 image
+        computes on 32×60000 at a ``size_divisor`` of 32)."""
+        height, width = (int(side) for side in scaled_size(size, self.input_scale)) if self.input_scale != 1.0 \
+            else (int(size[0]), int(size[1]))
+        divisor = self.size_divisor
+        return -(-height // divisor) * divisor, -(-width // divisor) * divisor
 
     def forward_padded(self, x: Tensor, return_aux: bool) -> tuple[Tensor, Tensor | None]:
         """Logits (and auxiliary logits when asked, else ``None``) at the padded input size."""
@@ -145,16 +156,16 @@ class SegmentationModel(nn.Module):
         ``None`` when the design does not say (the layers decide, see
         :func:`pixelwise.analysis.valid_input_sizes`).
 
-        A model that pads to a multiple of ``size_divisor`` needs none at its multiples from
-        twice it, the smallest size it pads to.
+        A model that pads to a multiple of ``size_divisor`` needs none at its multiples (in
+        inference; a training batch of one image is padded to at least twice it).
         """
         if self.size_divisor <= 1:
             return None
         divisor = self.size_divisor
-        sizes = tuple(n for n in range(min_size, max_size + 1) if n % divisor == 0 and n >= 2 * divisor)
+        sizes = tuple(n for n in range(min_size, max_size + 1) if n % divisor == 0)
         return DesignedSizes(sizes, (
-            f"{type(self).__name__} pads every input to a multiple of {divisor}, at least {2 * divisor}; "
-            f"multiples of {divisor} from {2 * divisor} ({size_listing(sizes)}) need no padding."))
+            f"{type(self).__name__} pads every input to a multiple of {divisor}; its multiples "
+            f"({size_listing(sizes)}) need no padding."))
 
     @property
     def has_aux(self) -> bool:

@@ -12,8 +12,23 @@ the service goes on answering: a body over ``max_upload_mb`` (413, counted while
 whatever ``Content-Length`` claims), an image whose header claims more than ``max_pixels``
 (413, refused before decoding: a decompression bomb costs nothing), an empty, truncated or
 non-image body (400), a wrong content type (415), more requests waiting than ``max_queue``
-(503 with ``Retry-After``). Images above ``tile_threshold_pixels`` go through tiled prediction
-(:func:`~pixelwise.engine.inference.predict_large_image`), so memory stays bounded.
+(503 with ``Retry-After``), a wrong query parameter (400), an unknown path (404). An image is
+judged by the work it causes, before it is decoded: the area the network computes on (its
+padding to the model's grid and the test-time scales included, see
+:meth:`~pixelwise.engine.inference.InferenceOptions.pass_areas`), not its pixel count, so a
+1×60000 strip is not a cheap request. Sides further apart than ``max_aspect_ratio`` are refused
+(422); a pass larger than ``tile_threshold_pixels`` goes through tiled prediction
+(:func:`~pixelwise.engine.inference.predict_large_image`), so memory stays bounded; ``/explain``,
+which needs the whole image's probabilities, refuses passes above ``explain_max_pixels`` (413).
+A request whose client has gone while it waited is dropped before it takes the model. An
+unexpected failure is a JSON 500 (its traceback in the server's log), counted like the rest.
+
+**Browsers.** Every response carries a Content-Security-Policy (``default-src 'self'``, no inline
+script), ``X-Content-Type-Options: nosniff`` and ``X-Frame-Options: DENY``; a request whose
+``Host`` is not one of ``allowed_hosts`` (the address served, and loopback names) is refused, so
+a web page cannot reach the service through a domain name of its own (DNS rebinding). The page
+shows every string from the model (class names) and from uploads as text, never as markup, and
+``/info`` names the model's file, not its path on the server.
 
 **The page** at ``/`` (files under ``static/``, inside the package) uploads images, overlays
 their masks with an opacity slider, lists the classes with their shares (each can be hidden),
@@ -28,23 +43,28 @@ from __future__ import annotations
 
 import asyncio
 import io
+import ipaddress
+import logging
 import time
 from dataclasses import asdict, dataclass
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any, AsyncGenerator, Callable, Mapping
+from typing import Any, AsyncGenerator, Callable, Mapping, Sequence
 
 import numpy as np
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from starlette.datastructures import UploadFile
+from starlette.datastructures import Headers, MutableHeaders, UploadFile
+from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from torch import nn
 
-from pixelwise.data.io import DataError, decode_image_bytes
+from pixelwise.data.io import DataError, decode_image_bytes, upload_size
 from pixelwise.engine.checkpoint import LoadedModel
 from pixelwise.engine.inference import InferenceOptions, predict_large_image
 from pixelwise.engine.predict import label_image, overlay as overlay_image, predict_whole
@@ -53,26 +73,54 @@ from pixelwise.engine.predict import label_image, overlay as overlay_image, pred
 STATIC = Path(__file__).resolve().parent / "static"
 """The page's files, shipped inside the package: nothing is fetched from elsewhere."""
 
+LOG = logging.getLogger("pixelwise.serve")
+
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob: "
+                               "data:; object-src 'none'; base-uri 'none'; form-action 'self'; "
+                               "frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cross-Origin-Resource-Policy": "same-origin",
+}
+"""Sent with every response: the page runs only its own script, and is never framed."""
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+WILDCARD_ADDRESSES = {"0.0.0.0", "::"}
+
+CLIENT_GONE = 499
+"""The status counted for a request dropped because its client went away (nginx's convention)."""
+
 
 @dataclass(frozen=True)
 class ServiceLimits:
-    """What the service accepts.
+    """What the service accepts, bounded by the work a request causes.
 
     Attributes:
         max_upload_mb: the largest request body, in MiB.
-        max_pixels: the most pixels an image may have (checked on its header, before decoding).
-        tile_threshold_pixels: images with more pixels go through tiled prediction.
+        max_pixels: the most pixels an image may have (checked on its header, before decoding),
+            and the largest area (padding included) a tiled prediction may compute on.
+        tile_threshold_pixels: the largest area one whole-image forward pass may compute on
+            (padding and test-time scales included); above it, tiled prediction.
+        explain_max_pixels: the same for ``/explain``, which holds every class's probability
+            at every pixel and traces the network at the image's size; above it, 413.
+        max_aspect_ratio: the most the longer side may be of the shorter; beyond, 422.
         max_queue: requests that may wait while one runs; beyond, 503.
     """
 
     max_upload_mb: float = 20.0
     max_pixels: int = 100_000_000
-    tile_threshold_pixels: int = 4096 * 4096
+    tile_threshold_pixels: int = 2048 * 2048
+    explain_max_pixels: int = 1024 * 1024
+    max_aspect_ratio: float = 20.0
     max_queue: int = 16
 
     def __post_init__(self) -> None:
-        if self.max_upload_mb <= 0 or self.max_pixels < 1 or self.tile_threshold_pixels < 1 or self.max_queue < 0:
-            raise ValueError(f"service limits must be positive (max_queue may be 0), got {self}")
+        if min(self.max_upload_mb, self.max_pixels, self.tile_threshold_pixels, self.explain_max_pixels) <= 0 \
+                or self.max_aspect_ratio < 1 or self.max_queue < 0:
+            raise ValueError(f"service limits must be positive, max_aspect_ratio at least 1 and max_queue at least "
+                             f"0, got {self}")
 
 
 class ServiceError(Exception):
@@ -105,8 +153,10 @@ class _Model:
         self.waiting = 0
         self.fields: dict[tuple[int, int], tuple[tuple[float, float], tuple[float, float]]] = {}
 
-    async def run(self, work: Callable[[np.ndarray], Any], pixels: np.ndarray) -> Any:
-        """``work(pixels)`` in the worker thread, one request at a time; 503 when too many wait."""
+    async def run(self, request: Request, work: Callable[[], Any]) -> Any:
+        """``work()`` in the worker thread, one request at a time; 503 when too many wait, and
+        nothing done for a client that went away while it waited. Waiting requests hold their
+        upload's bytes only: each is decoded when its turn comes, so one image is decoded at a time."""
         if self.waiting >= self.limits.max_queue and self.lock.locked():
             raise ServiceError(503, f"busy: {self.waiting} requests are already waiting (max_queue "
                                     f"{self.limits.max_queue}); retry shortly", {"Retry-After": "1"})
@@ -115,15 +165,39 @@ class _Model:
         try:
             async with self.lock:
                 self.waiting, running = self.waiting - 1, True
-                return await asyncio.to_thread(work, pixels)
+                if await request.is_disconnected():
+                    raise ServiceError(CLIENT_GONE, "the client went away before its turn; nothing was computed")
+                return await asyncio.to_thread(work)
         finally:
-            if not running:  # the client went away while waiting
+            if not running:  # cancelled while waiting
                 self.waiting -= 1
+
+    def plan(self, height: int, width: int, explain: bool = False) -> bool:
+        """Whether an image of this size is predicted tile by tile; raises :class:`ServiceError`
+        when the work it would cause is beyond the limits."""
+        limits = self.limits
+        if max(height, width) > limits.max_aspect_ratio * min(height, width):
+            raise ServiceError(422, f"the image is {width}×{height}: its sides are more than "
+                                    f"{limits.max_aspect_ratio:g} times apart (max_aspect_ratio), which costs the "
+                                    f"network far more than its pixels; crop it into pieces of a more usual shape")
+        largest = max(self.options.pass_areas((height, width), self.geometry))
+        if explain and largest > limits.explain_max_pixels:
+            raise ServiceError(413, f"the image is {width}×{height}: /explain would compute on {largest} pixels "
+                                    f"(the network's padding and test-time scales included), more than the "
+                                    f"{limits.explain_max_pixels} it accepts (--explain-max-pixels); explain a "
+                                    f"crop or a downscaled copy")
+        if explain or largest <= limits.tile_threshold_pixels:
+            return False
+        tiled = InferenceOptions.create().pass_areas((height, width), self.geometry)[0]
+        if tiled > limits.max_pixels:
+            raise ServiceError(413, f"the image is {width}×{height}: the network would compute on {tiled} pixels "
+                                    f"(its padding included), more than the {limits.max_pixels} accepted "
+                                    f"(--max-pixels); downscale or crop it")
+        return True
 
     def labels(self, pixels: np.ndarray) -> tuple[np.ndarray, bool]:
         """Class indices, and whether they were predicted tile by tile."""
-        height, width = pixels.shape[:2]
-        if height * width > self.limits.tile_threshold_pixels:
+        if self.plan(*pixels.shape[:2]):
             return predict_large_image(self.loaded.model, pixels, self.loaded.classes.num_classes, self.options,
                                        self.loaded.normalization), True
         return predict_whole(self.loaded, pixels, self.options)[0], False
@@ -131,6 +205,8 @@ class _Model:
     def explain(self, pixels: np.ndarray, y: int, x: int, top: int) -> dict[str, Any]:
         """The ``top`` classes at pixel ``(y, x)`` with their probabilities, and the receptive
         field of that output pixel in image coordinates (from :func:`pixelwise.analysis.trace`)."""
+        self.plan(*pixels.shape[:2], explain=True)
+        _check_pixel(x, y, pixels.shape[:2])  # again: the header's size is before EXIF orientation
         probabilities = predict_whole(self.loaded, pixels, self.options)[1][:, y, x]
         best = probabilities.topk(min(top, probabilities.numel()))
         names = self.loaded.classes.names
@@ -206,12 +282,13 @@ async def read_upload(request: Request, limit: int) -> tuple[bytes, str]:
 
 def app_for_file(source: str, runtime: str | None = None, precision: str | None = None, device: str = "cpu",
                  options: InferenceOptions | Mapping[str, Any] | None = None,
-                 limits: ServiceLimits | None = None) -> FastAPI:
+                 limits: ServiceLimits | None = None, allowed_hosts: Sequence[str] = LOOPBACK_HOSTS) -> FastAPI:
     """The service for a checkpoint or an exported ONNX file (what ``pixelwise serve`` runs).
 
     ``options`` are the inference options, or keyword arguments of
     :meth:`~pixelwise.engine.inference.InferenceOptions.create` whose ``scales`` and ``flip``,
-    when absent or ``None``, are the file's recorded ones (see :func:`create_app`)."""
+    when absent or ``None``, are the file's recorded ones; ``allowed_hosts`` as in
+    :func:`create_app`."""
     from pixelwise.engine.loading import is_onnx, load_predictor
     from pixelwise.export import read_metadata
     from pixelwise.models import create_model, saved_options
@@ -224,7 +301,7 @@ def app_for_file(source: str, runtime: str | None = None, precision: str | None 
         spec = read_metadata(source)["model_spec"]
         geometry = create_model(spec["name"], num_classes=spec["num_classes"],
                                 **saved_options(spec["name"], spec["options"]))
-    return create_app(loaded, options, limits, source, geometry)
+    return create_app(loaded, options, limits, source, geometry, allowed_hosts)
 
 
 def _png(image: Image.Image) -> bytes:
@@ -241,7 +318,8 @@ def _shares(labels: np.ndarray, loaded: LoadedModel) -> list[dict]:
 
 
 def create_app(loaded: LoadedModel, options: InferenceOptions | None = None, limits: ServiceLimits | None = None,
-               source: str = "model", geometry: nn.Module | None = None) -> FastAPI:
+               source: str = "model", geometry: nn.Module | None = None,
+               allowed_hosts: Sequence[str] = LOOPBACK_HOSTS) -> FastAPI:
     """The service for one loaded model (see the module docstring).
 
     Args:
@@ -250,28 +328,36 @@ def create_app(loaded: LoadedModel, options: InferenceOptions | None = None, lim
         options: how logits are computed (default: whole image, 512 windows for tiled images,
             and the test-time scales and flip the model records, those of its recipe).
         limits: what requests may be.
-        source: the model's file, for ``/info``.
+        source: the model's file; ``/info`` shows its name only, never the server's folders.
         geometry: the network's architecture (weights do not matter), for the receptive fields of
-            ``/explain``; default: the loaded module itself when it is a PyTorch one.
+            ``/explain`` and the padded size a request computes on; default: the loaded module
+            itself when it is a PyTorch one.
+        allowed_hosts: the host names and addresses requests may name in their ``Host`` header
+            (the port aside): the address served and the names it is known by. A wildcard
+            address (``0.0.0.0``, ``::``) admits every address but no name; ``"*"`` admits any
+            host (DNS rebinding then reaches the service).
     """
     options = options or InferenceOptions.following(loaded.inference)
     limits = limits or ServiceLimits()
     geometry = geometry or getattr(loaded.model, "model", None)
     model, metrics = _Model(loaded, options, limits, geometry), _Metrics()
     app = FastAPI(title="pixelwise", version=version("pixelwise"), docs_url=None, redoc_url=None)
-
-    @app.middleware("http")
-    async def count(request: Request, call_next):
-        start = time.perf_counter()
-        response = await call_next(request)
-        endpoint = request.url.path if request.url.path in _ENDPOINTS else "other"
-        metrics.requests.labels(endpoint, str(response.status_code)).inc()
-        metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
-        return response
+    app.add_middleware(_Guard, metrics=metrics, allowed_hosts=tuple(allowed_hosts))
 
     @app.exception_handler(ServiceError)
     async def refuse(request: Request, error: ServiceError) -> JSONResponse:
         return JSONResponse({"error": error.message}, status_code=error.status, headers=error.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"error": _validation_message(error)}, status_code=400)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, error: HTTPException) -> JSONResponse:
+        message = {404: f"no such path {request.url.path!r}; the service answers {', '.join(_ENDPOINTS)}",
+                   405: f"{request.method} is not accepted at {request.url.path}"}.get(error.status_code,
+                                                                                      str(error.detail))
+        return JSONResponse({"error": message}, status_code=error.status_code, headers=error.headers)
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
@@ -286,7 +372,7 @@ def create_app(loaded: LoadedModel, options: InferenceOptions | None = None, lim
     @app.get("/info")
     async def info() -> dict:
         runtime = loaded.model
-        return {"model": source, "version": version("pixelwise"),
+        return {"model": Path(source).name, "version": version("pixelwise"),
                 "runtime": {"name": getattr(runtime, "name", "torch"),
                             "precision": getattr(runtime, "precision", options.precision or "fp32")},
                 "classes": list(loaded.classes.names), "palette": [list(c) for c in loaded.classes.palette],
@@ -301,16 +387,10 @@ def create_app(loaded: LoadedModel, options: InferenceOptions | None = None, lim
         start = time.perf_counter()
         if format not in ("png", "json"):
             raise ServiceError(400, f"format must be 'png' or 'json', got {format!r}")
-        data, name = await read_upload(request, int(limits.max_upload_mb * 2**20))
-        try:
-            pixels = await asyncio.to_thread(decode_image_bytes, data, name, limits.max_pixels)
-        except DataError as error:
-            raise ServiceError(413 if error.kind == "too-large" else 400, str(error)) from error
-        decoded = time.perf_counter()
-        labels, tiled = await model.run(model.labels, pixels)
-        done = time.perf_counter()
-        timing = {"decode_ms": 1e3 * (decoded - start), "inference_ms": 1e3 * (done - decoded),
-                  "total_ms": 1e3 * (done - start)}
+        upload = await _upload(request, limits, model.plan)
+        labels, tiled, timing = await model.run(request, lambda: _timed_labels(model, upload))
+        pixels = upload.pixels
+        timing["total_ms"] = 1e3 * (time.perf_counter() - start)
         headers = {"X-Inference-Ms": f"{timing['inference_ms']:.1f}", "X-Tiled": str(tiled).lower()}
         if format == "json":
             return JSONResponse({"width": int(pixels.shape[1]), "height": int(pixels.shape[0]), "tiled": tiled,
@@ -321,17 +401,132 @@ def create_app(loaded: LoadedModel, options: InferenceOptions | None = None, lim
 
     @app.post("/explain")
     async def explain(request: Request, x: int, y: int, top: int = 3) -> dict:
-        data, name = await read_upload(request, int(limits.max_upload_mb * 2**20))
-        try:
-            pixels = await asyncio.to_thread(decode_image_bytes, data, name, limits.tile_threshold_pixels)
-        except DataError as error:
-            raise ServiceError(413 if error.kind == "too-large" else 400, str(error)) from error
-        height, width = pixels.shape[:2]
-        if not (0 <= x < width and 0 <= y < height) or top < 1:
-            raise ServiceError(400, f"pixel ({x}, {y}) is outside the {width}×{height} image (or top < 1)")
-        return await model.run(lambda image: model.explain(image, y, x, top), pixels)
+        if top < 1:
+            raise ServiceError(400, f"top must be at least 1 (how many classes to list), got {top}")
+        upload = await _upload(request, limits, lambda height, width: model.plan(height, width, explain=True))
+        _check_pixel(x, y, upload.size)
+        return await model.run(request, lambda: model.explain(upload.decode(), y, x, top))
 
     return app
+
+
+def _check_pixel(x: int, y: int, size: tuple[int, int]) -> None:
+    height, width = size
+    if not (0 <= x < width and 0 <= y < height):
+        raise ServiceError(400, f"pixel ({x}, {y}) is outside the {width}×{height} image; x must be in "
+                                f"0..{width - 1} and y in 0..{height - 1}")
+
+
+class _Upload:
+    """An uploaded image's bytes, judged by its header; decoded only when its turn comes."""
+
+    def __init__(self, data: bytes, name: str, size: tuple[int, int], max_pixels: int) -> None:
+        self.data, self.name, self.size, self.max_pixels = data, name, size, max_pixels
+        self.pixels: np.ndarray | None = None
+
+    def decode(self) -> np.ndarray:
+        try:
+            self.pixels = decode_image_bytes(self.data, self.name, self.max_pixels)
+        except DataError as error:
+            raise _refusal(error) from error
+        self.data = b""  # the bytes are no longer needed
+        return self.pixels
+
+
+def _refusal(error: DataError) -> ServiceError:
+    return ServiceError(413 if error.kind == "too-large" else 400, str(error))
+
+
+async def _upload(request: Request, limits: ServiceLimits, plan: Callable[[int, int], Any]) -> _Upload:
+    """The uploaded image, refused by its header or by ``plan(height, width)`` before decoding."""
+    data, name = await read_upload(request, int(limits.max_upload_mb * 2**20))
+    try:
+        height, width = await asyncio.to_thread(upload_size, data, name, limits.max_pixels)
+    except DataError as error:
+        raise _refusal(error) from error
+    plan(height, width)
+    return _Upload(data, name, (height, width), limits.max_pixels)
+
+
+def _timed_labels(model: _Model, upload: _Upload) -> tuple[np.ndarray, bool, dict[str, float]]:
+    """The upload's class indices, whether they were predicted tile by tile, and the
+    milliseconds of decoding and of inference."""
+    start = time.perf_counter()
+    pixels = upload.decode()
+    decoded = time.perf_counter()
+    labels, tiled = model.labels(pixels)
+    return labels, tiled, {"decode_ms": 1e3 * (decoded - start), "inference_ms": 1e3 * (time.perf_counter() - decoded)}
+
+
+def _validation_message(error: RequestValidationError) -> str:
+    """FastAPI's validation errors as one sentence: which parameter, what was wrong."""
+    problems = []
+    for problem in error.errors():
+        where = ".".join(str(part) for part in problem.get("loc", ())[1:]) or "the request"
+        given = f", got {problem['input']!r}" if problem.get("input") is not None else ""
+        problems.append(f"{problem.get('loc', ('query',))[0]} parameter {where!r}: {problem.get('msg', 'invalid')}"
+                        f"{given}")
+    return "; ".join(problems)
+
+
+def _is_address(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+class _Guard:
+    """Around every request: the ``Host`` check, the security headers, a JSON 500 for an
+    unexpected failure (its traceback logged), and the count and latency in ``/metrics``."""
+
+    def __init__(self, app: ASGIApp, metrics: _Metrics, allowed_hosts: tuple[str, ...]) -> None:
+        self.app, self.metrics = app, metrics
+        self.allowed_hosts = {host.lower().strip("[]") for host in allowed_hosts}
+
+    def _host_allowed(self, scope: Scope) -> bool:
+        if "*" in self.allowed_hosts:
+            return True
+        host = Headers(scope=scope).get("host", "")
+        name = (host[1:host.index("]")] if host.startswith("[") and "]" in host else host.rsplit(":", 1)[0]).lower()
+        if name in self.allowed_hosts:
+            return True
+        # Served on every address (0.0.0.0, ::): any address is the one served; a name still is not.
+        return bool(self.allowed_hosts & WILDCARD_ADDRESSES) and _is_address(name)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start, status, started = time.perf_counter(), 500, False
+
+        async def send_secured(message: Message) -> None:
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                status, started = message["status"], True
+                MutableHeaders(scope=message).update(SECURITY_HEADERS)
+            await send(message)
+
+        try:
+            if not self._host_allowed(scope):
+                host = Headers(scope=scope).get("host", "(none)")
+                await JSONResponse({"error": f"host {host!r} is not served here; address the service by "
+                                             f"{' or '.join(sorted(self.allowed_hosts))} (pixelwise serve "
+                                             f"--allow-host adds a name)"}, status_code=400)(scope, receive,
+                                                                                              send_secured)
+            else:
+                await self.app(scope, receive, send_secured)
+        except Exception as error:  # the service's last line: logged with its traceback, answered in JSON
+            LOG.exception("unexpected error answering %s %s", scope.get("method"), scope.get("path"))
+            if started:  # nothing more can be sent
+                raise
+            await JSONResponse({"error": f"internal error ({type(error).__name__}); the server's log has the "
+                                         f"details"}, status_code=500)(scope, receive, send_secured)
+        finally:
+            endpoint = scope["path"] if scope["path"] in _ENDPOINTS else "other"
+            self.metrics.requests.labels(endpoint, str(status)).inc()
+            self.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
 
 
 _ENDPOINTS = ("/", "/health", "/info", "/metrics", "/predict", "/explain")

@@ -1,5 +1,7 @@
 // The pixelwise page: upload images, see their segmentation as an overlay, inspect a pixel.
 // Everything comes from this service (no outside resource): /info, /predict, /explain.
+// Strings from the model (class names), uploads (file names) and errors are only ever set as
+// textContent: the service's Content-Security-Policy forbids inline script besides.
 "use strict";
 
 let info = null;
@@ -97,8 +99,17 @@ async function explainPixel(card, event) {
     headers: { "content-type": card.file.type || "application/octet-stream" } });
   if (!response.ok) { panel.textContent = await errorText(response); return; }
   const result = await response.json();
-  const rows = result.top.map(t => `<tr><td>${t.name}</td><td>${(100 * t.probability).toFixed(1)}%</td></tr>`);
-  panel.innerHTML = `<strong>pixel (${x}, ${y})</strong><table class="top">${rows.join("")}</table>`;
+  // Class names come from the model file: they are text, never markup.
+  const heading = document.createElement("strong");
+  heading.textContent = `pixel (${x}, ${y})`;
+  const table = document.createElement("table");
+  table.className = "top";
+  for (const t of result.top) {
+    const row = table.insertRow();
+    row.insertCell().textContent = t.name;
+    row.insertCell().textContent = `${(100 * t.probability).toFixed(1)}%`;
+  }
+  panel.replaceChildren(heading, table);
   const context = card.field.getContext("2d");
   context.clearRect(0, 0, card.width, card.height);
   const field = result.receptive_field;
