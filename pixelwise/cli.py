@@ -297,7 +297,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         console.print(line, markup=False, highlight=False)
 
     report = export_checkpoint(args.checkpoint, args.out, args.format, parity=not args.no_parity,
-                               real_images=real_images, int8=int8, on_line=say)
+                               real_images=real_images, int8=int8, on_line=say, overwrite=args.overwrite)
     console.print(f"wrote {report.path} ({report.format}, {report.precision})", markup=False, highlight=False)
     return 0
 
@@ -499,7 +499,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "safetensors, checked against PyTorch")
     export.add_argument("--checkpoint", required=True, help="a run's best.pt or last.pt")
     export.add_argument("--format", choices=("onnx", "torchscript", "safetensors"), default="onnx")
-    export.add_argument("--out", required=True, help="the file to write, e.g. model.onnx")
+    export.add_argument("--out", required=True, help="the file to write, e.g. model.onnx (never the checkpoint)")
+    export.add_argument("--overwrite", action="store_true", help="replace --out if it exists (refused by default)")
     export.add_argument("--no-parity", action="store_true", help="skip the parity check against eager PyTorch")
     export.add_argument("--parity-images", nargs="+", metavar="IMAGE",
                         help="real images for the parity check (default: the first recorded validation image)")

@@ -8,7 +8,9 @@ at the input's size, as the PyTorch model does.
 **Self-contained.** The file carries what prediction needs in its ``metadata_props``: class
 names, palette and ignore index, normalisation, the model spec, the precision, the recorded
 inference options and the pixelwise version, so ``pixelwise predict --model F.onnx`` needs no
-checkpoint and no recipe (:func:`load_onnx`).
+checkpoint and no recipe (:func:`load_onnx`). A SHA-256 digest of that metadata
+(``pixelwise.checksum``) is verified when the file is opened, and the record is checked
+against the graph (:func:`read_metadata`).
 
 **Parity.** After export, ONNX Runtime runs the file beside eager PyTorch on random and real
 images at three sizes; the maximum logit difference and the argmax agreement are reported. fp32
@@ -19,14 +21,20 @@ a dropped branch) is off by the scale itself. int8 is judged by argmax agreement
 calibration data set, by the mIoU it keeps. A failing parity is an error, and the file is not
 left behind: everything is written to a temporary name and renamed only once it passed.
 
+**Files.** The target is checked before any work: an existing file is replaced only with
+``overwrite=True``, the checkpoint itself never, a folder or an unwritable folder is refused.
+Temporaries are named ``.NAME[.ROLE].PID.tmp``; those of an export killed midway are deleted by
+the next export to the same file. Every written file gets the mode of a new file (``0o666``
+less the umask).
+
 **int8.** ONNX Runtime's static quantisation in QDQ form with per-channel weights, calibrated on
 real images of a data set (see :func:`quantize_int8`).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from importlib.metadata import version
@@ -38,8 +46,10 @@ import torch
 from torch import Tensor, nn
 
 from pixelwise.data.classes import ClassInfo
-from pixelwise.engine.checkpoint import LoadedModel, load_checkpoint, model_from_checkpoint
+from pixelwise.engine.checkpoint import (LoadedModel, give_new_file_mode, load_checkpoint, model_from_checkpoint,
+                                         remove_orphan_temporaries, temporary_name)
 from pixelwise.engine.inference import InferenceOptions, normalize_image
+from pixelwise.engine.record import ModelFileError, check_record
 from pixelwise.errors import PixelwiseError
 from pixelwise.runtimes.onnx_runtime import OnnxRuntime
 
@@ -51,6 +61,9 @@ PARITY_SIZES = ((253, 317), (97, 131), (33, 47))
 FP32_TOLERANCE = 1e-3
 """Largest accepted max |logit difference| of an fp32 export, relative to the logits' scale."""
 METADATA_KEYS = ("model_spec", "classes", "normalization", "inference")
+CHECKSUM_KEY = "pixelwise.checksum"
+PRECISIONS = ("fp32", "int8")
+_REMEDY = "export it again with pixelwise export"
 FORMATS = ("onnx", "torchscript", "safetensors")
 
 
@@ -68,12 +81,24 @@ def export_metadata(state: dict[str, Any], precision: str) -> dict[str, str]:
     return metadata
 
 
+def metadata_digest(metadata: dict[str, str]) -> str:
+    """SHA-256 over an exported file's ``pixelwise.*`` metadata (its checksum entry excluded)."""
+    digest = hashlib.sha256()
+    for key in sorted(metadata):
+        if key.startswith("pixelwise.") and key != CHECKSUM_KEY:
+            digest.update(json.dumps([key, metadata[key]]).encode())
+    return digest.hexdigest()
+
+
 def read_metadata(path: str | Path) -> dict[str, Any]:
-    """The pixelwise metadata of an exported ONNX file.
+    """The pixelwise metadata of an exported ONNX file, checked: its checksum (files written
+    since it was introduced), and its record against the graph's output channels
+    (:func:`~pixelwise.engine.record.check_record`; the spec's weight sources dropped).
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: the file is not ONNX, or carries no pixelwise metadata.
+        ValueError: the file is not ONNX, carries no pixelwise metadata, or metadata that was
+            edited, or that does not describe its graph (the message names the field).
     """
     import onnx
     from google.protobuf.message import DecodeError
@@ -91,10 +116,32 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     if missing:
         raise ValueError(f"{str(path)!r} is an ONNX model without pixelwise metadata (missing {missing}); "
                          f"export it with pixelwise export, which records classes, palette and normalisation")
-    metadata = {key: json.loads(props[f"pixelwise.{key}"]) for key in METADATA_KEYS if f"pixelwise.{key}" in props}
+    if CHECKSUM_KEY in props and metadata_digest(props) != props[CHECKSUM_KEY]:
+        raise ValueError(f"{str(path)!r} is damaged or was edited: its pixelwise metadata (model spec, class names, "
+                         f"normalisation, inference options) no longer matches the checksum written with it; "
+                         f"{_REMEDY}")
+    try:
+        metadata = {key: json.loads(props[f"pixelwise.{key}"]) for key in METADATA_KEYS
+                    if f"pixelwise.{key}" in props}
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{str(path)!r} has pixelwise metadata that is not valid JSON ({error}); {_REMEDY}") from None
+    metadata = check_record(metadata, repr(str(path)), _output_channels(model, path), _REMEDY)
     metadata["version"] = props.get("pixelwise.version")
     metadata["precision"] = props.get("pixelwise.precision", "fp32")
+    if metadata["precision"] not in PRECISIONS:
+        raise ModelFileError(f"{str(path)!r}: pixelwise.precision is {metadata['precision']!r}, not one of "
+                             f"{', '.join(PRECISIONS)}; {_REMEDY}")
     return metadata
+
+
+def _output_channels(model: Any, path: Path) -> int:
+    """The channels of the graph's logits ``(N, C, H, W)``, which must be fixed."""
+    outputs = model.graph.output
+    dims = outputs[0].type.tensor_type.shape.dim if len(outputs) == 1 else []
+    if len(dims) != 4 or not dims[1].HasField("dim_value"):
+        raise ModelFileError(f"{str(path)!r}: the graph does not output one (N, classes, H, W) tensor with a fixed "
+                             f"number of classes; {_REMEDY}")
+    return dims[1].dim_value
 
 
 def load_onnx(path: str | Path, threads: int | None = None) -> LoadedModel:
@@ -157,7 +204,8 @@ def _save_proto(proto, metadata: dict[str, str], path: Path) -> None:
     import onnx
 
     del proto.metadata_props[:]
-    for key, value in metadata.items():
+    metadata = {key: value for key, value in metadata.items() if key != CHECKSUM_KEY}
+    for key, value in {**metadata, CHECKSUM_KEY: metadata_digest(metadata)}.items():
         proto.metadata_props.add(key=key, value=value)
     onnx.save(proto, str(path))
 
@@ -367,20 +415,47 @@ class ExportReport:
     notes: list[str] = field(default_factory=list)
 
 
-def _temporary_beside(path: Path) -> Path:
-    """An empty temporary file in ``path``'s folder (renamed over ``path`` once it is valid),
-    with the permissions a new file gets (``mkstemp`` makes it private)."""
-    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(name, 0o666 & ~umask)
-    return Path(name)
+class ExportTargetError(PixelwiseError, ValueError):
+    """The file an export would write is not one it may write."""
+
+
+def check_target(checkpoint: str | Path, out: str | Path, overwrite: bool = False) -> Path:
+    """``out``, once it is known that an export of ``checkpoint`` may be written there: not the
+    checkpoint itself, not a folder, not an existing file unless ``overwrite``, in a folder
+    this process can write (created if absent).
+
+    Raises:
+        ExportTargetError: which of these failed, and what to pass instead.
+    """
+    out, checkpoint = Path(out), Path(checkpoint)
+    if out.is_dir():
+        raise ExportTargetError(f"--out {str(out)!r} is a folder; name the file to write, e.g. "
+                                f"{str(out / 'model.onnx')!r}")
+    if _same_file(checkpoint, out):
+        raise ExportTargetError(f"--out {str(out)!r} is the checkpoint being exported; write the export to another "
+                                f"file (the source is never replaced, --overwrite or not)")
+    if (out.exists() or out.is_symlink()) and not overwrite:
+        raise ExportTargetError(f"--out {str(out)!r} exists; pass --overwrite to replace it, or choose another file")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        probe = temporary_name(out, "probe")
+        probe.touch()
+        probe.unlink()
+    except OSError as error:
+        raise ExportTargetError(f"cannot write into the folder of --out {str(out)!r} ({error.strerror or error}); "
+                                f"choose a folder you can write to") from None
+    return out
+
+
+def _same_file(first: Path, second: Path) -> bool:
+    if first.exists() and second.exists():
+        return os.path.samefile(first, second)
+    return first.resolve() == second.resolve()
 
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path, export_format: str = "onnx", parity: bool = True,
                       real_images: Sequence[np.ndarray] = (), int8: Int8Options | None = None,
-                      on_line: Callable[[str], None] | None = None) -> ExportReport:
+                      on_line: Callable[[str], None] | None = None, overwrite: bool = False) -> ExportReport:
     """Export a checkpoint's model; check it against eager PyTorch before the file is kept.
 
     Args:
@@ -392,14 +467,17 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, export_format: st
             used; default: the first image of the recorded validation split, where it is readable).
         int8: quantise to int8 (ONNX only), calibrated and measured as these options say.
         on_line: receives progress lines.
+        overwrite: replace an existing ``out`` (never the checkpoint itself).
 
     Raises:
+        ExportTargetError: ``out`` may not be written (see :func:`check_target`); checked, as
+            the calibration data are, before any work.
         ExportError: the model does not export, or the parity check failed (nothing is written).
     """
     if export_format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {export_format!r}")
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = check_target(checkpoint, out, overwrite)
+    remove_orphan_temporaries(out.parent, out.name)  # of an export to the same file that was killed
     state = load_checkpoint(checkpoint)
     if export_format == "safetensors":
         from pixelwise.engine.checkpoint import save_safetensors
@@ -407,6 +485,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, export_format: st
         save_safetensors(state, out)
         return ExportReport(out, "safetensors", "fp32")
     loaded = model_from_checkpoint(state, "cpu", repr(str(checkpoint)))
+    calibration = None if int8 is None else _int8_data(int8, loaded.normalization)
     say = on_line or (lambda line: None)
     real_images = list(real_images) or _recorded_images(state, say)
     inputs = parity_inputs(real_images, loaded.normalization)
@@ -416,7 +495,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, export_format: st
     if blocker is not None:
         raise ExportError(f"model {state['model_spec']['name']!r} cannot be exported to ONNX: {blocker}")
     proto = onnx_proto(loaded.model, state["model_spec"]["name"])
-    fp32_path = _temporary_beside(out)
+    fp32_path = temporary_name(out, "fp32")
     try:
         _save_proto(proto, export_metadata(state, "fp32"), fp32_path)
         report = ExportReport(out, "onnx", "fp32")
@@ -424,12 +503,11 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, export_format: st
             report.fp32_parity = report.parity = _checked_parity(loaded.model, OnnxRuntime(fp32_path), inputs,
                                                                  "fp32", say)
         if int8 is not None:
-            int8_path = _temporary_beside(out)
+            int8_path = temporary_name(out, "int8")
             try:
                 say(f"calibrating on {int8.images} images of {int8.calibrate} ({int8.method}, "
                     f"reduce_range={int8.reduce_range})")
-                quantize_int8(fp32_path, int8_path, calibration_batches(int8, loaded.normalization), int8.method,
-                              int8.reduce_range)
+                quantize_int8(fp32_path, int8_path, calibration, int8.method, int8.reduce_range)
                 _copy_metadata(fp32_path, int8_path)
                 if int8.val_split is not None:
                     report.accuracy = compare_accuracy(OnnxRuntime(fp32_path), OnnxRuntime(int8_path, precision="int8"),
@@ -438,14 +516,35 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, export_format: st
                 if parity:
                     report.parity = _checked_parity(loaded.model, OnnxRuntime(int8_path, precision="int8"), inputs,
                                                     "int8", say, int8.min_agreement)
-                os.replace(int8_path, out)
+                _publish(int8_path, out)
             finally:
                 int8_path.unlink(missing_ok=True)
         else:
-            os.replace(fp32_path, out)
+            _publish(fp32_path, out)
     finally:
         fp32_path.unlink(missing_ok=True)
     return report
+
+
+def _publish(temporary: Path, out: Path) -> None:
+    """Rename a finished temporary over ``out``, with the mode every export gets."""
+    give_new_file_mode(temporary)
+    os.replace(temporary, out)
+
+
+def _int8_data(options: Int8Options, normalization: dict[str, list[float]]) -> list[np.ndarray]:
+    """The calibration images, read before the export starts; the comparison split, opened to
+    prove it is there."""
+    from pixelwise.data import create_dataset
+
+    batches = calibration_batches(options, normalization)
+    if options.val_split is not None:
+        data = options.data(options.val_split)
+        extra = {"root": data["root"]} if data["root"] is not None else {}
+        if len(create_dataset(data["format"], split=data["split"], **extra)) == 0:
+            raise ValueError(f"--val-split {data['split']!r} of the {data['format']} data set holds no images; pass "
+                             f"another --val-split")
+    return batches
 
 
 def _checked_parity(model: nn.Module, runtime: OnnxRuntime, inputs: list[tuple[str, Tensor]], precision: str,
@@ -515,11 +614,11 @@ def _export_torchscript(loaded: LoadedModel, state: dict[str, Any], out: Path,
         if report.parity.failures():
             raise ExportError("the TorchScript trace does not compute what the model does ("
                               + "; ".join(report.parity.failures()) + "); export to ONNX instead; no file was written")
-    temporary = _temporary_beside(out)
+    temporary = temporary_name(out)
     try:
         files = {key: value for key, value in export_metadata(state, "fp32").items()}
         torch.jit.save(traced, str(temporary), _extra_files=files)
-        os.replace(temporary, out)
+        _publish(temporary, out)
     finally:
         temporary.unlink(missing_ok=True)
     return report

@@ -4,12 +4,14 @@
 on the machine of whoever opens it. Every PyTorch file pixelwise reads (checkpoints, resume,
 weight files) goes through :func:`load_torch_file`, which allows only tensors and plain values
 (``weights_only=True``); safetensors files (:func:`read_safetensors`) hold nothing but tensors
-and string metadata.
+and string metadata. torch's own advice to retry with ``weights_only=False`` never reaches a
+user: it is the one thing never to do with a file from elsewhere.
 """
 from __future__ import annotations
 
 import pickle
 import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,10 @@ import torch
 
 class UntrustedFileError(ValueError):
     """A file holds Python objects that loading would have to execute; it was not loaded."""
+
+
+class TorchScriptFileError(ValueError):
+    """A TorchScript program (``torch.jit.save``) was given where tensors were expected."""
 
 
 def load_torch_file(path: str | Path, what: str = "file") -> Any:
@@ -30,8 +36,14 @@ def load_torch_file(path: str | Path, what: str = "file") -> Any:
     Raises:
         UntrustedFileError: the file holds objects other than tensors and plain values (its
             pickle would have to run code to rebuild them); nothing of it ran.
+        TorchScriptFileError: the file is a TorchScript program, not tensors.
         ValueError: the file is truncated or not a PyTorch file.
     """
+    if is_torchscript(path):
+        raise TorchScriptFileError(
+            f"{what} {str(path)!r} is a TorchScript program (what pixelwise export --format torchscript writes), "
+            f"which pixelwise does not load: run it with torch.jit.load or LibTorch; to predict with pixelwise "
+            f"pass the run's checkpoint (--checkpoint best.pt) or an ONNX export (--model model.onnx)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -46,8 +58,21 @@ def load_torch_file(path: str | Path, what: str = "file") -> Any:
             f"never needs this") from error
     except (RuntimeError, EOFError) as error:  # a cut zip archive, an empty file, a legacy pickle cut short
         reason = str(error).splitlines()[0] if str(error) else "it ends too early"
+        if "weights_only" in reason:  # torch's advice to load it unsafely: never passed on
+            reason = "torch refused it as anything but tensors and plain values"
         raise ValueError(f"{what} {str(path)!r} is unreadable ({reason}); it may be truncated or not a PyTorch "
                          f"file") from error
+
+
+def is_torchscript(path: str | Path) -> bool:
+    """Whether ``path`` is a TorchScript archive (a zip with the program's ``constants.pkl``)."""
+    try:
+        if not zipfile.is_zipfile(path):
+            return False
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("/constants.pkl") or name == "constants.pkl" for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
 
 
 def read_safetensors(path: str | Path, what: str = "file") -> tuple[dict[str, torch.Tensor], dict[str, str]]:

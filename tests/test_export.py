@@ -3,6 +3,7 @@ file predicting without its checkpoint, TorchScript, and the errors a user meets
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -182,6 +183,8 @@ def test_int8_export_calibrates_on_real_images_and_reports_both_mious(tiny_check
     report = export_checkpoint(tiny_checkpoint, out, int8=Int8Options("synthetic::train", images=4, val_images=4,
                                                                       min_agreement=0.5), on_line=lines.append)
     assert report.precision == "int8" and read_metadata(out)["precision"] == "int8"
+    assert [path.name for path in tmp_path.iterdir()] == ["int8.onnx"], "one file written, no temporary left"
+    assert out.stat().st_mode & 0o777 == 0o666 & ~_umask()
     assert set(report.accuracy) >= {"fp32_miou", "int8_miou", "miou_loss_points"}
     assert any("fp32" in line and "int8" in line and "mIoU" in line for line in lines)
     ops = {node.op_type for node in onnx.load(str(out)).graph.node}
@@ -227,3 +230,125 @@ def test_bad_model_files_are_named_in_the_error(tmp_path: Path, capsys: pytest.C
     assert "not a pixelwise checkpoint" in capsys.readouterr().out
     assert main(["predict", str(image), "--out", str(tmp_path / "out")]) == 2
     assert "--checkpoint" in capsys.readouterr().out and not (tmp_path / "out").exists()
+
+
+# The file written (issue 32, point 4) -------------------------------------------------------------
+
+def _no_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make any work after the target checks fail the test: they must come first."""
+    def started(*args, **kwargs):
+        raise AssertionError("the export started before its target was checked")
+
+    monkeypatch.setattr("pixelwise.export.load_checkpoint", started)
+    monkeypatch.setattr("pixelwise.export.onnx_proto", started)
+
+
+def test_export_refuses_an_existing_file_unless_overwrite(tiny_checkpoint: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "model.safetensors"
+    out.write_bytes(b"a user's file")
+    with monkeypatch.context() as patch:
+        _no_work(patch)
+        assert main(["export", "--checkpoint", str(tiny_checkpoint), "--format", "safetensors", "--out", str(out)]) == 2
+    assert "exists; pass --overwrite to replace it" in " ".join(capsys.readouterr().out.split())
+    assert out.read_bytes() == b"a user's file"
+    assert main(["export", "--checkpoint", str(tiny_checkpoint), "--format", "safetensors", "--out", str(out),
+                 "--overwrite"]) == 0
+    assert load_predictor(out).classes.num_classes == 6
+
+
+def test_export_never_replaces_its_own_checkpoint(tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    checkpoint = tmp_path / "run" / "best.pt"
+    checkpoint.parent.mkdir()
+    checkpoint.write_bytes(tiny_checkpoint.read_bytes())
+    (tmp_path / "link.pt").symlink_to(checkpoint)
+    _no_work(monkeypatch)
+    for out in (checkpoint, tmp_path / "run" / ".." / "run" / "best.pt", tmp_path / "link.pt"):
+        for extra in ([], ["--overwrite"]):
+            assert main(["export", "--checkpoint", str(checkpoint), "--format", "safetensors", "--out", str(out),
+                         *extra]) == 2
+            assert "is the checkpoint being exported" in " ".join(capsys.readouterr().out.split())
+    assert checkpoint.read_bytes() == tiny_checkpoint.read_bytes()
+
+
+def test_export_refuses_a_folder_or_a_folder_it_cannot_write(tiny_checkpoint: Path, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    _no_work(monkeypatch)
+    assert main(["export", "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path)]) == 2
+    assert "is a folder; name the file to write" in " ".join(capsys.readouterr().out.split())
+    (tmp_path / "notes.txt").write_text("a file, not a folder")
+    assert main(["export", "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "notes.txt" / "m.onnx")]) == 2
+    assert "cannot write into the folder of --out" in " ".join(capsys.readouterr().out.split())
+    if os.geteuid() != 0:  # root writes anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o555)
+        assert main(["export", "--checkpoint", str(tiny_checkpoint), "--out", str(locked / "m.onnx")]) == 2
+        assert "cannot write into the folder" in " ".join(capsys.readouterr().out.split())
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["notes.txt"] + (["locked"] if os.geteuid() else [])
+
+
+def test_calibration_data_are_checked_before_the_export(tiny_checkpoint: Path, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    def started(*args, **kwargs):
+        raise AssertionError("the graph was exported before the calibration data were checked")
+
+    monkeypatch.setattr("pixelwise.export.onnx_proto", started)
+    out = tmp_path / "int8.onnx"
+    for spec, message in (("camvid", "--calibrate takes FORMAT:ROOT:SPLIT"),
+                          (f"camvid:{tmp_path / 'nowhere'}:train", "nowhere")):
+        assert main(["export", "--checkpoint", str(tiny_checkpoint), "--out", str(out), "--int8",
+                     "--calibrate", spec]) == 2
+        assert message in " ".join(capsys.readouterr().out.split())
+    data = tmp_path / "data"  # a folder data set with one split: the comparison split is missing
+    for folder, mode in (("images", "RGB"), ("masks", "L")):
+        (data / folder).mkdir(parents=True)
+        Image.new(mode, (16, 16)).save(data / folder / "a.png")
+    (data / "classes.txt").write_text("\n".join(f"c{i}" for i in range(6)))
+    assert main(["export", "--checkpoint", str(tiny_checkpoint), "--out", str(out), "--int8",
+                 "--calibrate", f"folder:{data}:train", "--val-split", "val"]) == 2
+    assert "no split 'val'" in " ".join(capsys.readouterr().out.split())
+    assert not out.exists()
+
+
+def test_a_killed_export_leaves_a_temporary_the_next_one_removes(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "model.onnx"
+    process = subprocess.Popen([sys.executable, "-m", "pixelwise", "export", "--checkpoint", str(tiny_checkpoint),
+                                "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not list(tmp_path.glob(".model.onnx.*.tmp")) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    [orphan] = list(tmp_path.glob(".model.onnx.*.tmp"))
+    assert orphan.name == f".model.onnx.fp32.{process.pid}.tmp" and not out.exists()
+    unrelated = tmp_path / f".notes.txt.{process.pid}.tmp"  # not a write of the export's file: kept
+    unrelated.write_text("x")
+    assert main(["export", "--checkpoint", str(tiny_checkpoint), "--out", str(out), "--no-parity"]) == 0
+    assert sorted(path.name for path in tmp_path.iterdir()) == [unrelated.name, "model.onnx"]
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def test_every_export_gets_the_mode_of_a_new_file(exported: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    umask = os.umask(0o022)
+    try:
+        for export_format in ("safetensors", "torchscript"):
+            export_checkpoint(tiny_checkpoint, tmp_path / f"model.{export_format}", export_format, parity=False)
+    finally:
+        os.umask(umask)
+    modes = {path.name: path.stat().st_mode & 0o777 for path in tmp_path.iterdir()}
+    assert modes == {"model.safetensors": 0o644, "model.torchscript": 0o644}
+    assert exported.stat().st_mode & 0o777 == 0o666 & ~umask

@@ -28,6 +28,9 @@ class ClassInfo:
             object.__setattr__(self, "palette", default_palette(len(self.names)))
         if len(self.palette) != len(self.names):
             raise ValueError(f"{len(self.names)} class names but {len(self.palette)} palette colours")
+        for index, colour in enumerate(self.palette):
+            if len(colour) != 3 or not all(0 <= value <= 255 for value in colour):
+                raise ValueError(f"palette colour {index} is {list(colour)}, not three values 0–255 (R, G, B)")
         if 0 <= self.ignore_index < len(self.names):
             raise ValueError(f"ignore_index {self.ignore_index} collides with class {self.names[self.ignore_index]!r}")
 

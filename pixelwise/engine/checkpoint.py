@@ -1,7 +1,11 @@
 """Checkpoints written atomically: a crash at any moment leaves the previous file intact.
 
-Each checkpoint carries a SHA-256 digest of its tensors (``"checksum"``), verified on load: bytes
-changed on disk are an error, not weights that load silently and are written back.
+Each checkpoint carries SHA-256 digests verified on load: ``"checksum"`` over its tensors and
+``"record_checksum"`` over everything in it (model spec, classes, normalisation, inference
+options, training state and tensors). Bytes changed on disk, or a record edited by hand, are an
+error, not weights or class names that load silently. Checkpoints written before the record
+checksum carry only the first, and load as before. A safetensors export carries the same
+whole-record digest in its metadata (``"checksum"``).
 """
 from __future__ import annotations
 
@@ -19,12 +23,16 @@ import torch
 from pixelwise.data.classes import ClassInfo
 from pixelwise.encoders.weights import file_format
 from pixelwise.models import create_model, saved_options
-from pixelwise.safe_load import UntrustedFileError, load_torch_file, read_safetensors
+from pixelwise.engine.record import ModelFileError, check_record
+from pixelwise.safe_load import TorchScriptFileError, UntrustedFileError, load_torch_file, read_safetensors
 
 logger = logging.getLogger(__name__)
 
 # What a checkpoint needs besides the weights to predict without its recipe (see train.checkpoint_state).
 _PREDICTION_KEYS = ("model_spec", "classes", "normalization")
+_CHECKSUM_KEYS = ("checksum", "record_checksum")
+_REMEDY = "use the file as pixelwise wrote it (a run's best.pt or last.pt, or export it again with pixelwise export)"
+_SAFETENSORS_REMEDY = "export it again with pixelwise export --format safetensors"
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
@@ -36,9 +44,9 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    state = {**{key: value for key, value in state.items() if key != "checksum"},
-             "checksum": tensor_digest(state)}
+    temporary = temporary_name(path)
+    state = {**{key: value for key, value in state.items() if key not in _CHECKSUM_KEYS},
+             "checksum": tensor_digest(state), "record_checksum": record_digest(state)}
     try:
         with open(temporary, "wb") as handle:
             torch.save(state, handle)
@@ -53,7 +61,19 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
 def tensor_digest(state: Any) -> str:
     """SHA-256 over every tensor of ``state`` (nested dicts and lists; the ``"checksum"`` entry
     itself excluded): their places, dtypes, shapes and bytes, in a fixed order."""
+    return _digest(state, plain_values=False)
+
+
+def record_digest(state: Any) -> str:
+    """SHA-256 over everything in ``state``: every tensor as :func:`tensor_digest` hashes it and
+    every plain value (string, number, boolean, ``None``) with its place and type; the top-level
+    checksum entries themselves excluded."""
+    return _digest(state, plain_values=True)
+
+
+def _digest(state: Any, plain_values: bool) -> str:
     digest = hashlib.sha256()
+    skipped = _CHECKSUM_KEYS if plain_values else ("checksum",)
 
     def visit(value: Any, place: str) -> None:
         if isinstance(value, torch.Tensor):
@@ -62,23 +82,46 @@ def tensor_digest(state: Any) -> str:
             digest.update(memoryview(flat.view(torch.uint8).numpy()))
         elif isinstance(value, dict):
             for key in sorted(value, key=str):
-                if not (place == "" and key == "checksum"):
+                if not (place == "" and key in skipped):
                     visit(value[key], f"{place}/{key}")
         elif isinstance(value, (list, tuple)):
             for index, item in enumerate(value):
                 visit(item, f"{place}/{index}")
+        elif plain_values:
+            digest.update(f"{place}={type(value).__name__}:{value!r};".encode())
 
     visit(state, "")
     return digest.hexdigest()
 
 
-def remove_orphan_temporaries(folder: str | Path) -> list[Path]:
-    """Delete the temporary files of checkpoint writes that were interrupted (``.NAME.PID.tmp``
-    whose writing process is gone); returns what was deleted."""
+def temporary_name(path: Path, role: str = "") -> Path:
+    """The temporary file a write of ``path`` goes through, ``.NAME[.ROLE].PID.tmp`` beside it,
+    which :func:`remove_orphan_temporaries` recognises once this process is gone."""
+    return path.with_name(f".{path.name}{'.' + role if role else ''}.{os.getpid()}.tmp")
+
+
+def give_new_file_mode(path: Path) -> None:
+    """Give ``path`` the permissions of a new file (``0o666`` less the umask), whatever the
+    writer chose (safetensors writes ``0o600``), so every file pixelwise writes has one mode."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
+def remove_orphan_temporaries(folder: str | Path, name: str | None = None) -> list[Path]:
+    """Delete the temporary files of writes that were interrupted (``.NAME.PID.tmp``, see
+    :func:`temporary_name`, whose writing process is gone); returns what was deleted.
+
+    Args:
+        folder: where to look.
+        name: only those of writes of this file name (a folder that is not pixelwise's own).
+    """
     removed = []
     for candidate in Path(folder).glob(".*.tmp"):
         match = re.fullmatch(r"\.(.+)\.(\d+)\.tmp", candidate.name)
         if match is None or _process_alive(int(match.group(2))):
+            continue
+        if name is not None and not (match.group(1) == name or match.group(1).startswith(f"{name}.")):
             continue
         candidate.unlink(missing_ok=True)
         removed.append(candidate)
@@ -148,7 +191,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
                          f"pass a run's best.pt or last.pt")
     try:
         state = load_torch_file(path, "checkpoint")
-    except UntrustedFileError:
+    except (UntrustedFileError, TorchScriptFileError):
         raise
     except ValueError as error:
         raise ValueError(f"{error} — use the run's other checkpoint (last.pt / best.pt)") from error
@@ -158,6 +201,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"checkpoint {str(path)!r} is damaged: its tensors no longer match the checksum written "
                          f"with them (bytes changed on disk); use the run's other checkpoint (last.pt / best.pt) "
                          f"or a backup")
+    if "record_checksum" in state and record_digest(state) != state["record_checksum"]:
+        raise ValueError(f"checkpoint {str(path)!r} is damaged or was edited: its record (model spec, class names, "
+                         f"normalisation, inference options, training state) no longer matches the checksum written "
+                         f"with it; use the run's other checkpoint (last.pt / best.pt) or a backup")
     return state
 
 
@@ -165,7 +212,8 @@ def save_safetensors(state: dict[str, Any], path: str | Path) -> None:
     """Write a checkpoint's model weights as safetensors, atomically, with what prediction needs
     (model spec, classes, normalisation, inference options) as JSON in the file's metadata.
 
-    The result loads with :func:`load_checkpoint` / :func:`load_model` like the ``.pt``.
+    The result loads with :func:`load_checkpoint` / :func:`load_model` like the ``.pt``; its
+    metadata's ``"checksum"`` covers the metadata and the tensors (see :func:`record_digest`).
     """
     from safetensors.torch import save_file
 
@@ -178,11 +226,13 @@ def save_safetensors(state: dict[str, Any], path: str | Path) -> None:
     metadata["pixelwise_version"] = version("pixelwise")
     # safetensors refuses tensors sharing memory (tied weights): each gets its own contiguous copy.
     tensors = {key: value.detach().clone().contiguous() for key, value in state["model"].items()}
+    metadata["checksum"] = record_digest({"metadata": metadata, "tensors": tensors})
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary = temporary_name(path)
     try:
         save_file(tensors, str(temporary), metadata=metadata)
+        give_new_file_mode(temporary)
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
@@ -194,11 +244,16 @@ def _load_safetensors_checkpoint(path: Path) -> dict[str, Any]:
         raise ValueError(f"{str(path)!r} is a safetensors file without pixelwise metadata (model spec, classes, "
                          f"normalisation); write one with pixelwise export --format safetensors, or load bare "
                          f"weights with create_model(name, weights=...)")
+    recorded = metadata.pop("checksum", None)
+    if recorded is not None and record_digest({"metadata": metadata, "tensors": tensors}) != recorded:
+        raise ValueError(f"{str(path)!r} is damaged or was edited: its metadata (model spec, class names, "
+                         f"normalisation, inference options) or tensors no longer match the checksum written with "
+                         f"them; {_SAFETENSORS_REMEDY}")
     try:
         state = {key: json.loads(value) for key, value in metadata.items() if key in (*_PREDICTION_KEYS, "inference")}
     except json.JSONDecodeError as error:
-        raise ValueError(f"{str(path)!r} has pixelwise metadata that is not valid JSON ({error}); export it again "
-                         f"with pixelwise export --format safetensors") from error
+        raise ValueError(f"{str(path)!r} has pixelwise metadata that is not valid JSON ({error}); "
+                         f"{_SAFETENSORS_REMEDY}") from error
     return {"model": tensors, **state}
 
 
@@ -232,23 +287,53 @@ def model_from_checkpoint(state: dict[str, Any], device: str | torch.device = "c
     Raises:
         ValueError: the checkpoint lacks the model spec, classes or normalisation (a bare state
             dict, or one not written by ``pixelwise train``).
+        ModelFileError: its record fails :func:`~pixelwise.engine.record.check_record`, or its
+            weights do not fit the model its spec describes.
     """
     missing = [key for key in _PREDICTION_KEYS if key not in state]
     if missing:
         raise ValueError(f"{source} holds weights but lacks {missing}, which rebuild the model without its recipe "
                          f"(a bare state dict?); pass a run's best.pt or last.pt, or load bare weights with "
                          f"create_model(name, weights=...)")
-    diverged = non_finite_tensors(state["model"])
+    record = check_record(state, source, remedy=_REMEDY)
+    weights = state["model"]
+    if not isinstance(weights, dict) or not all(isinstance(value, torch.Tensor) for value in weights.values()):
+        raise ModelFileError(f"{source}: 'model' is not a mapping of parameter names to tensors; {_REMEDY}")
+    diverged = non_finite_tensors(weights)
     if diverged:
         raise ValueError(f"{source} holds NaN or infinite values in {_listing(diverged)}: the run diverged before "
                          f"this was written, so it would predict nonsense; use an earlier checkpoint (best.pt), "
                          f"or train again with a lower optim.lr or optim.clip_grad_norm")
-    spec = state["model_spec"]
-    model = create_model(spec["name"], num_classes=spec["num_classes"], **saved_options(spec["name"], spec["options"]))
-    model.load_state_dict(state["model"])
-    normalization = {key: [float(v) for v in state["normalization"][key]] for key in ("mean", "std")}
-    return LoadedModel(model.to(device).eval(), ClassInfo.from_dict(state["classes"]), normalization,
-                       state.get("inference"))
+    model = _rebuilt(record["model_spec"], source)
+    _load_fitting(model, weights, record["model_spec"]["name"], source)
+    return LoadedModel(model.to(device).eval(), ClassInfo.from_dict(record["classes"]), record["normalization"],
+                       record["inference"])
+
+
+def _rebuilt(spec: dict[str, Any], source: str) -> torch.nn.Module:
+    """The spec's model, untrained (its spec's weight sources are dropped by ``check_record``)."""
+    try:
+        return create_model(spec["name"], num_classes=spec["num_classes"],
+                            **saved_options(spec["name"], spec["options"]))
+    except (ValueError, TypeError) as error:  # a builder given an option it does not take, or a bad value
+        raise ModelFileError(f"{source}: model_spec does not build a model ({error}); {_REMEDY}") from None
+
+
+def _load_fitting(model: torch.nn.Module, weights: dict[str, torch.Tensor], name: str, source: str) -> None:
+    """Load ``weights`` into ``model``, refusing missing, extra or misshapen tensors in one line."""
+    expected = model.state_dict()
+    problems = []
+    missing = [key for key in expected if key not in weights]
+    extra = [key for key in weights if key not in expected]
+    wrong = [f"{key} {tuple(weights[key].shape)} (the model's: {tuple(expected[key].shape)})"
+             for key in expected if key in weights and weights[key].shape != expected[key].shape]
+    for label, names in (("missing", missing), ("unexpected", extra), ("wrong shape", wrong)):
+        if names:
+            problems.append(f"{label}: {_listing(names)}")
+    if problems:
+        raise ModelFileError(f"{source}: its weights do not fit the {name!r} model its model_spec describes "
+                             f"({'; '.join(problems)}); {_REMEDY}")
+    model.load_state_dict(weights)
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
