@@ -37,7 +37,9 @@ the receptive field of that output pixel, from pixelwise's own geometry
 (:func:`pixelwise.analysis.trace`), drawn on the image.
 
 **Concurrency.** The network runs one request at a time in a worker thread (PyTorch and ONNX
-Runtime already use every core for one image); requests beyond it wait, up to ``max_queue``.
+Runtime already use every core for one image); requests beyond it wait, up to ``max_queue``,
+holding only their upload's bytes: the next one is decoded while the network runs, the rest
+when their turn nears, so at most two decoded images exist at once.
 """
 from __future__ import annotations
 
@@ -143,6 +145,11 @@ class _Metrics:
                                  buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
 
 
+async def _check_connected(request: Request) -> None:
+    if await request.is_disconnected():
+        raise ServiceError(CLIENT_GONE, "the client went away before its turn; nothing was computed")
+
+
 class _Model:
     """The loaded model, run one request at a time off the event loop, with a bounded wait."""
 
@@ -150,26 +157,32 @@ class _Model:
                  geometry: nn.Module | None) -> None:
         self.loaded, self.options, self.limits, self.geometry = loaded, options, limits, geometry
         self.lock = asyncio.Lock()
+        self.decoded = asyncio.Semaphore(2)
         self.waiting = 0
         self.fields: dict[tuple[int, int], tuple[tuple[float, float], tuple[float, float]]] = {}
 
-    async def run(self, request: Request, work: Callable[[], Any]) -> Any:
-        """``work()`` in the worker thread, one request at a time; 503 when too many wait, and
-        nothing done for a client that went away while it waited. Waiting requests hold their
-        upload's bytes only: each is decoded when its turn comes, so one image is decoded at a time."""
+    async def run(self, request: Request, upload: _Upload, work: Callable[[np.ndarray], Any]) -> Any:
+        """``work(pixels)`` of the upload in the worker thread, one request at a time; 503 when
+        too many wait, and nothing done for a client that went away while it waited.
+
+        Waiting requests hold their upload's bytes only: an image is decoded when the request
+        before it is running, so at most two decoded images exist at once (the running one and
+        the next, whose decoding overlaps the network)."""
         if self.waiting >= self.limits.max_queue and self.lock.locked():
             raise ServiceError(503, f"busy: {self.waiting} requests are already waiting (max_queue "
                                     f"{self.limits.max_queue}); retry shortly", {"Retry-After": "1"})
         self.waiting += 1
         running = False
         try:
-            async with self.lock:
-                self.waiting, running = self.waiting - 1, True
-                if await request.is_disconnected():
-                    raise ServiceError(CLIENT_GONE, "the client went away before its turn; nothing was computed")
-                return await asyncio.to_thread(work)
+            async with self.decoded:
+                await _check_connected(request)
+                pixels = await asyncio.to_thread(upload.decode)
+                async with self.lock:
+                    self.waiting, running = self.waiting - 1, True
+                    await _check_connected(request)
+                    return await asyncio.to_thread(work, pixels)
         finally:
-            if not running:  # cancelled while waiting
+            if not running:  # refused, or cancelled, while waiting
                 self.waiting -= 1
 
     def plan(self, height: int, width: int, explain: bool = False) -> bool:
@@ -388,9 +401,14 @@ def create_app(loaded: LoadedModel, options: InferenceOptions | None = None, lim
         if format not in ("png", "json"):
             raise ServiceError(400, f"format must be 'png' or 'json', got {format!r}")
         upload = await _upload(request, limits, model.plan)
-        labels, tiled, timing = await model.run(request, lambda: _timed_labels(model, upload))
-        pixels = upload.pixels
-        timing["total_ms"] = 1e3 * (time.perf_counter() - start)
+
+        def segment(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool, float]:
+            begun = time.perf_counter()
+            return (image, *model.labels(image), 1e3 * (time.perf_counter() - begun))
+
+        pixels, labels, tiled, inference_ms = await model.run(request, upload, segment)
+        timing = {"decode_ms": 1e3 * upload.decode_seconds, "inference_ms": inference_ms,
+                  "total_ms": 1e3 * (time.perf_counter() - start)}
         headers = {"X-Inference-Ms": f"{timing['inference_ms']:.1f}", "X-Tiled": str(tiled).lower()}
         if format == "json":
             return JSONResponse({"width": int(pixels.shape[1]), "height": int(pixels.shape[0]), "tiled": tiled,
@@ -405,7 +423,7 @@ def create_app(loaded: LoadedModel, options: InferenceOptions | None = None, lim
             raise ServiceError(400, f"top must be at least 1 (how many classes to list), got {top}")
         upload = await _upload(request, limits, lambda height, width: model.plan(height, width, explain=True))
         _check_pixel(x, y, upload.size)
-        return await model.run(request, lambda: model.explain(upload.decode(), y, x, top))
+        return await model.run(request, upload, lambda image: model.explain(image, y, x, top))
 
     return app
 
@@ -422,15 +440,17 @@ class _Upload:
 
     def __init__(self, data: bytes, name: str, size: tuple[int, int], max_pixels: int) -> None:
         self.data, self.name, self.size, self.max_pixels = data, name, size, max_pixels
-        self.pixels: np.ndarray | None = None
+        self.decode_seconds = 0.0
 
     def decode(self) -> np.ndarray:
+        """The pixels (the bytes are let go); :class:`ServiceError` when they do not decode."""
+        start = time.perf_counter()
         try:
-            self.pixels = decode_image_bytes(self.data, self.name, self.max_pixels)
+            pixels = decode_image_bytes(self.data, self.name, self.max_pixels)
         except DataError as error:
             raise _refusal(error) from error
-        self.data = b""  # the bytes are no longer needed
-        return self.pixels
+        self.data, self.decode_seconds = b"", time.perf_counter() - start
+        return pixels
 
 
 def _refusal(error: DataError) -> ServiceError:
@@ -446,16 +466,6 @@ async def _upload(request: Request, limits: ServiceLimits, plan: Callable[[int, 
         raise _refusal(error) from error
     plan(height, width)
     return _Upload(data, name, (height, width), limits.max_pixels)
-
-
-def _timed_labels(model: _Model, upload: _Upload) -> tuple[np.ndarray, bool, dict[str, float]]:
-    """The upload's class indices, whether they were predicted tile by tile, and the
-    milliseconds of decoding and of inference."""
-    start = time.perf_counter()
-    pixels = upload.decode()
-    decoded = time.perf_counter()
-    labels, tiled = model.labels(pixels)
-    return labels, tiled, {"decode_ms": 1e3 * (decoded - start), "inference_ms": 1e3 * (time.perf_counter() - decoded)}
 
 
 def _validation_message(error: RequestValidationError) -> str:
