@@ -33,7 +33,7 @@ import torchvision
 from torch import Tensor, nn
 from torchvision.models import segmentation as tv_segmentation
 
-from pixelwise.engine import optimize_for_inference
+from pixelwise.runtimes import optimize_for_inference
 from pixelwise.models.torchvision_compat import deeplabv3_resnet50, fcn_resnet50
 from report import write_report  # benchmarks/report.py: run as scripts, this folder is on sys.path
 

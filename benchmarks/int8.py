@@ -23,10 +23,12 @@ import onnx
 import onnxruntime
 import torch
 
-from pixelwise.engine.checkpoint import load_checkpoint, model_from_checkpoint
-from pixelwise.engine.evaluation import evaluate_loaded
-from pixelwise.engine.inference import InferenceOptions
-from pixelwise.export import CALIBRATION_METHODS, Int8Options, calibration_batches, onnx_proto, quantize_int8
+from pixelwise.io.checkpoint import load_checkpoint
+from pixelwise.inference.loading import model_from_checkpoint
+from pixelwise.inference.evaluation import evaluate_loaded
+from pixelwise.inference.logits import InferenceOptions
+from pixelwise.export import CALIBRATION_METHODS, Int8Options, calibration_batches, quantize_int8
+from pixelwise.runtimes.onnx_graph import onnx_proto
 from pixelwise.runtimes import OnnxRuntime
 from report import write_report  # benchmarks/report.py: run as scripts, this folder is on sys.path
 

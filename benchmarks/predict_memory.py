@@ -50,7 +50,7 @@ print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, result.returncode)
 def _checkpoint(folder: Path) -> Path:
     """A tiny trained-for-one-step U-Net checkpoint (the command needs a real one)."""
     from pixelwise.config import load_config
-    from pixelwise.engine.train import train
+    from pixelwise.training.loop import train
 
     config = load_config(None, ["model.name=unet", "model.encoder=null",
                                 "model.options={base_channels: 8, depth: 3}", "data.options={size: 32, length: 4}",

@@ -31,9 +31,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pixelwise.engine.checkpoint import load_checkpoint
-from pixelwise.engine.evaluation import evaluate_checkpoint
-from pixelwise.engine.run_log import read_metrics
+from pixelwise.io.checkpoint import load_checkpoint
+from pixelwise.inference.evaluation import evaluate_checkpoint
+from pixelwise.training.run_log import read_metrics
 from report import write_report  # benchmarks/report.py: run as scripts, this folder is on sys.path
 
 RESULTS = Path(__file__).resolve().parent / "results" / "recipe_ab.json"

@@ -34,7 +34,8 @@ from torch import Tensor, nn
 from torchvision.models import segmentation as tv_segmentation
 
 import pixelwise
-from pixelwise.export import onnx_proto, quantize_int8
+from pixelwise.export import quantize_int8
+from pixelwise.runtimes.onnx_graph import onnx_proto
 from pixelwise.models.zoo import smooth_test_image
 from pixelwise.runtimes import OnnxRuntime, TorchRuntime
 from report import write_report  # benchmarks/report.py: run as scripts, this folder is on sys.path

@@ -4,7 +4,7 @@ clients on loopback, beside the same model's in-process prediction time.
 The service runs in a subprocess (``pixelwise serve``, its own interpreter, as users run it) on
 127.0.0.1; clients are threads of this process posting one 480×360 PNG (a CamVid-sized image)
 to ``/predict`` and reading the mask PNG back. In-process time is
-:func:`pixelwise.engine.predict.predict_whole` on the same decoded image, plus encoding the mask
+:func:`pixelwise.inference.predict.predict_whole` on the same decoded image, plus encoding the mask
 PNG: what ``/predict`` does for a request besides HTTP and decoding, measured before and after
 the service runs (the median of both, so a machine that drifts shows in neither alone). Each
 phase follows a warm-up; the overhead is (median latency at 1 client − in-process median) / in-process median.
@@ -41,9 +41,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pixelwise.engine.inference import InferenceOptions
-from pixelwise.engine.loading import load_predictor
-from pixelwise.engine.predict import label_image, predict_whole
+from pixelwise.inference.logits import InferenceOptions
+from pixelwise.inference.loading import load_predictor
+from pixelwise.inference.predict import label_image, predict_whole
 from pixelwise.models.zoo import smooth_test_image
 from report import write_report  # benchmarks/report.py: run as scripts, this folder is on sys.path
 
@@ -91,7 +91,7 @@ def in_process(source: Path, pixels: np.ndarray, repeats: int) -> list[float]:
 def batching_gain(source: Path, pixels: np.ndarray, batch: int = 4, repeats: int = 3) -> dict:
     """Seconds for ``batch`` images in one forward pass against one at a time: whether batching
     concurrent requests would raise throughput (it decides the service's design)."""
-    from pixelwise.engine.inference import normalize_image
+    from pixelwise.inference.logits import normalize_image
 
     loaded = load_predictor(source)
     image = normalize_image(pixels, loaded.normalization)[None]

@@ -1,6 +1,6 @@
 """Does tiled prediction of large images take time linear in the area and flat memory?
 
-:func:`pixelwise.engine.inference.predict_tiled` segments square images of growing side with a
+:func:`pixelwise.inference.logits.predict_tiled` segments square images of growing side with a
 small real model. The image is generated a window at a time from its coordinates (as a reader
 of a file on disk would deliver it), so the only thing in memory that grows with the area is the
 uint8 class map the result is written into.
@@ -16,7 +16,7 @@ that threshold after large blocks are freed and then keeps such blocks in its he
 creeps up with the number of windows run (about 50 MB more after 462 windows than after 9,
 measured) rather than following live memory; ``--default-malloc`` measures it that way. The
 blending buffer (the strip of overlaps, cut into bands of about 4096 pixels: see
-:mod:`pixelwise.engine.inference`) is reported separately, as ``predict_tiled`` counts it; the
+:mod:`pixelwise.inference.logits`) is reported separately, as ``predict_tiled`` counts it; the
 rest of the peak growth is the model's working memory for one batch of windows.
 
 The model is ``fcn8s`` on ``mobilenet_v3_large`` with random weights (so the class map itself
@@ -53,8 +53,8 @@ import torch
 from torch import Tensor
 
 import pixelwise
-from pixelwise.engine import optimize_for_inference
-from pixelwise.engine.inference import predict_tiled
+from pixelwise.runtimes import optimize_for_inference
+from pixelwise.inference.logits import predict_tiled
 from pixelwise.runtimes import OnnxRuntime
 from report import write_report  # benchmarks/report.py: run as scripts, this folder is on sys.path
 
@@ -84,7 +84,8 @@ def build(args: argparse.Namespace, folder: Path) -> torch.nn.Module | OnnxRunti
         return optimize_for_inference(model, example=torch.randn(1, 3, args.window, args.window))
     import onnx
 
-    from pixelwise.export import onnx_proto, quantize_int8
+    from pixelwise.export import quantize_int8
+    from pixelwise.runtimes.onnx_graph import onnx_proto
 
     path = folder / "model.onnx"
     onnx.save(onnx_proto(model, args.model), str(path))

@@ -9,15 +9,34 @@ from typing import Sequence
 from rich.console import Console
 from rich.table import Table
 
+from pixelwise.analysis import trace, valid_input_sizes
+from pixelwise.analysis.convolutionalize import convolutionalize_report, torchvision_classifier
+from pixelwise.analysis.overlap import compare_upsamplers, overlap_map
+from pixelwise.config import load_config
+from pixelwise.data.checks import check_dataset, print_report
+from pixelwise.data.io import decode_image
+from pixelwise.demo import run_demo
+from pixelwise.encoders import create_encoder, list_encoders
+from pixelwise.errors import PixelwiseError
+from pixelwise.export import Int8Options, export_checkpoint
+from pixelwise.inference.evaluation import evaluate_checkpoint, print_evaluation
+from pixelwise.inference.predict import predict_files
+from pixelwise.models import list_models, model_info
+from pixelwise.models.build import build_model
+from pixelwise.models.zoo import count_parameters, run_zoo, smooth_test_image
+from pixelwise.progress import ProgressReport
+from pixelwise.serve.app import LOOPBACK_HOSTS, ServiceLimits, WILDCARD_ADDRESSES, app_for_file
+from pixelwise.superres.compare import compare_methods, save_comparison_figure, upscale_file
+from pixelwise.superres.train import load_superres_config, train_superres
+from pixelwise.training.distributed import is_main_process
+from pixelwise.training.loop import learning_rate, train
+
 console = Console()
 if not console.is_terminal:  # pipes and CI logs: rich's 80-column default would fold every table
     console = Console(width=160)
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from pixelwise.models import list_models, model_info
-    from pixelwise.models.zoo import count_parameters
-
     if args.run_all:
         return _run_zoo(*args.size)
     if args.name:
@@ -39,8 +58,6 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 def _run_zoo(height: int, width: int) -> int:
     """Every registered model on one image of an awkward size: logits come back at that size."""
-    from pixelwise.models.zoo import run_zoo, smooth_test_image
-
     console.print(f"Running every registered model on one synthetic {height}×{width} image (CPU, eval mode)…")
     table = Table(title="pixelwise model zoo")
     for column in ("model", "family", "encoder", "parameters", "input", "output", "ms"):
@@ -58,8 +75,6 @@ def _run_zoo(height: int, width: int) -> int:
 
 
 def _cmd_encoders(args: argparse.Namespace) -> int:
-    from pixelwise.encoders import create_encoder, list_encoders
-
     table = Table(title="pixelwise encoders (any timm model too: timm:NAME)")
     for column in ("name", "channels", "strides"):
         table.add_column(column)
@@ -71,8 +86,6 @@ def _cmd_encoders(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from pixelwise.demo import run_demo
-
     return run_demo(console, out_dir=args.out, overrides=args.overrides)
 
 
@@ -96,9 +109,6 @@ def _parse_model_args(pairs: Sequence[str]) -> dict[str, object]:
 def _cmd_shapes(args: argparse.Namespace) -> int:
     import json
 
-    from pixelwise.analysis import trace, valid_input_sizes
-    from pixelwise.models.build import build_model
-
     model = build_model(args.model, args.num_classes, **_parse_model_args(args.model_args))
     # On the meta device tensors have shapes but no storage: any size traces in no memory.
     result = trace(model.to("meta"), tuple(args.size))
@@ -112,8 +122,6 @@ def _cmd_shapes(args: argparse.Namespace) -> int:
 
 
 def _cmd_convolutionalize(args: argparse.Namespace) -> int:
-    from pixelwise.analysis.convolutionalize import convolutionalize_report, torchvision_classifier
-
     name, classifier, native = torchvision_classifier(args.model, weights=args.weights)
     native = tuple(args.native) if args.native else native
     report = convolutionalize_report(classifier, native_size=native, test_size=tuple(args.size))
@@ -135,8 +143,6 @@ def _cmd_convolutionalize(args: argparse.Namespace) -> int:
 
 
 def _cmd_overlap(args: argparse.Namespace) -> int:
-    from pixelwise.analysis.overlap import compare_upsamplers, overlap_map
-
     if args.compare:
         table = Table(title=f"checkerboard score, scale {args.scale}")
         for column in ("upsampler", "init", "score", "seeds"):
@@ -161,8 +167,6 @@ def _cmd_overlap(args: argparse.Namespace) -> int:
 def _cmd_check_data(args: argparse.Namespace) -> int:
     import json
 
-    from pixelwise.data.checks import check_dataset, print_report
-
     options = {key: value for key, value in (("num_classes", args.num_classes), ("ignore_index", args.ignore_index))
                if value is not None}
     report = check_dataset(args.format, args.root, split=args.split, **options)
@@ -175,7 +179,6 @@ def _cmd_check_data(args: argparse.Namespace) -> int:
 
 def _on_total(progress):
     """A training ``on_total`` callback: set the progress bar's length, print a time budget's plan."""
-
     def on_total(total: int, plan) -> None:
         progress.update(total=total)
         if plan is not None:
@@ -185,11 +188,6 @@ def _on_total(progress):
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from pixelwise.config import load_config
-    from pixelwise.engine.distributed import is_main_process
-    from pixelwise.engine.train import learning_rate, train
-    from pixelwise.progress import ProgressReport
-
     overrides = list(args.overrides)
     if args.time_budget is not None:
         overrides.append(f"train.time_budget_min={args.time_budget}")
@@ -212,8 +210,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _progress(label: str):
     """Progress of per-image work, and its callback ``on_image(done, total)``."""
-    from pixelwise.progress import ProgressReport
-
     progress = ProgressReport(console, label, transient=True, eta=False)
 
     def on_image(done: int, total: int) -> None:
@@ -240,8 +236,6 @@ def _model_source(args: argparse.Namespace) -> str:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from pixelwise.engine.evaluation import evaluate_checkpoint, print_evaluation
-
     source = _model_source(args)
     out_dir = args.out if args.out is not None else Path(source).parent / "evaluation"
     progress, on_image = _progress("evaluate")
@@ -255,8 +249,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from pixelwise.engine.predict import predict_files
-
     progress, on_image = _progress("predict")
     with progress:
         threshold = {} if args.tile_threshold is None else {"tile_threshold_pixels": args.tile_threshold}
@@ -277,8 +269,6 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from pixelwise.export import Int8Options, export_checkpoint
-
     if (args.calibrate is not None) != args.int8:
         raise ValueError("--int8 needs --calibrate FORMAT:ROOT:SPLIT (real images to calibrate on), and "
                          "--calibrate is only for --int8")
@@ -289,7 +279,6 @@ def _cmd_export(args: argparse.Namespace) -> int:
         raise ValueError("--int8 quantises an ONNX graph; use --format onnx")
     real_images = []
     if args.parity_images:
-        from pixelwise.data.io import decode_image
 
         real_images = [decode_image(path)[0] for path in args.parity_images]
 
@@ -304,8 +293,6 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
-
-    from pixelwise.serve.app import LOOPBACK_HOSTS, WILDCARD_ADDRESSES, ServiceLimits, app_for_file
 
     settings = _inference_options(args)
     runtime, precision, device = settings.pop("runtime"), settings.pop("precision"), settings.pop("device")
@@ -322,9 +309,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_superres_train(args: argparse.Namespace) -> int:
-    from pixelwise.progress import ProgressReport
-    from pixelwise.superres.train import load_superres_config, train_superres
-
     overrides = list(args.overrides)
     if args.time_budget is not None:
         overrides.append(f"train.time_budget_min={args.time_budget}")
@@ -348,8 +332,6 @@ def _cmd_superres_compare(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from pixelwise.superres.compare import compare_methods, save_comparison_figure
-
     comparison = compare_methods(args.images, args.scale, args.checkpoint)
     table = Table(title=f"×{args.scale} super-resolution on {len(comparison.images)} image(s), luminance, "
                         f"{args.scale}-px border cropped")
@@ -372,8 +354,6 @@ def _cmd_superres_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_superres_upscale(args: argparse.Namespace) -> int:
-    from pixelwise.superres.compare import upscale_file
-
     before, after = upscale_file(args.checkpoint, args.image, args.out)
     console.print(f"{args.image}: {before[0]}×{before[1]} → {after[0]}×{after[1]}, wrote {args.out}",
                   highlight=False)
@@ -610,7 +590,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     to do) print as one line and exit 2; anything else is a bug or a library failure and keeps its
     traceback. ``--debug`` shows the traceback of every error.
     """
-    from pixelwise.errors import PixelwiseError
 
     args = build_parser().parse_args(argv)
     try:

@@ -19,9 +19,10 @@ from rich.console import Console
 
 from pixelwise.config import Config, load_config
 from pixelwise.data import create_dataset
-from pixelwise.engine.evaluation import EvaluationResult, evaluate_checkpoint, print_evaluation
-from pixelwise.engine.predict import PredictionReport, predict_files
-from pixelwise.engine.train import TrainResult, train
+from pixelwise.inference.evaluation import EvaluationResult, evaluate_checkpoint, print_evaluation
+from pixelwise.inference.predict import PredictionReport, predict_files
+from pixelwise.progress import ProgressReport
+from pixelwise.training.loop import TrainResult, train
 
 TARGET_MIOU = 0.80  # what the demo promises on held-out images
 SYNTHETIC = {"size": 64}
@@ -143,8 +144,6 @@ def run_demo_pipeline(out_dir: str | Path = "runs/demo", overrides: Sequence[str
 def run_demo(console: Console, out_dir: str | Path = "runs/demo", overrides: Sequence[str] = ()) -> int:
     """The CLI's demo: a progress bar, the evaluation table, where the results are. Exit 0 when
     the pipeline ran; whether the held-out mIoU met the target is printed, not an error."""
-    from pixelwise.progress import ProgressReport
-
     console.print(f"Training a U-Net on synthetic shapes (CPU, a few minutes); results go to {out_dir}/")
     with ProgressReport(console, "train") as progress:
         result = run_demo_pipeline(

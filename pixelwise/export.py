@@ -32,7 +32,6 @@ real images of a data set (see :func:`quantize_int8`).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import warnings
@@ -45,30 +44,23 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from pixelwise.data.classes import ClassInfo
-from pixelwise.engine.checkpoint import (LoadedModel, give_new_file_mode, load_checkpoint, model_from_checkpoint,
-                                         remove_orphan_temporaries, temporary_name)
-from pixelwise.engine.inference import InferenceOptions, normalize_image
-from pixelwise.engine.record import ModelFileError, check_record
+from pixelwise.data import create_dataset
+from pixelwise.data.io import DataError
+from pixelwise.data.transforms import val_transform
 from pixelwise.errors import PixelwiseError
+from pixelwise.inference.evaluation import evaluate_loaded
+from pixelwise.inference.loading import CHECKSUM_KEY, METADATA_KEYS, LoadedModel, metadata_digest, model_from_checkpoint
+from pixelwise.inference.logits import InferenceOptions, normalize_image
+from pixelwise.io.checkpoint import (give_new_file_mode, load_checkpoint, remove_orphan_temporaries, save_safetensors,
+                                    temporary_name)
+from pixelwise.runtimes.onnx_graph import EXAMPLE_SIZE, ExportError, exporter_summary, onnx_proto
 from pixelwise.runtimes.onnx_runtime import OnnxRuntime
+from pixelwise.runtimes.torch_runtime import TorchRuntime
 
-OPSET = 18
-EXAMPLE_SIZE = (67, 93)
-"""Height and width of the example input the graph is traced with: odd and no multiple of any
-stride, so no size-dependent branch is taken that only even or aligned sizes would take."""
 PARITY_SIZES = ((253, 317), (97, 131), (33, 47))
 FP32_TOLERANCE = 1e-3
 """Largest accepted max |logit difference| of an fp32 export, relative to the logits' scale."""
-METADATA_KEYS = ("model_spec", "classes", "normalization", "inference")
-CHECKSUM_KEY = "pixelwise.checksum"
-PRECISIONS = ("fp32", "int8")
-_REMEDY = "export it again with pixelwise export"
 FORMATS = ("onnx", "torchscript", "safetensors")
-
-
-class ExportError(PixelwiseError, RuntimeError):
-    """The model could not be exported, or the export does not compute what the model does."""
 
 
 # Metadata ------------------------------------------------------------------------------------
@@ -81,79 +73,6 @@ def export_metadata(state: dict[str, Any], precision: str) -> dict[str, str]:
     return metadata
 
 
-def metadata_digest(metadata: dict[str, str]) -> str:
-    """SHA-256 over an exported file's ``pixelwise.*`` metadata (its checksum entry excluded)."""
-    digest = hashlib.sha256()
-    for key in sorted(metadata):
-        if key.startswith("pixelwise.") and key != CHECKSUM_KEY:
-            digest.update(json.dumps([key, metadata[key]]).encode())
-    return digest.hexdigest()
-
-
-def read_metadata(path: str | Path) -> dict[str, Any]:
-    """The pixelwise metadata of an exported ONNX file, checked: its checksum (files written
-    since it was introduced), and its record against the graph's output channels
-    (:func:`~pixelwise.engine.record.check_record`; the spec's weight sources dropped).
-
-    Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: the file is not ONNX, carries no pixelwise metadata, or metadata that was
-            edited, or that does not describe its graph (the message names the field).
-    """
-    import onnx
-    from google.protobuf.message import DecodeError
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"ONNX model {str(path)!r} does not exist; export one with pixelwise export")
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except DecodeError as error:
-        raise ValueError(f"{str(path)!r} is not an ONNX model (it does not parse: {error}); "
-                         f"export one with pixelwise export --format onnx") from error
-    props = {prop.key: prop.value for prop in model.metadata_props}
-    missing = [key for key in ("model_spec", "classes", "normalization") if f"pixelwise.{key}" not in props]
-    if missing:
-        raise ValueError(f"{str(path)!r} is an ONNX model without pixelwise metadata (missing {missing}); "
-                         f"export it with pixelwise export, which records classes, palette and normalisation")
-    if CHECKSUM_KEY in props and metadata_digest(props) != props[CHECKSUM_KEY]:
-        raise ValueError(f"{str(path)!r} is damaged or was edited: its pixelwise metadata (model spec, class names, "
-                         f"normalisation, inference options) no longer matches the checksum written with it; "
-                         f"{_REMEDY}")
-    try:
-        metadata = {key: json.loads(props[f"pixelwise.{key}"]) for key in METADATA_KEYS
-                    if f"pixelwise.{key}" in props}
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{str(path)!r} has pixelwise metadata that is not valid JSON ({error}); {_REMEDY}") from None
-    metadata = check_record(metadata, repr(str(path)), _output_channels(model, path), _REMEDY)
-    metadata["version"] = props.get("pixelwise.version")
-    metadata["precision"] = props.get("pixelwise.precision", "fp32")
-    if metadata["precision"] not in PRECISIONS:
-        raise ModelFileError(f"{str(path)!r}: pixelwise.precision is {metadata['precision']!r}, not one of "
-                             f"{', '.join(PRECISIONS)}; {_REMEDY}")
-    return metadata
-
-
-def _output_channels(model: Any, path: Path) -> int:
-    """The channels of the graph's logits ``(N, C, H, W)``, which must be fixed."""
-    outputs = model.graph.output
-    dims = outputs[0].type.tensor_type.shape.dim if len(outputs) == 1 else []
-    if len(dims) != 4 or not dims[1].HasField("dim_value"):
-        raise ModelFileError(f"{str(path)!r}: the graph does not output one (N, classes, H, W) tensor with a fixed "
-                             f"number of classes; {_REMEDY}")
-    return dims[1].dim_value
-
-
-def load_onnx(path: str | Path, threads: int | None = None) -> LoadedModel:
-    """An exported ONNX file as a runtime, with its classes and normalisation: everything
-    prediction needs, no checkpoint."""
-    metadata = read_metadata(path)
-    normalization = {key: [float(v) for v in metadata["normalization"][key]] for key in ("mean", "std")}
-    runtime = OnnxRuntime(path, threads, precision=metadata["precision"])
-    return LoadedModel(runtime, ClassInfo.from_dict(metadata["classes"]), normalization,
-                       {**(metadata.get("inference") or {}), "precision": metadata["precision"]})
-
-
 # ONNX export ---------------------------------------------------------------------------------
 
 def _export_blocker(spec: dict[str, Any]) -> str | None:
@@ -164,40 +83,6 @@ def _export_blocker(spec: dict[str, Any]) -> str | None:
                 "size (overlap-tile, a loop of ReflectionPad operations), which an ONNX graph cannot express; "
                 "train it with model.options.padding=same to export it, or predict from the checkpoint")
     return None
-
-
-def onnx_proto(model: nn.Module, name: str = "model", opset: int = OPSET):
-    """The model as an ONNX ``ModelProto`` with dynamic batch, height and width.
-
-    Raises:
-        ExportError: the exporter failed; the message names the model and the operator.
-    """
-    from torch.export import Dim
-
-    example = torch.randn(1, model.in_channels if hasattr(model, "in_channels") else 3, *EXAMPLE_SIZE)
-    dynamic = {"x": {0: Dim("batch", min=1, max=4096), 2: Dim("height", min=1, max=65536),
-                     3: Dim("width", min=1, max=65536)}}
-    try:
-        program = torch.onnx.export(model.eval(), (example,), dynamo=True, opset_version=opset,
-                                    input_names=["image"], output_names=["logits"], dynamic_shapes=dynamic,
-                                    optimize=True, verbose=False)
-    except Exception as error:  # noqa: BLE001 - the exporter raises many types; all mean "cannot export"
-        raise ExportError(f"model {name!r} cannot be exported to ONNX: {_exporter_summary(error)}") from error
-    return program.model_proto
-
-
-def _exporter_summary(error: BaseException) -> str:
-    """The line of an exporter error that names what failed (the operator, or the Python construct)."""
-    chain = []
-    while error is not None:
-        chain.append(error)
-        error = error.__cause__
-    lines = [line.strip() for e in chain for line in str(e).splitlines() if line.strip()]
-    for marker in ("No ONNX function found", "Unsupported", "unsupported", "Error when translating", "TypeError"):
-        hits = [line for line in lines if marker in line]
-        if hits:
-            return hits[0][:400]
-    return f"{type(chain[-1]).__name__}: {lines[0][:400] if lines else ''}"
 
 
 def _save_proto(proto, metadata: dict[str, str], path: Path) -> None:
@@ -317,7 +202,7 @@ class Int8Options:
     min_agreement: float = 0.9
 
     def data(self, split: str | None = None) -> dict[str, Any]:
-        """The data set spec (see :func:`~pixelwise.engine.evaluation.resolve_data`) of a split."""
+        """The data set spec (see :func:`~pixelwise.inference.evaluation.resolve_data`) of a split."""
         parts = self.calibrate.split(":")
         if len(parts) != 3 or not parts[0] or not parts[2]:
             raise ValueError(f"--calibrate takes FORMAT:ROOT:SPLIT, e.g. camvid:data/camvid:train (ROOT empty for "
@@ -328,9 +213,6 @@ class Int8Options:
 
 def calibration_batches(options: Int8Options, normalization: dict[str, list[float]]) -> list[np.ndarray]:
     """The calibration images, normalised as the model was trained, as ``(1, 3, H, W)`` arrays."""
-    from pixelwise.data import create_dataset
-    from pixelwise.data.transforms import val_transform
-
     if options.method not in CALIBRATION_METHODS:
         raise ValueError(f"calibration method must be one of {', '.join(CALIBRATION_METHODS)}, got {options.method!r}")
     if options.images < 1:
@@ -384,8 +266,6 @@ def _copy_metadata(source: Path, target: Path) -> None:
 def compare_accuracy(fp32: OnnxRuntime, int8: OnnxRuntime, loaded: LoadedModel, options: Int8Options,
                      on_line: Callable[[str], None]) -> dict[str, float]:
     """fp32 and int8 mIoU (and the argmax agreement) on the validation split, side by side."""
-    from pixelwise.engine.evaluation import evaluate_loaded
-
     data = options.data(options.val_split)
     scores = {}
     for label, runtime in (("fp32", fp32), ("int8", int8)):
@@ -480,8 +360,6 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, export_format: st
     remove_orphan_temporaries(out.parent, out.name)  # of an export to the same file that was killed
     state = load_checkpoint(checkpoint)
     if export_format == "safetensors":
-        from pixelwise.engine.checkpoint import save_safetensors
-
         save_safetensors(state, out)
         return ExportReport(out, "safetensors", "fp32")
     loaded = model_from_checkpoint(state, "cpu", repr(str(checkpoint)))
@@ -535,8 +413,6 @@ def _publish(temporary: Path, out: Path) -> None:
 def _int8_data(options: Int8Options, normalization: dict[str, list[float]]) -> list[np.ndarray]:
     """The calibration images, read before the export starts; the comparison split, opened to
     prove it is there."""
-    from pixelwise.data import create_dataset
-
     batches = calibration_batches(options, normalization)
     if options.val_split is not None:
         data = options.data(options.val_split)
@@ -549,8 +425,6 @@ def _int8_data(options: Int8Options, normalization: dict[str, list[float]]) -> l
 
 def _checked_parity(model: nn.Module, runtime: OnnxRuntime, inputs: list[tuple[str, Tensor]], precision: str,
                     say: Callable[[str], None], min_agreement: float = 0.9) -> ParityReport:
-    from pixelwise.runtimes.torch_runtime import TorchRuntime
-
     report = check_parity(TorchRuntime(model), runtime, inputs, precision, min_agreement)
     say(f"parity, ONNX Runtime {precision} against eager PyTorch fp32:")
     for line in report.lines():
@@ -564,9 +438,6 @@ def _checked_parity(model: nn.Module, runtime: OnnxRuntime, inputs: list[tuple[s
 
 def _recorded_images(state: dict[str, Any], say: Callable[[str], None]) -> list[np.ndarray]:
     """The first image of the checkpoint's recorded validation split, when it can be read."""
-    from pixelwise.data import create_dataset
-    from pixelwise.data.io import DataError
-
     data = (state.get("config") or {}).get("data") or {}
     if "format" not in data:
         return []
@@ -597,7 +468,7 @@ def _export_torchscript(loaded: LoadedModel, state: dict[str, Any], out: Path,
             traced = torch.jit.trace(model, example, check_trace=False, strict=False)
     except Exception as error:  # noqa: BLE001 - the tracer raises many types; all mean "cannot trace"
         raise ExportError(f"model {state['model_spec']['name']!r} cannot be traced to TorchScript: "
-                          f"{_exporter_summary(error)}") from error
+                          f"{exporter_summary(error)}") from error
     report = ExportReport(out, "torchscript", "fp32")
     if inputs is not None:
         def run_traced(batch: Tensor) -> Tensor:

@@ -22,7 +22,7 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory):
     two to four shapes (not the data set's default), so what the tests compare does not move
     when the synthetic defaults do."""
     from pixelwise.config import load_config
-    from pixelwise.engine.train import train
+    from pixelwise.training.loop import train
 
     run_dir = tmp_path_factory.mktemp("tiny_run")
     train(load_config(None, [

@@ -339,7 +339,7 @@ def test_exports_with_dynamic_height_and_width(module: nn.Module) -> None:
 def test_onnx_export_with_dynamic_sizes_matches_eager() -> None:
     import onnxruntime as ort
 
-    from pixelwise.export import onnx_proto
+    from pixelwise.runtimes.onnx_graph import onnx_proto
 
     class Model(nn.Module):
         in_channels = 2

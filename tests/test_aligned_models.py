@@ -18,8 +18,8 @@ from torch import nn
 import pixelwise
 from pixelwise.analysis import trace
 from pixelwise.config import Config
-from pixelwise.engine.checkpoint import model_from_checkpoint
-from pixelwise.engine.train import model_spec
+from pixelwise.inference.loading import model_from_checkpoint
+from pixelwise.training.loop import model_spec
 from pixelwise.layers import UPSAMPLE_KINDS, Grid, make_upsampler
 from pixelwise.layers.upsample import PixelShuffleUpsample, ResizeConv, TransposedUpsample
 from pixelwise.models import saved_options, spec_options

@@ -24,10 +24,10 @@ from pixelwise.config import ConfigError, load_config
 from pixelwise.data import DataError, create_dataset
 from pixelwise.data.png import write_png_bands
 from pixelwise.data.synthetic import SyntheticShapes
-from pixelwise.engine.checkpoint import (load_checkpoint, non_finite_tensors, remove_orphan_temporaries,
-                                         save_checkpoint)
-from pixelwise.engine.predict import label_image, overlay, predict_files
-from pixelwise.engine.train import RunFolderInUse, TrainingDiverged, train, worker_message
+from pixelwise.io.checkpoint import (load_checkpoint, non_finite_tensors, remove_orphan_temporaries,
+                                    save_checkpoint)
+from pixelwise.inference.predict import label_image, overlay, predict_files
+from pixelwise.training.loop import RunFolderInUse, TrainingDiverged, train, worker_message
 from pixelwise.progress import ProgressReport
 
 TINY = ["model.name=unet", "model.encoder=null", "model.options={base_channels: 4, depth: 2}",
@@ -126,7 +126,7 @@ def test_predict_refuses_inputs_whose_outputs_collide(tiny_checkpoint: Path, tmp
 def test_banded_png_outputs_equal_pils(tmp_path: Path) -> None:
     """Masks and overlays are written a band at a time; PIL reads back exactly what it would write."""
     from pixelwise.data.classes import class_info
-    from pixelwise.engine.predict import write_outputs
+    from pixelwise.inference.predict import write_outputs
 
     generator = np.random.default_rng(0)
     pixels = generator.integers(0, 256, (37, 29, 3), dtype=np.uint8)

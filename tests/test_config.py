@@ -9,7 +9,7 @@ import yaml
 from torchvision.transforms import v2
 
 from pixelwise.config import Config, ConfigError, config_to_dict, load_config, save_config
-from pixelwise.engine.train import build_datasets
+from pixelwise.training.loop import build_datasets
 
 
 def _write(tmp_path: Path, text: str) -> Path:

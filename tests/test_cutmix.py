@@ -14,9 +14,9 @@ from pixelwise.cli import main
 from pixelwise.config import ConfigError, load_config
 from pixelwise.data import create_dataset
 from pixelwise.data.transforms import CutMix, cutmix_box, train_transform
-from pixelwise.engine.checkpoint import load_checkpoint
-from pixelwise.engine.sampling import SeededSamples
-from pixelwise.engine.train import train
+from pixelwise.io.checkpoint import load_checkpoint
+from pixelwise.training.sampling import SeededSamples
+from pixelwise.training.loop import train
 
 RUN = ["model.name=unet", "model.encoder=null", "model.options={base_channels: 4, depth: 2, norm: null}",
        "data.options={size: [40, 40], length: 8}", "data.crop_size=[32, 32]", "data.batch_size=2",

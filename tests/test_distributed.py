@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 from pixelwise.config import load_config
-from pixelwise.engine.checkpoint import load_checkpoint
-from pixelwise.engine.distributed import DistributedContext, convert_sync_batchnorm, distributed_session, unwrap
-from pixelwise.engine.train import build_datasets, build_model, evaluate, train
+from pixelwise.io.checkpoint import load_checkpoint
+from pixelwise.training.distributed import DistributedContext, convert_sync_batchnorm, distributed_session, unwrap
+from pixelwise.training.loop import build_datasets, build_model, evaluate, train
 
 # The paper's U-Net without batch norm: per-process batch norm would make N processes at batch b
 # differ from one process at batch N·b; with none, the two are the same computation. The moving
@@ -29,7 +29,7 @@ RECIPE = ["model.name=unet", "model.encoder=null", "model.options={base_channels
 INTERRUPTED = textwrap.dedent("""
     import sys
     from pixelwise.config import load_config
-    from pixelwise.engine.train import train
+    from pixelwise.training.loop import train
 
     def stop(iteration, loss):
         if iteration == 3:

@@ -11,10 +11,10 @@ from test_train import _Interrupt, _stop_at
 
 from pixelwise.cli import main
 from pixelwise.config import ConfigError, load_config
-from pixelwise.engine.checkpoint import load_checkpoint
-from pixelwise.engine.ema import WeightAverage, warmed_decay
-from pixelwise.engine.evaluation import evaluate_checkpoint
-from pixelwise.engine.train import train
+from pixelwise.io.checkpoint import load_checkpoint
+from pixelwise.training.ema import WeightAverage, warmed_decay
+from pixelwise.inference.evaluation import evaluate_checkpoint
+from pixelwise.training.loop import train
 
 RUN = ["model.name=unet", "model.encoder=resnet18", "model.options={decoder_channels: [16, 8, 8, 8, 8]}",
        "data.options={size: [40, 40], length: 8}", "data.crop_size=[32, 32]", "data.batch_size=2",

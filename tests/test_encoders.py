@@ -10,7 +10,7 @@ from torchvision import models as tvm
 
 import pixelwise
 from pixelwise.encoders import WeightsUnavailableError, create_encoder, list_encoders
-from pixelwise.safe_load import UntrustedFileError
+from pixelwise.io.safe_load import UntrustedFileError
 
 LIGHT_ENCODERS = ["resnet18", "resnet34", "mobilenet_v2", "mobilenet_v3_large", "vgg16_bn"]
 

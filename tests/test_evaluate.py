@@ -12,10 +12,11 @@ from pixelwise.cli import main
 from pixelwise.data import create_dataset
 from pixelwise.data.synthetic import CLASS_NAMES
 from pixelwise.data.transforms import val_transform
-from pixelwise.engine.checkpoint import load_model, save_checkpoint
-from pixelwise.engine.evaluation import evaluate_checkpoint, resolve_data, row_normalised
-from pixelwise.engine.inference import InferenceOptions
-from pixelwise.engine.train import evaluate
+from pixelwise.io.checkpoint import save_checkpoint
+from pixelwise.inference.loading import load_model
+from pixelwise.inference.evaluation import evaluate_checkpoint, resolve_data, row_normalised
+from pixelwise.inference.logits import InferenceOptions
+from pixelwise.training.loop import evaluate
 from pixelwise.metrics import BoundaryMetric
 
 # What the tiny_checkpoint fixture (conftest.py) trained on.

@@ -17,17 +17,10 @@ from test_models import SMALL
 import pixelwise
 from pixelwise.cli import main
 from pixelwise.data.synthetic import SyntheticShapes
-from pixelwise.engine.checkpoint import save_checkpoint
-from pixelwise.engine.inference import InferenceOptions, normalize_image, predict_large_image, predict_logits
-from pixelwise.engine.loading import load_predictor
-from pixelwise.export import (
-    ExportError,
-    Int8Options,
-    export_checkpoint,
-    load_onnx,
-    onnx_proto,
-    read_metadata,
-)
+from pixelwise.io.checkpoint import save_checkpoint
+from pixelwise.inference.logits import InferenceOptions, normalize_image, predict_large_image, predict_logits
+from pixelwise.export import ExportError, Int8Options, export_checkpoint, onnx_proto
+from pixelwise.inference.loading import load_onnx, load_predictor, read_metadata
 from pixelwise.layers import UPSAMPLE_KINDS
 
 SIZES = [(1, 3, 253, 317), (1, 3, 1, 17), (2, 3, 33, 47)]

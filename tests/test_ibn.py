@@ -16,8 +16,9 @@ from torchvision import models as tvm
 import pixelwise
 from pixelwise.cli import main
 from pixelwise.encoders import create_encoder
-from pixelwise.engine.checkpoint import load_checkpoint, model_from_checkpoint
-from pixelwise.export import onnx_proto
+from pixelwise.io.checkpoint import load_checkpoint
+from pixelwise.inference.loading import model_from_checkpoint
+from pixelwise.runtimes.onnx_graph import onnx_proto
 from pixelwise.layers import InstanceBatchNorm2d, make_norm
 
 

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 import pixelwise
 from pixelwise.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from pixelwise.engine.inference import (
+from pixelwise.inference.logits import (
     InferenceOptions,
     TiledStats,
     importance_map,

@@ -15,11 +15,13 @@ from PIL import Image
 
 from pixelwise.cli import main
 from pixelwise.data.classes import class_info
-from pixelwise.engine.checkpoint import load_checkpoint, load_model, save_checkpoint, save_safetensors
-from pixelwise.engine.loading import load_predictor
-from pixelwise.engine.record import ModelFileError
-from pixelwise.export import CHECKSUM_KEY, export_checkpoint, metadata_digest, read_metadata
-from pixelwise.safe_load import TorchScriptFileError
+from pixelwise.io.checkpoint import load_checkpoint, save_checkpoint, save_safetensors
+from pixelwise.inference.loading import load_model
+from pixelwise.inference.loading import load_predictor
+from pixelwise.inference.record import ModelFileError
+from pixelwise.export import export_checkpoint
+from pixelwise.inference.loading import CHECKSUM_KEY, metadata_digest, read_metadata
+from pixelwise.io.safe_load import TorchScriptFileError
 
 
 @pytest.fixture(scope="module")
@@ -245,7 +247,7 @@ def test_an_edited_checkpoint_record_is_called_edited(tiny_checkpoint: Path, tmp
 def test_edited_safetensors_metadata_is_called_edited(tiny_checkpoint: Path, tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
-    from pixelwise.safe_load import read_safetensors
+    from pixelwise.io.safe_load import read_safetensors
 
     save_safetensors(load_checkpoint(tiny_checkpoint), tmp_path / "model.safetensors")
     tensors, metadata = read_safetensors(tmp_path / "model.safetensors")

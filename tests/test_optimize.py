@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import pixelwise
-from pixelwise.engine import conv_bn_pairs, fold_batch_norms, optimize_for_inference
+from pixelwise.runtimes import conv_bn_pairs, fold_batch_norms, optimize_for_inference
 
 
 def _randomise_batch_norms(model: nn.Module) -> nn.Module:

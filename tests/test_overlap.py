@@ -17,7 +17,7 @@ from pixelwise.analysis.overlap import (
     overlap_counts_1d,
     overlap_map,
 )
-from pixelwise.analysis.sizes import conv_transpose_output_size
+from pixelwise.geometry.sizes import conv_transpose_output_size
 from pixelwise.cli import main
 from pixelwise.layers.upsample import UPSAMPLE_KINDS, make_upsampler
 

@@ -11,7 +11,7 @@ from PIL import Image
 from servers import running
 
 from pixelwise.data.synthetic import SyntheticShapes
-from pixelwise.engine.loading import load_predictor
+from pixelwise.inference.loading import load_predictor
 from pixelwise.serve import create_app
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -78,8 +78,8 @@ def test_upload_overlay_slider_legend_hiding_and_a_click(tiny_checkpoint: Path, 
                                                "nodes => nodes.map(n => parseFloat(n.textContent))")
             assert names == list(loaded.classes.names) and abs(sum(shares) - 100) < 1
             labels = np.asarray(Image.open(paths[0]).convert("RGB"))  # the model's own shares, for comparison
-            from pixelwise.engine.inference import InferenceOptions
-            from pixelwise.engine.predict import predict_whole
+            from pixelwise.inference.logits import InferenceOptions
+            from pixelwise.inference.predict import predict_whole
             expected = np.bincount(predict_whole(loaded, labels, InferenceOptions.create())[0].ravel(),
                                    minlength=len(names)) / labels[..., 0].size
             assert np.allclose(shares, 100 * expected, atol=0.051)
@@ -113,7 +113,7 @@ HOSTILE = '<img src=x onerror="document.title=\'PWNED\'">'
 
 
 def test_a_model_file_with_markup_in_its_class_names_runs_no_script(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    from pixelwise.engine.checkpoint import load_checkpoint, save_checkpoint
+    from pixelwise.io.checkpoint import load_checkpoint, save_checkpoint
 
     state = load_checkpoint(tiny_checkpoint)
     names = state["classes"]["names"]

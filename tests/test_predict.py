@@ -12,9 +12,9 @@ from pixelwise.cli import main
 from pixelwise.data import DataError, read_image
 from pixelwise.data.synthetic import SyntheticShapes
 from pixelwise.data.transforms import val_transform
-from pixelwise.engine.checkpoint import LoadedModel, load_model
-from pixelwise.engine.inference import predict_logits
-from pixelwise.engine.predict import colour_table, expand_inputs, predict_files
+from pixelwise.inference.loading import LoadedModel, load_model
+from pixelwise.inference.logits import predict_logits
+from pixelwise.inference.predict import colour_table, expand_inputs, predict_files
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ from torchvision import tv_tensors
 from pixelwise.cli import main
 from pixelwise.config import ConfigError, load_config
 from pixelwise.data.transforms import RandomConvolution, train_transform
-from pixelwise.engine.checkpoint import load_checkpoint
-from pixelwise.engine.train import build_datasets
+from pixelwise.io.checkpoint import load_checkpoint
+from pixelwise.training.loop import build_datasets
 
 
 def _image(height: int = 24, width: int = 32) -> tv_tensors.Image:

@@ -18,9 +18,9 @@ from pixelwise.cli import main
 from pixelwise.config import ConfigError, load_config
 from pixelwise.data import SegmentationDataset, class_info
 from pixelwise.data.transforms import RareClassSampling, train_transform
-from pixelwise.engine.checkpoint import load_checkpoint
-from pixelwise.engine.sampling import SeededSamples
-from pixelwise.engine.train import build_datasets, training_samples
+from pixelwise.io.checkpoint import load_checkpoint
+from pixelwise.training.sampling import SeededSamples
+from pixelwise.training.loop import build_datasets, training_samples
 from pixelwise.losses import class_pixel_counts, image_class_pixels
 
 
@@ -178,7 +178,7 @@ def test_the_cli_trains_with_it_and_the_recipe_checks_it(tmp_path: Path, caplog:
 
 def test_class_weights_and_rare_class_sampling_count_the_training_split_once(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import pixelwise.engine.train as train_module
+    import pixelwise.training.loop as train_module
 
     counted = []
     original = train_module.image_class_pixels

@@ -13,9 +13,9 @@ from servers import running
 
 from pixelwise.cli import main
 from pixelwise.config import ConfigError, load_config
-from pixelwise.engine.checkpoint import load_checkpoint
-from pixelwise.engine.evaluation import evaluate_checkpoint
-from pixelwise.engine.inference import recorded_augmentation
+from pixelwise.io.checkpoint import load_checkpoint
+from pixelwise.inference.evaluation import evaluate_checkpoint
+from pixelwise.inference.logits import recorded_augmentation
 
 SCALES = [0.75, 1.0]
 TINY_RUN = [
@@ -29,7 +29,7 @@ TINY_RUN = [
 @pytest.fixture(scope="module")
 def tta_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``best.pt`` of a 2-step run whose recipe predicts at scales 0.75 and 1, flipped too."""
-    from pixelwise.engine.train import train
+    from pixelwise.training.loop import train
 
     run_dir = tmp_path_factory.mktemp("tta_run")
     train(load_config(None, [*TINY_RUN, f"inference.scales={SCALES}", "inference.flip=true",
@@ -71,7 +71,7 @@ def test_the_cli_prints_the_views_and_can_turn_them_off(tta_checkpoint: Path, tm
 def test_predict_uses_the_recorded_views(tta_checkpoint: Path, tmp_path: Path) -> None:
     from PIL import Image
 
-    from pixelwise.engine.predict import predict_files
+    from pixelwise.inference.predict import predict_files
 
     image = tmp_path / "scene.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 52, 3), dtype=np.uint8)).save(image)

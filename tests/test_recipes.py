@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from pixelwise.config import load_config
-from pixelwise.engine.checkpoint import load_checkpoint
-from pixelwise.engine.train import train
+from pixelwise.io.checkpoint import load_checkpoint
+from pixelwise.training.loop import train
 
 REPO = Path(__file__).resolve().parents[1]
 CAMVID = REPO.parent / "shared" / "datasets" / "camvid"

@@ -9,10 +9,10 @@ import torch
 
 import pixelwise
 from pixelwise.config import load_config
-from pixelwise.engine.evaluation import evaluate_checkpoint
-from pixelwise.engine.inference import InferenceOptions, as_runtime, predict_logits
-from pixelwise.engine.loading import load_predictor
-from pixelwise.engine.train import train
+from pixelwise.inference.evaluation import evaluate_checkpoint
+from pixelwise.inference.logits import InferenceOptions, as_runtime, predict_logits
+from pixelwise.inference.loading import load_predictor
+from pixelwise.training.loop import train
 from pixelwise.runtimes import OnnxRuntime, TorchRuntime
 
 

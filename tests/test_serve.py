@@ -15,9 +15,9 @@ from PIL import Image
 from servers import running
 
 from pixelwise.data.synthetic import SyntheticShapes
-from pixelwise.engine.inference import InferenceOptions, predict_large_image
-from pixelwise.engine.loading import load_predictor
-from pixelwise.engine.predict import predict_whole
+from pixelwise.inference.logits import InferenceOptions, predict_large_image
+from pixelwise.inference.loading import load_predictor
+from pixelwise.inference.predict import predict_whole
 from pixelwise.serve import ServiceLimits, create_app
 
 LIMITS = ServiceLimits(max_upload_mb=0.25, max_pixels=1_000_000, tile_threshold_pixels=100 * 100, max_queue=1)

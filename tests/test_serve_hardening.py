@@ -20,9 +20,9 @@ from servers import running
 from torch import nn
 
 from pixelwise.data.synthetic import SyntheticShapes
-from pixelwise.engine.checkpoint import LoadedModel
-from pixelwise.engine.inference import InferenceOptions
-from pixelwise.engine.loading import load_predictor
+from pixelwise.inference.loading import LoadedModel
+from pixelwise.inference.logits import InferenceOptions
+from pixelwise.inference.loading import load_predictor
 from pixelwise.serve import ServiceLimits, create_app
 
 OPTIONS = InferenceOptions.create(window=64)

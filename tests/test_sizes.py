@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from pixelwise.analysis.sizes import (
+from pixelwise.geometry.sizes import (
     conv_input_sizes,
     conv_output_size,
     conv_transpose_input_size,

@@ -17,7 +17,7 @@ from pixelwise.config import ConfigError
 from pixelwise.data.io import DataError
 from pixelwise.layers.upsample import UPSAMPLE_KINDS
 from pixelwise.superres.compare import compare_methods, save_comparison_figure, upscale_file
-from pixelwise.superres.images import (bicubic_upscale, downscale, luminance, modcrop, rgb_to_ycbcr, to_pixels, to_tensor,
+from pixelwise.superres.images import (bicubic_upscale, downscale, modcrop, rgb_to_ycbcr, to_pixels, to_tensor,
                                        upscale_fixed, ycbcr_to_rgb)
 from pixelwise.superres.models import create_sr_model
 from pixelwise.superres.quality import PeriodicError, psnr, shave, ssim

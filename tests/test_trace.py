@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision import models as tvm
 
-import pixelwise.analysis.propagation as propagation
+import pixelwise.geometry.propagation as propagation
 from pixelwise import create_model
 from pixelwise.analysis import Trace, TraceError, trace, valid_input_sizes
 from pixelwise.cli import main

@@ -8,11 +8,12 @@ import pytest
 import torch
 
 from pixelwise.config import load_config
-from pixelwise.engine.budget import MEASURED_STEPS, WARMUP_STEPS, iterations_for_budget
-from pixelwise.engine.checkpoint import load_checkpoint, load_model, save_checkpoint
-from pixelwise.engine.run_log import plot_curves, read_metrics
-from pixelwise.engine.sampling import ResumableBatchSampler
-from pixelwise.engine.train import TrainingDiverged, learning_rate, train
+from pixelwise.training.budget import MEASURED_STEPS, WARMUP_STEPS, iterations_for_budget
+from pixelwise.io.checkpoint import load_checkpoint, save_checkpoint
+from pixelwise.inference.loading import load_model
+from pixelwise.training.run_log import plot_curves, read_metrics
+from pixelwise.training.sampling import ResumableBatchSampler
+from pixelwise.training.loop import TrainingDiverged, learning_rate, train
 
 
 def _tiny(tmp_path: Path, *overrides: str) -> object:
@@ -87,7 +88,7 @@ def test_run_folder_holds_what_prediction_needs(tmp_path: Path) -> None:
 
 def test_divergence_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path: Path,
                                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    import pixelwise.engine.train as engine
+    import pixelwise.training.loop as engine
 
     real = engine.loss_with_aux
     calls = {"n": 0}
@@ -260,7 +261,7 @@ def test_time_budget_is_refitted_when_the_machine_slows_down(tmp_path: Path) -> 
 
 def test_median_frequency_class_weights_are_counted_on_the_training_split(tmp_path: Path) -> None:
     from pixelwise.data import create_dataset
-    from pixelwise.engine.train import class_weights
+    from pixelwise.training.loop import class_weights
     from pixelwise.losses import class_pixel_counts, median_frequency_weights
 
     config = _tiny(tmp_path, "class_weights=median_frequency")
@@ -273,7 +274,7 @@ def test_median_frequency_class_weights_are_counted_on_the_training_split(tmp_pa
 
 def test_class_weights_must_match_the_classes(tmp_path: Path) -> None:
     from pixelwise.data import create_dataset
-    from pixelwise.engine.train import class_weights
+    from pixelwise.training.loop import class_weights
 
     classes = create_dataset("synthetic", split="train", length=2).classes
     with pytest.raises(ValueError, match="3 numbers for 6 classes"):

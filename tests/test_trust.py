@@ -11,9 +11,10 @@ from PIL import Image
 import pixelwise
 from pixelwise.cli import main
 from pixelwise.config import ConfigError, load_config
-from pixelwise.engine.checkpoint import load_checkpoint, load_model, save_safetensors
-from pixelwise.engine.train import train
-from pixelwise.safe_load import UntrustedFileError
+from pixelwise.io.checkpoint import load_checkpoint, save_safetensors
+from pixelwise.inference.loading import load_model
+from pixelwise.training.loop import train
+from pixelwise.io.safe_load import UntrustedFileError
 
 
 class _Payload:

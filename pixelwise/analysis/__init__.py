@@ -1,5 +1,6 @@
-"""Understanding tools: output sizes, strides and receptive fields (``trace``), the overlap
-and checkerboard problem of upsamplers, and turning a classifier fully convolutional."""
+"""Understanding tools: output sizes, strides and receptive fields (``trace``, from
+:mod:`pixelwise.geometry`), the input sizes a model takes without padding, the overlap and
+checkerboard problem of upsamplers, and turning a classifier fully convolutional."""
 from pixelwise.analysis.convolutionalize import (
     ConvolutionalizeReport,
     FullyConvolutional,
@@ -16,18 +17,21 @@ from pixelwise.analysis.overlap import (
     overlap_counts_1d,
     overlap_map,
 )
-from pixelwise.analysis.sizes import (
+from pixelwise.geometry import (
+    Axis,
+    Row,
+    Trace,
+    TraceError,
     conv_input_sizes,
     conv_output_size,
     conv_transpose_input_size,
     conv_transpose_output_size,
     exact_input_sizes,
+    feature_geometry,
     pool_input_sizes,
     pool_output_size,
+    trace,
 )
-from pixelwise.analysis.geometry import Axis
-from pixelwise.analysis.report import Row, Trace
-from pixelwise.analysis.tracer import TraceError, feature_geometry, trace
 from pixelwise.analysis.valid_sizes import ValidSizes, valid_input_sizes
 from pixelwise.models.build import build_model
 

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from pixelwise.encoders.weights import load_file
 from pixelwise.layers.convert import linear_to_conv2d
 
 Size = tuple[int, int]
@@ -159,8 +160,6 @@ def torchvision_classifier(spec: str, weights: str | os.PathLike[str] | None = N
         torchvision's weights, 224×224 for most).
     """
     from torchvision import models as tvm
-
-    from pixelwise.encoders.weights import load_file
 
     name = spec.removeprefix("torchvision:")
     available = tvm.list_models(module=tvm)  # image classifiers only, no detection or segmentation

@@ -5,9 +5,9 @@ from dataclasses import dataclass, replace
 
 from torch import nn
 
-from pixelwise.analysis.propagation import _propagate
-from pixelwise.analysis.report import Trace
-from pixelwise.analysis.tracer import trace
+from pixelwise.geometry.propagation import propagates
+from pixelwise.geometry.report import Trace
+from pixelwise.geometry.tracer import trace
 from pixelwise.models.base import SegmentationModel, size_listing
 
 
@@ -66,7 +66,7 @@ def valid_input_sizes(model: nn.Module, max_size: int = 1024, min_size: int = 1,
     if known is not None:
         return known
     traced = traced or trace(model, probe_size)
-    heights, widths = (tuple(n for n in range(min_size, max_size + 1) if _propagate(traced.graph, axis, n))
+    heights, widths = (tuple(n for n in range(min_size, max_size + 1) if propagates(traced.graph, axis, n))
                        for axis in range(2))
     return _described(type(model).__name__, heights, widths, min_size, max_size)
 

@@ -271,7 +271,7 @@ class CutMix(Dataset):
     and mask alike, so every pixel keeps its own label (CutMix for segmentation, as French et
     al., 2020). The partner is drawn uniformly from the data set and augmented as any sample;
     every draw comes from torch's global generator, so under
-    :class:`~pixelwise.engine.sampling.SeededSamples` a sample and its partner are a function of
+    :class:`~pixelwise.training.sampling.SeededSamples` a sample and its partner are a function of
     the sample's seed (resumed and distributed runs see the same mixes).
 
     Args:
@@ -315,7 +315,7 @@ class RareClassSampling(Dataset):
     a common one, and its images are not left to the chance of an epoch's order. A small ``T``
     draws the rare classes almost exclusively; a large one draws every class alike. Every draw
     comes from torch's global generator, so under
-    :class:`~pixelwise.engine.sampling.SeededSamples` a sample is a function of its seed (resumed
+    :class:`~pixelwise.training.sampling.SeededSamples` a sample is a function of its seed (resumed
     and distributed runs see the same samples); the index asked for is not used.
 
     Args:

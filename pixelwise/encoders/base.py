@@ -11,6 +11,7 @@ from typing import Sequence
 
 from torch import Tensor, nn
 
+from pixelwise.geometry.tracer import feature_geometry
 from pixelwise.layers.align import Grid
 
 
@@ -29,7 +30,7 @@ class Encoder(nn.Module):
         input position ``grids[i].offset + reductions[i]·j``. ResNet and MobileNet, whose stride-2
         layers pad evenly, give offset 0 at every stride; VGG's 2×2 poolings ``(stride - 1)/2``;
         TensorFlow-style "same" padding ``stride - 1``. Found by tracing the encoder once
-        (:func:`pixelwise.analysis.feature_geometry`), not read from a table, so any encoder
+        (:func:`pixelwise.geometry.feature_geometry`), not read from a table, so any encoder
         (timm's included) declares it."""
         grids = self.__dict__.get("_grids")
         if grids is None:
@@ -102,8 +103,6 @@ def traced_grids(encoder: Encoder) -> list[Grid]:
         ValueError: a map's stride differs from the declared reduction, or its pixels sit
             differently along the height and the width (no single grid describes it).
     """
-    from pixelwise.analysis.tracer import feature_geometry  # analysis imports the models
-
     size = 2 * max(32, max(encoder.reductions))
     grids = []
     for index, (axes, reduction) in enumerate(zip(feature_geometry(encoder, size), encoder.reductions)):

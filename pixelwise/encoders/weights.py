@@ -13,11 +13,7 @@ import torch
 from torch import nn
 
 from pixelwise.errors import PixelwiseError
-from pixelwise.safe_load import load_torch_file, read_safetensors
-
-
-# What torch.save writes first: a zip archive (PyTorch >= 1.6) or a pickle (the legacy format).
-TORCH_FILE_MAGIC = (b"PK\x03\x04", b"\x80")
+from pixelwise.io.safe_load import file_format, load_torch_file, read_safetensors
 
 
 class WeightsUnavailableError(PixelwiseError, RuntimeError):
@@ -54,24 +50,6 @@ def load_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict):
         raise ValueError(f"{str(path)!r} holds a {type(state).__name__}, not a state dict")
     return state
-
-
-def file_format(path: Path) -> str:
-    """What a weights or checkpoint file holds, judged by its first bytes rather than its name.
-
-    Returns:
-        ``"safetensors"`` (also for any file named ``.safetensors``: such a file is never unpickled),
-        ``"torch"`` (what ``torch.save`` writes; also an empty file, a write cut short) or ``"other"``.
-    """
-    if path.suffix == ".safetensors":
-        return "safetensors"
-    with open(path, "rb") as handle:
-        head = handle.read(9)
-    # safetensors: an 8-byte little-endian header length, then the JSON header. Checked first, as
-    # that length may begin with the byte 0x80, like a pickle.
-    if len(head) == 9 and head[8:] == b"{" and int.from_bytes(head[:8], "little") <= path.stat().st_size - 8:
-        return "safetensors"
-    return "torch" if not head or head.startswith(TORCH_FILE_MAGIC) else "other"
 
 
 def download_torchvision_weights(weights_enum: Any, encoder_name: str) -> dict[str, torch.Tensor]:

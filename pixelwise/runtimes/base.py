@@ -1,4 +1,4 @@
-"""What runs the network behind :mod:`pixelwise.engine.inference`: one small interface.
+"""What runs the network behind :mod:`pixelwise.inference.logits`: one small interface.
 
 A runtime maps a batch of *normalised* images ``(N, 3, H, W)`` (float32) to logits
 ``(N, classes, H, W)`` (float32) at the same size, for any ``H`` and ``W``; everything around

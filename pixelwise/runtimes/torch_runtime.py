@@ -1,5 +1,5 @@
 """PyTorch runtimes: eager fp32, bf16 / fp16 autocast, and the optimised model (batch norms
-folded, channels-last; :func:`pixelwise.engine.optimize.optimize_for_inference`)."""
+folded, channels-last; :func:`pixelwise.runtimes.optimize.optimize_for_inference`)."""
 from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from pixelwise.runtimes.base import check_precision
+from pixelwise.runtimes.optimize import optimize_for_inference
 
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -56,7 +57,7 @@ class TorchRuntime:
     Args:
         model: maps ``(N, 3, H, W)`` to logits ``(N, classes, H, W)``.
         precision: ``"fp32"``, ``"bf16"`` (CPU or CUDA) or ``"fp16"`` (CUDA).
-        optimize: run :func:`~pixelwise.engine.optimize.optimize_for_inference` on a copy first
+        optimize: run :func:`~pixelwise.runtimes.optimize.optimize_for_inference` on a copy first
             (batch norms folded, channels-last); the original model is left untouched.
     """
 
@@ -67,8 +68,6 @@ class TorchRuntime:
         self.device = module_device(model)
         autocast_context(precision, self.device)  # refuse fp16 on the CPU now, not at the first batch
         if optimize:
-            from pixelwise.engine.optimize import optimize_for_inference  # the engine imports runtimes
-
             model = optimize_for_inference(model, example=torch.randn(1, 3, 64, 64, device=self.device))
         self.model, self.precision = model, precision
         self.name = "torch-optimized" if optimize else "torch"

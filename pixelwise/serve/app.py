@@ -15,10 +15,10 @@ non-image body (400), a wrong content type (415), more requests waiting than ``m
 (503 with ``Retry-After``), a wrong query parameter (400), an unknown path (404). An image is
 judged by the work it causes, before it is decoded: the area the network computes on (its
 padding to the model's grid and the test-time scales included, see
-:meth:`~pixelwise.engine.inference.InferenceOptions.pass_areas`), not its pixel count, so a
+:meth:`~pixelwise.inference.logits.InferenceOptions.pass_areas`), not its pixel count, so a
 1×60000 strip is not a cheap request. Sides further apart than ``max_aspect_ratio`` are refused
 (422); a pass larger than ``tile_threshold_pixels`` goes through tiled prediction
-(:func:`~pixelwise.engine.inference.predict_large_image`), so memory stays bounded; ``/explain``,
+(:func:`~pixelwise.inference.logits.predict_large_image`), so memory stays bounded; ``/explain``,
 which needs the whole image's probabilities, refuses passes above ``explain_max_pixels`` (413).
 A request whose client has gone while it waited is dropped before it takes the model. An
 unexpected failure is a JSON 500 (its traceback in the server's log), counted like the rest.
@@ -34,7 +34,7 @@ shows every string from the model (class names) and from uploads as text, never 
 their masks with an opacity slider, lists the classes with their shares (each can be hidden),
 offers the mask PNG, and on a click asks ``POST /explain?x=&y=`` for the pixel's top classes and
 the receptive field of that output pixel, from pixelwise's own geometry
-(:func:`pixelwise.analysis.trace`), drawn on the image.
+(:func:`pixelwise.geometry.trace`), drawn on the image.
 
 **Concurrency.** The network runs one request at a time in a worker thread (PyTorch and ONNX
 Runtime already use every core for one image); requests beyond it wait, up to ``max_queue``,
@@ -67,9 +67,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from torch import nn
 
 from pixelwise.data.io import DataError, decode_image_bytes, upload_size
-from pixelwise.engine.checkpoint import LoadedModel
-from pixelwise.engine.inference import InferenceOptions, predict_large_image
-from pixelwise.engine.predict import label_image, overlay as overlay_image, predict_whole
+from pixelwise.geometry import trace
+from pixelwise.inference.loading import LoadedModel, is_onnx, load_predictor, read_metadata
+from pixelwise.inference.logits import InferenceOptions, predict_large_image
+from pixelwise.inference.predict import label_image, overlay as overlay_image, predict_whole
+from pixelwise.models import create_model, saved_options
 
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -217,7 +219,7 @@ class _Model:
 
     def explain(self, pixels: np.ndarray, y: int, x: int, top: int) -> dict[str, Any]:
         """The ``top`` classes at pixel ``(y, x)`` with their probabilities, and the receptive
-        field of that output pixel in image coordinates (from :func:`pixelwise.analysis.trace`)."""
+        field of that output pixel in image coordinates (from :func:`pixelwise.geometry.trace`)."""
         self.plan(*pixels.shape[:2], explain=True)
         _check_pixel(x, y, pixels.shape[:2])  # again: the header's size is before EXIF orientation
         probabilities = predict_whole(self.loaded, pixels, self.options)[1][:, y, x]
@@ -231,8 +233,6 @@ class _Model:
 
     def _field(self, size: tuple[int, int], y: int, x: int) -> dict[str, Any]:
         if size not in self.fields:  # the geometry depends on the size only: traced once per size
-            from pixelwise.analysis import trace
-
             last = trace(self.geometry, size).rows[-1]
             self.fields[size] = (tuple(map(float, last.center)), tuple(map(float, last.rf)))
             while len(self.fields) > 64:
@@ -299,13 +299,9 @@ def app_for_file(source: str, runtime: str | None = None, precision: str | None 
     """The service for a checkpoint or an exported ONNX file (what ``pixelwise serve`` runs).
 
     ``options`` are the inference options, or keyword arguments of
-    :meth:`~pixelwise.engine.inference.InferenceOptions.create` whose ``scales`` and ``flip``,
+    :meth:`~pixelwise.inference.logits.InferenceOptions.create` whose ``scales`` and ``flip``,
     when absent or ``None``, are the file's recorded ones; ``allowed_hosts`` as in
     :func:`create_app`."""
-    from pixelwise.engine.loading import is_onnx, load_predictor
-    from pixelwise.export import read_metadata
-    from pixelwise.models import create_model, saved_options
-
     loaded = load_predictor(source, runtime, precision, device)
     if isinstance(options, Mapping):
         options = InferenceOptions.following(loaded.inference, **options)
@@ -337,7 +333,7 @@ def create_app(loaded: LoadedModel, options: InferenceOptions | None = None, lim
 
     Args:
         loaded: the model (any runtime), its classes and normalisation
-            (:func:`~pixelwise.engine.loading.load_predictor`).
+            (:func:`~pixelwise.inference.loading.load_predictor`).
         options: how logits are computed (default: whole image, 512 windows for tiled images,
             and the test-time scales and flip the model records, those of its recipe).
         limits: what requests may be.

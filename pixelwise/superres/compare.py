@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from pixelwise.analysis.overlap import checkerboard_score
 from pixelwise.data.io import decode_image
-from pixelwise.engine.predict import expand_inputs
+from pixelwise.inference.predict import expand_inputs
 from pixelwise.superres.images import (FIXED_METHODS, downscale, luminance, modcrop, rgb_to_ycbcr, to_pixels,
                                        to_tensor, upscale_fixed, ycbcr_to_rgb)
 from pixelwise.superres.models import ESPCN, method_name

@@ -2,9 +2,9 @@
 
 ``pixelwise superres train --config configs/superres_espcn_x3.yaml [key=value ...]``: a YAML
 recipe checked key by key (:class:`SuperResConfig`), a wall-clock budget
-(``train.time_budget_min``, :mod:`pixelwise.engine.budget`), ``last.pt`` written atomically every
+(``train.time_budget_min``, :mod:`pixelwise.training.budget`), ``last.pt`` written atomically every
 ``checkpoint_every`` iterations with everything to resume exactly (the batches and their crops
-are functions of the iteration, :mod:`pixelwise.engine.sampling`), ``best.pt`` at the best
+are functions of the iteration, :mod:`pixelwise.training.sampling`), ``best.pt`` at the best
 validation PSNR, ``metrics.jsonl`` / TensorBoard, and ``loss.png`` / ``psnr.png`` plots.
 
 Data: every image in the ``data.train`` folder is cropped to a multiple of the scale, downscaled
@@ -27,12 +27,12 @@ from torch.utils.data import DataLoader, Dataset
 from pixelwise.config import RANGES, ConfigError, OptimConfig, ScheduleConfig, check_ranges, config_to_dict, \
     load_recipe, save_config
 from pixelwise.data.io import DataError, decode_image
-from pixelwise.engine.budget import EVAL_PROBE_IMAGES, BudgetClock, BudgetPlan, iterations_for_budget
-from pixelwise.engine.checkpoint import load_checkpoint, non_finite_tensors, save_checkpoint
-from pixelwise.engine.predict import expand_inputs
-from pixelwise.engine.run_log import RunLog, plot_curves
-from pixelwise.engine.sampling import ResumableBatchSampler, SeededSamples
-from pixelwise.engine.train import (OPEN_ENDED, TrainingDiverged, build_optimizer, check_resume_config,
+from pixelwise.training.budget import EVAL_PROBE_IMAGES, BudgetClock, BudgetPlan, iterations_for_budget
+from pixelwise.io.checkpoint import load_checkpoint, non_finite_tensors, save_checkpoint
+from pixelwise.inference.predict import expand_inputs
+from pixelwise.training.run_log import RunLog, plot_curves
+from pixelwise.training.sampling import ResumableBatchSampler, SeededSamples
+from pixelwise.training.loop import (OPEN_ENDED, TrainingDiverged, build_optimizer, check_resume_config,
                                     learning_rate, prepare_run_folder)
 from pixelwise.superres.images import downscale, luminance, modcrop, to_tensor, upscale_fixed
 from pixelwise.superres.models import create_sr_model

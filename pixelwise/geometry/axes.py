@@ -91,7 +91,7 @@ class Axis:
         return self.center - half, self.center + half
 
 
-def _hull(axes: Sequence[Axis], grid: Axis) -> Axis:
+def hull(axes: Sequence[Axis], grid: Axis) -> Axis:
     """``grid``'s stride and centre with a receptive field covering every one of ``axes``."""
     low = min(axis.interval()[0] for axis in axes)
     high = max(axis.interval()[1] for axis in axes)
@@ -117,22 +117,22 @@ def _text(value: Fraction) -> str:
     return f"{float(value):.3f}".rstrip("0").rstrip(".")
 
 
-def _pair_text(values: tuple[Fraction, Fraction], joiner: str = ",") -> str:
+def pair_text(values: tuple[Fraction, Fraction], joiner: str = ",") -> str:
     return _text(values[0]) if values[0] == values[1] else joiner.join(map(_text, values))
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     """Details with Fractions and tuples, as JSON values."""
     if isinstance(value, Fraction):
         return _number(value)
     if isinstance(value, Mapping):
-        return {key: _jsonable(item) for key, item in value.items()}
+        return {key: jsonable(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(item) for item in value]
+        return [jsonable(item) for item in value]
     return value
 
 
-def _human(count: int) -> str:
+def human_count(count: int) -> str:
     """``1234567`` → ``1.23M``."""
     for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if count >= scale:
@@ -146,12 +146,12 @@ def _human(count: int) -> str:
 T = TypeVar("T")
 
 
-def _two(value: Callable[[int], T]) -> tuple[T, T]:
+def per_axis(value: Callable[[int], T]) -> tuple[T, T]:
     """``(value(0), value(1))``: height, then width."""
     return value(0), value(1)
 
 
-def _pair(value: Any) -> tuple[int, int]:
+def as_pair(value: Any) -> tuple[int, int]:
     if isinstance(value, (tuple, list)):
         return (value[0], value[0]) if len(value) == 1 else (value[0], value[1])
     return value, value

@@ -4,17 +4,17 @@ The shape of torchvision's ``references/segmentation/train.py`` (build, ``train_
 ``evaluate``, the loop), counted in iterations rather than epochs so a run can stop and resume
 at any point. Every ``checkpoint_every`` iterations and at the end, ``last.pt`` is written
 atomically with everything needed to continue exactly (weights, optimiser, iteration, random
-state; the data order is a function of the iteration, see :mod:`pixelwise.engine.sampling`)
+state; the data order is a function of the iteration, see :mod:`pixelwise.training.sampling`)
 and to predict without the recipe (model spec, class names, palette, normalisation).
 
 Under ``torchrun`` the same function trains with ``DistributedDataParallel``
-(:mod:`pixelwise.engine.distributed`): ``data.batch_size`` is **per process**, so the global
+(:mod:`pixelwise.training.distributed`): ``data.batch_size`` is **per process**, so the global
 batch is ``batch_size × world_size``; process ``r`` takes slice ``r`` of every global batch, so
 N processes at batch b see exactly the samples (and augmentations) of one process at batch N·b.
 Gradients are averaged over the processes, each process evaluates its share of the validation
 set and the confusion matrices are summed, so every process sees the same metrics. Only rank 0
 writes files. With ``train.time_budget_min`` the run sizes itself to a wall-clock budget
-(:mod:`pixelwise.engine.budget`).
+(:mod:`pixelwise.training.budget`).
 """
 from __future__ import annotations
 
@@ -35,16 +35,16 @@ from pixelwise.config import Config, ConfigError, config_to_dict, save_config
 from pixelwise.data import ClassInfo, DataError, SegmentationDataset, create_dataset
 from pixelwise.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, CutMix, RareClassSampling, train_transform,
                                        val_transform)
-from pixelwise.engine.budget import EVAL_PROBE_IMAGES, RECENT_STEPS, BudgetClock, BudgetPlan, iterations_for_budget
-from pixelwise.engine.checkpoint import (load_checkpoint, non_finite_tensors, remove_orphan_temporaries,
-                                         save_checkpoint)
-from pixelwise.engine.ema import WeightAverage
-from pixelwise.engine.inference import InferenceOptions
-from pixelwise.engine.distributed import (DistributedContext, broadcast_object, convert_sync_batchnorm,
+from pixelwise.training.budget import EVAL_PROBE_IMAGES, RECENT_STEPS, BudgetClock, BudgetPlan, iterations_for_budget
+from pixelwise.io.checkpoint import (load_checkpoint, non_finite_tensors, remove_orphan_temporaries,
+                                    save_checkpoint)
+from pixelwise.training.ema import WeightAverage
+from pixelwise.inference.logits import InferenceOptions
+from pixelwise.training.distributed import (DistributedContext, broadcast_object, convert_sync_batchnorm,
                                           distributed_session, gather_objects, mean_over_processes, sync_buffers,
                                           unwrap, wrap_model)
-from pixelwise.engine.run_log import RunLog, plot_curves
-from pixelwise.engine.sampling import ResumableBatchSampler, SeededSamples, _mix
+from pixelwise.training.run_log import RunLog, plot_curves
+from pixelwise.training.sampling import ResumableBatchSampler, SeededSamples, _mix
 from pixelwise.errors import PixelwiseError
 from pixelwise.losses import (ClassPixelCounts, create_loss, image_class_pixels, inverse_frequency_weights,
                               loss_with_aux, median_frequency_weights)

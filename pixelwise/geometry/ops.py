@@ -1,6 +1,6 @@
 """One rule per torch operation: its output shape, its geometry and its size rule.
 
-:func:`_effect` picks the rule for a call; operations without one pass the geometry through,
+:func:`effect_of` picks the rule for a call; operations without one pass the geometry through,
 as elementwise operations (two or more maps: a merge), or approximately, marked.
 """
 from __future__ import annotations
@@ -13,10 +13,11 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from pixelwise.analysis.effects import _approximate, _Call, _Effect, _is_image, _Node, _pass, _reshaped_dims, _tensors
-from pixelwise.analysis.geometry import Axis, _hull, _pair, _two
-from pixelwise.analysis.propagation import NONE, SAME, _Rule, _window_size
-from pixelwise.analysis.sizes import conv_transpose_output_size
+from pixelwise.geometry.axes import Axis, as_pair, hull, per_axis
+from pixelwise.geometry.effects import (Call, Effect, Node, approximate_effect, is_image, pass_through, reshaped_dims,
+                                        tensors_in)
+from pixelwise.geometry.propagation import NONE, SAME, Rule, window_size
+from pixelwise.geometry.sizes import conv_transpose_output_size
 
 
 def _conv_padding(padding: Any, extents: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -24,96 +25,96 @@ def _conv_padding(padding: Any, extents: tuple[int, int]) -> tuple[tuple[int, in
     if padding == "valid":
         return (0, 0), (0, 0)
     if padding == "same":
-        return _two(lambda i: ((extents[i] - 1) // 2, extents[i] - 1 - (extents[i] - 1) // 2))
-    return _two(lambda i: (_pair(padding)[i],) * 2)
+        return per_axis(lambda i: ((extents[i] - 1) // 2, extents[i] - 1 - (extents[i] - 1) // 2))
+    return per_axis(lambda i: (as_pair(padding)[i],) * 2)
 
 
-def _conv2d(call: _Call) -> _Effect:
+def _conv2d(call: Call) -> Effect:
     node, weight = call.node, call.arg(1, "weight")
-    if not _is_image(node):
-        return _approximate(call)
-    kernel, stride, dilation = weight.shape[-2:], _pair(call.arg(3, "stride", 1)), _pair(call.arg(5, "dilation", 1))
-    extents = _two(lambda i: dilation[i] * (kernel[i] - 1) + 1)
+    if not is_image(node):
+        return approximate_effect(call)
+    kernel, stride, dilation = weight.shape[-2:], as_pair(call.arg(3, "stride", 1)), as_pair(call.arg(5, "dilation", 1))
+    extents = per_axis(lambda i: dilation[i] * (kernel[i] - 1) + 1)
     pads = _conv_padding(call.arg(4, "padding", 0), extents)
-    args = _two(lambda i: (kernel[i], stride[i], pads[i][0], dilation[i], None, pads[i][1] - pads[i][0]))
-    sizes = _two(lambda i: _window_size(node.spatial()[i], *args[i]))
-    axes = _two(lambda i: node.axes[i].window(extents[i], stride[i], pads[i][0]))
+    args = per_axis(lambda i: (kernel[i], stride[i], pads[i][0], dilation[i], None, pads[i][1] - pads[i][0]))
+    sizes = per_axis(lambda i: window_size(node.spatial()[i], *args[i]))
+    axes = per_axis(lambda i: node.axes[i].window(extents[i], stride[i], pads[i][0]))
     shape = (node.tensor.shape[0], weight.shape[0], *sizes)
     macs = math.prod(shape) * weight[0].numel()  # each output value: in_channels / groups × kernel taps
-    return _Effect(axes, node.dims, shape, _two(lambda i: _Rule("window", args[i])), "op", "conv2d", macs)
+    return Effect(axes, node.dims, shape, per_axis(lambda i: Rule("window", args[i])), "op", "conv2d", macs)
 
 
-def _conv_transpose2d(call: _Call) -> _Effect:
+def _conv_transpose2d(call: Call) -> Effect:
     node, weight = call.node, call.arg(1, "weight")
-    if not _is_image(node):
-        return _approximate(call)
-    stride, padding = _pair(call.arg(3, "stride", 1)), _pair(call.arg(4, "padding", 0))
-    output_padding, groups = _pair(call.arg(5, "output_padding", 0)), call.arg(6, "groups", 1)
-    kernel, dilation = weight.shape[-2:], _pair(call.arg(7, "dilation", 1))
-    args = _two(lambda i: (kernel[i], stride[i], padding[i], output_padding[i], dilation[i]))
-    sizes = _two(lambda i: conv_transpose_output_size(node.spatial()[i], *args[i]))
-    axes = _two(lambda i: node.axes[i].transposed(dilation[i] * (kernel[i] - 1) + 1, stride[i], padding[i]))
+    if not is_image(node):
+        return approximate_effect(call)
+    stride, padding = as_pair(call.arg(3, "stride", 1)), as_pair(call.arg(4, "padding", 0))
+    output_padding, groups = as_pair(call.arg(5, "output_padding", 0)), call.arg(6, "groups", 1)
+    kernel, dilation = weight.shape[-2:], as_pair(call.arg(7, "dilation", 1))
+    args = per_axis(lambda i: (kernel[i], stride[i], padding[i], output_padding[i], dilation[i]))
+    sizes = per_axis(lambda i: conv_transpose_output_size(node.spatial()[i], *args[i]))
+    axes = per_axis(lambda i: node.axes[i].transposed(dilation[i] * (kernel[i] - 1) + 1, stride[i], padding[i]))
     shape = (node.tensor.shape[0], weight.shape[1] * groups, *sizes)
     macs = node.tensor.numel() * weight[0].numel()  # each input value scatters out_channels / groups kernels
-    rules = _two(lambda i: _Rule("transposed", args[i]))
-    return _Effect(axes, node.dims, shape, rules, "op", "conv_transpose2d", macs)
+    rules = per_axis(lambda i: Rule("transposed", args[i]))
+    return Effect(axes, node.dims, shape, rules, "op", "conv_transpose2d", macs)
 
 
-def _pool2d(call: _Call) -> _Effect:
+def _pool2d(call: Call) -> Effect:
     node = call.node
-    if not _is_image(node):
-        return _approximate(call)
+    if not is_image(node):
+        return approximate_effect(call)
     is_max = call.op == "max_pool2d"  # avg_pool2d has no dilation argument
-    kernel = _pair(call.arg(1, "kernel_size"))
-    stride = _pair(call.arg(2, "stride") or kernel)
-    padding = _pair(call.arg(3, "padding", 0))
-    dilation = _pair(call.arg(4, "dilation", 1)) if is_max else (1, 1)
+    kernel = as_pair(call.arg(1, "kernel_size"))
+    stride = as_pair(call.arg(2, "stride") or kernel)
+    padding = as_pair(call.arg(3, "padding", 0))
+    dilation = as_pair(call.arg(4, "dilation", 1)) if is_max else (1, 1)
     ceil_mode = bool(call.arg(5 if is_max else 4, "ceil_mode", False))
-    args = _two(lambda i: (kernel[i], stride[i], padding[i], dilation[i], ceil_mode, 0))
-    sizes = _two(lambda i: _window_size(node.spatial()[i], *args[i]))
-    axes = _two(lambda i: node.axes[i].window(dilation[i] * (kernel[i] - 1) + 1, stride[i], padding[i]))
-    rules = _two(lambda i: _Rule("window", args[i]))
-    return _Effect(axes, node.dims, (*node.tensor.shape[:2], *sizes), rules, "op", call.op)
+    args = per_axis(lambda i: (kernel[i], stride[i], padding[i], dilation[i], ceil_mode, 0))
+    sizes = per_axis(lambda i: window_size(node.spatial()[i], *args[i]))
+    axes = per_axis(lambda i: node.axes[i].window(dilation[i] * (kernel[i] - 1) + 1, stride[i], padding[i]))
+    rules = per_axis(lambda i: Rule("window", args[i]))
+    return Effect(axes, node.dims, (*node.tensor.shape[:2], *sizes), rules, "op", call.op)
 
 
-def _adaptive_pool2d(call: _Call) -> _Effect:
+def _adaptive_pool2d(call: Call) -> Effect:
     node = call.node
-    if not _is_image(node):
-        return _approximate(call)
-    wanted = _pair(call.arg(1, "output_size"))  # None keeps that axis's size
-    sizes = _two(lambda i: node.spatial()[i] if wanted[i] is None else wanted[i])
-    axes = _two(lambda i: node.axes[i].adaptive(node.spatial()[i], sizes[i]))
-    rules = _two(lambda i: SAME if wanted[i] is None else _Rule("fixed", (wanted[i],)))
-    return _Effect(axes, node.dims, (*node.tensor.shape[:2], *sizes), rules, "op", call.op)
+    if not is_image(node):
+        return approximate_effect(call)
+    wanted = as_pair(call.arg(1, "output_size"))  # None keeps that axis's size
+    sizes = per_axis(lambda i: node.spatial()[i] if wanted[i] is None else wanted[i])
+    axes = per_axis(lambda i: node.axes[i].adaptive(node.spatial()[i], sizes[i]))
+    rules = per_axis(lambda i: SAME if wanted[i] is None else Rule("fixed", (wanted[i],)))
+    return Effect(axes, node.dims, (*node.tensor.shape[:2], *sizes), rules, "op", call.op)
 
 
 _RESIZE_REACH = {"nearest": 0, "nearest-exact": 0, "bilinear": 1, "linear": 1, "bicubic": 3}
 
 
-def _interpolate(call: _Call) -> _Effect:
+def _interpolate(call: Call) -> Effect:
     node = call.node
     mode = call.arg(3, "mode", "nearest")
-    if not _is_image(node) or (mode not in _RESIZE_REACH and mode != "area"):
-        return _approximate(call)
+    if not is_image(node) or (mode not in _RESIZE_REACH and mode != "area"):
+        return approximate_effect(call)
     size, factor = call.arg(1, "size"), call.arg(2, "scale_factor")
     align_corners, recompute = call.arg(4, "align_corners"), call.arg(5, "recompute_scale_factor")
     before = node.spatial()
     if size is not None:
-        after = _pair(size)
-        scales = _two(lambda i: Fraction(after[i], before[i]))
-        rules = _two(lambda i: _Rule("resize_to", (after[i],)))
+        after = as_pair(size)
+        scales = per_axis(lambda i: Fraction(after[i], before[i]))
+        rules = per_axis(lambda i: Rule("resize_to", (after[i],)))
     else:
-        factors = _pair(factor)
-        after = _two(lambda i: math.floor(before[i] * float(factors[i])))
+        factors = as_pair(factor)
+        after = per_axis(lambda i: math.floor(before[i] * float(factors[i])))
         # PyTorch maps coordinates with the factor given, unless asked to recompute it from the sizes.
-        scales = _two(lambda i: Fraction(after[i], before[i]) if recompute
+        scales = per_axis(lambda i: Fraction(after[i], before[i]) if recompute
                       else Fraction(float(factors[i])).limit_denominator(10**6))
-        rules = _two(lambda i: _Rule("scale", (scales[i],)))
-    axes = _two(lambda i: _resized(node.axes[i], mode, before[i], after[i], scales[i], align_corners))
+        rules = per_axis(lambda i: Rule("scale", (scales[i],)))
+    axes = per_axis(lambda i: _resized(node.axes[i], mode, before[i], after[i], scales[i], align_corners))
     details = {"mode": mode, "scale": scales, "align_corners": bool(align_corners)}
     # Antialiased downsampling widens the kernel beyond what is modelled here.
     approximate = bool(call.arg(6, "antialias", False)) and min(scales) < 1
-    return _Effect(axes, node.dims, (*node.tensor.shape[:2], *after), rules, "resize", "interpolate",
+    return Effect(axes, node.dims, (*node.tensor.shape[:2], *after), rules, "resize", "interpolate",
                    approximate=approximate, details=details)
 
 
@@ -126,28 +127,28 @@ def _resized(axis: Axis, mode: str, before: int, after: int, scale: Fraction, al
     return axis.resample(scale, reach)
 
 
-def _pixel_shuffle(call: _Call) -> _Effect:
+def _pixel_shuffle(call: Call) -> Effect:
     node = call.node
-    if not _is_image(node):
-        return _approximate(call)
+    if not is_image(node):
+        return approximate_effect(call)
     factor = call.arg(1, "upscale_factor" if call.op == "pixel_shuffle" else "downscale_factor")
     (batch, channels), (height, width) = node.tensor.shape[:2], node.spatial()
     if call.op == "pixel_shuffle":  # each input pixel's s² channels become an s×s block
         shape = (batch, channels // factor**2, height * factor, width * factor)
-        axes = _two(lambda i: node.axes[i].resample(Fraction(factor)))
-        rule = _Rule("scale", (Fraction(factor),))
-        return _Effect(axes, node.dims, shape, (rule, rule), "resize", call.op,
+        axes = per_axis(lambda i: node.axes[i].resample(Fraction(factor)))
+        rule = Rule("scale", (Fraction(factor),))
+        return Effect(axes, node.dims, shape, (rule, rule), "resize", call.op,
                        details={"mode": "pixel shuffle", "scale": (Fraction(factor),) * 2})
     shape = (batch, channels * factor**2, height // factor, width // factor)
-    axes = _two(lambda i: node.axes[i].window(factor, factor, 0))
-    rule = _Rule("window", (factor, factor, 0, 1, None, 0))
-    return _Effect(axes, node.dims, shape, (rule, rule), "op", call.op)
+    axes = per_axis(lambda i: node.axes[i].window(factor, factor, 0))
+    rule = Rule("window", (factor, factor, 0, 1, None, 0))
+    return Effect(axes, node.dims, shape, (rule, rule), "op", call.op)
 
 
-def _pad(call: _Call) -> _Effect:
+def _pad(call: Call) -> Effect:
     node, pads = call.node, list(call.arg(1, "pad"))
     if node.dims is None:
-        return _approximate(call)
+        return approximate_effect(call)
     shape = list(node.tensor.shape)
     sides: dict[int, tuple[int, int]] = {}
     for k in range(0, len(pads), 2):
@@ -156,19 +157,19 @@ def _pad(call: _Call) -> _Effect:
         sides[dim] = (pads[k], pads[k + 1])
     (top, bottom), (left, right) = (sides.get(d, (0, 0)) for d in node.dims)
     axes = (node.axes[0].shift(-top), node.axes[1].shift(-left))
-    rules = (_Rule("border", (top + bottom,)), _Rule("border", (left + right,)))
+    rules = (Rule("border", (top + bottom,)), Rule("border", (left + right,)))
     kind = "pad" if any((top, bottom, left, right)) else None
     details = {"top": top, "bottom": bottom, "left": left, "right": right, "mode": call.arg(2, "mode", "constant")}
-    return _Effect(axes, node.dims, tuple(shape), rules, kind, "pad", details=details)
+    return Effect(axes, node.dims, tuple(shape), rules, kind, "pad", details=details)
 
 
-def _getitem(call: _Call) -> _Effect:
+def _getitem(call: Call) -> Effect:
     node = call.node
     if node.dims is None:  # picking from flattened features (a class token): still everything seen
-        return _Effect(node.axes, None, None, (NONE, NONE))
+        return Effect(node.axes, None, None, (NONE, NONE))
     entries = _index_entries(call.arg(1, "index"), node.tensor.dim())
     if entries is None:
-        return _approximate(call)
+        return approximate_effect(call)
     shape: list[int] = []
     slices: dict[int, tuple[int, int, int]] = {}  # input dim -> (start, step, output dim)
     dim = 0
@@ -181,7 +182,7 @@ def _getitem(call: _Call) -> _Effect:
             slices[dim] = (start, step, len(shape))
             shape.append(len(range(start, stop, step)))
         elif dim in node.dims:
-            return _approximate(call)  # an integer index drops a spatial axis
+            return approximate_effect(call)  # an integer index drops a spatial axis
         dim += 1
     return _crop_effect(node, slices, tuple(shape))
 
@@ -203,31 +204,31 @@ def _index_entries(index: Any, ndim: int) -> list | None:
     return entries[:at] + fill + entries[at + 1:]
 
 
-def _crop_effect(node: _Node, slices: dict[int, tuple[int, int, int]], shape: tuple[int, ...]) -> _Effect:
+def _crop_effect(node: Node, slices: dict[int, tuple[int, int, int]], shape: tuple[int, ...]) -> Effect:
     """Slicing: each spatial axis starts ``start`` pixels in and keeps every ``step``-th pixel."""
     spatial_dims = node.dims or (0, 0)
     start, step, out_dim = zip(*(slices[d] for d in spatial_dims))
-    axes = _two(lambda i: node.axes[i].shift(start[i]).subsample(step[i]))
-    changed = _two(lambda i: start[i] != 0 or step[i] != 1 or shape[out_dim[i]] != node.spatial()[i])
-    rules = _two(lambda i: _Rule("crop", (shape[out_dim[i]],)) if changed[i] else SAME)
-    return _Effect(axes, (out_dim[0], out_dim[1]), shape, rules, "crop" if any(changed) else None, "crop",
+    axes = per_axis(lambda i: node.axes[i].shift(start[i]).subsample(step[i]))
+    changed = per_axis(lambda i: start[i] != 0 or step[i] != 1 or shape[out_dim[i]] != node.spatial()[i])
+    rules = per_axis(lambda i: Rule("crop", (shape[out_dim[i]],)) if changed[i] else SAME)
+    return Effect(axes, (out_dim[0], out_dim[1]), shape, rules, "crop" if any(changed) else None, "crop",
                    details={"offset": start, "input": node.spatial()})
 
 
-def _cat(call: _Call) -> _Effect:
+def _cat(call: Call) -> Effect:
     tensors, dim = call.arg(0, "tensors"), call.arg(1, "dim", 0)
     dim %= call.result.dim()
     shape = list(tensors[0].shape)
     shape[dim] = sum(t.shape[dim] for t in tensors)
     if len(call.inputs) < 2:
-        return _pass(call, tuple(shape))
+        return pass_through(call, tuple(shape))
     if any(n.dims is None for n in call.inputs):
-        return _approximate(call)
+        return approximate_effect(call)
     effect = _merge(call, "concat", tuple(shape))
     spatial_dims = call.node.dims or ()
     if dim in spatial_dims:  # joined along a spatial axis (tiles), not channels: sizes add up there
         effect.approximate = True
-        effect.rules = _two(lambda i: _Rule("sum") if spatial_dims[i] == dim else effect.rules[i])
+        effect.rules = per_axis(lambda i: Rule("sum") if spatial_dims[i] == dim else effect.rules[i])
     return effect
 
 
@@ -235,19 +236,19 @@ _ELEMENTWISE_MERGES = {"add": "add", "sub": "sub", "rsub": "sub", "mul": "mul", 
                        "maximum": "max", "minimum": "min", "max": "max", "min": "min"}
 
 
-def _merge(call: _Call, label: str, shape: tuple[int, ...]) -> _Effect:
+def _merge(call: Call, label: str, shape: tuple[int, ...]) -> Effect:
     """Two or more maps combined: the first full-size input's grid, the union of the fields."""
     nodes = call.inputs
     out_spatial = (shape[nodes[0].dims[0]], shape[nodes[0].dims[1]]) if nodes[0].dims else (None, None)
     full = [i for i, n in enumerate(nodes) if n.spatial() == out_spatial] or [0]
     grid = nodes[full[0]]
-    axes = _two(lambda i: _hull([n.axes[i] for n in nodes], grid.axes[i]))
+    axes = per_axis(lambda i: hull([n.axes[i] for n in nodes], grid.axes[i]))
     details = _merge_details(label, [nodes[i] for i in full], nodes)
-    rule = _Rule("merge", (tuple(full),))
-    return _Effect(axes, grid.dims, shape, (rule, rule), "merge", label, details=details)
+    rule = Rule("merge", (tuple(full),))
+    return Effect(axes, grid.dims, shape, (rule, rule), "merge", label, details=details)
 
 
-def _merge_details(label: str, full: list[_Node], nodes: list[_Node]) -> dict[str, Any]:
+def _merge_details(label: str, full: list[Node], nodes: list[Node]) -> dict[str, Any]:
     same_stride = all(n.axes[i].stride == full[0].axes[i].stride for n in full for i in range(2))
     shift = [max(n.axes[i].center for n in full) - min(n.axes[i].center for n in full) for i in range(2)]
     inputs = [{"name": n.producer, "shape": tuple(n.tensor.shape), "stride": tuple(a.stride for a in n.axes),
@@ -257,50 +258,50 @@ def _merge_details(label: str, full: list[_Node], nodes: list[_Node]) -> dict[st
             "misalignment": tuple(shift) if same_stride else None}
 
 
-def _linear(call: _Call) -> _Effect:
+def _linear(call: Call) -> Effect:
     node, weight = call.node, call.arg(1, "weight")
     shape = (*node.tensor.shape[:-1], weight.shape[0])
     macs = math.prod(shape) * weight.shape[1]
     last = node.tensor.dim() - 1
     if node.dims is not None and last in node.dims:
-        effect = _approximate(call)  # mixing along a spatial axis (token mixing)
+        effect = approximate_effect(call)  # mixing along a spatial axis (token mixing)
         effect.macs = macs
         return effect
-    return _Effect(node.axes, node.dims, shape, (SAME, SAME), "op", "linear", macs)
+    return Effect(node.axes, node.dims, shape, (SAME, SAME), "op", "linear", macs)
 
 
-def _matmul(call: _Call) -> _Effect:
-    first = _tensors(call.args)[0]
+def _matmul(call: Call) -> Effect:
+    first = tensors_in(call.args)[0]
     one_map = len(call.inputs) == 1 and call.node.tensor is first
-    effect = _linear_like(call) if one_map else _approximate(call)
+    effect = _linear_like(call) if one_map else approximate_effect(call)
     effect.macs = call.result.numel() * first.shape[-1]
     return effect
 
 
-def _linear_like(call: _Call) -> _Effect:
+def _linear_like(call: Call) -> Effect:
     """``x @ W``: mixes the last dimension only."""
     node, result = call.node, call.result
     last = node.tensor.dim() - 1
     if node.dims is None or last in node.dims or result.dim() != node.tensor.dim():
-        return _approximate(call)
-    return _Effect(node.axes, node.dims, tuple(result.shape), (SAME, SAME), "op", call.op)
+        return approximate_effect(call)
+    return Effect(node.axes, node.dims, tuple(result.shape), (SAME, SAME), "op", call.op)
 
 
-def _reshape(call: _Call) -> _Effect:
+def _reshape(call: Call) -> Effect:
     node, result = call.node, call.result
     if result.numel() != node.tensor.numel():
-        return _approximate(call)
-    dims = _reshaped_dims(node, tuple(result.shape))
+        return approximate_effect(call)
+    dims = reshaped_dims(node, tuple(result.shape))
     if dims is not None or node.dims is None:
-        return _Effect(node.axes, dims, tuple(result.shape), (SAME, SAME))
+        return Effect(node.axes, dims, tuple(result.shape), (SAME, SAME))
     # Height and width flattened into features: every input pixel the map saw now reaches each value.
     sizes = node.spatial()
-    axes = _two(lambda i: node.axes[i].window(sizes[i], sizes[i], 0))
-    rules = _two(lambda i: _Rule("require", (sizes[i],)))
-    return _Effect(axes, None, tuple(result.shape), rules, "op", call.op)
+    axes = per_axis(lambda i: node.axes[i].window(sizes[i], sizes[i], 0))
+    rules = per_axis(lambda i: Rule("require", (sizes[i],)))
+    return Effect(axes, None, tuple(result.shape), rules, "op", call.op)
 
 
-def _permute(call: _Call) -> _Effect:
+def _permute(call: Call) -> Effect:
     node = call.node
     ndim = node.tensor.dim()
     if call.op == "permute":
@@ -312,14 +313,14 @@ def _permute(call: _Call) -> _Effect:
         order[a], order[b] = order[b], order[a]
     shape = tuple(node.tensor.shape[d] for d in order)
     dims = None if node.dims is None else (order.index(node.dims[0]), order.index(node.dims[1]))
-    return _Effect(node.axes, dims, shape, (SAME, SAME))
+    return Effect(node.axes, dims, shape, (SAME, SAME))
 
 
 _REDUCTIONS = {"mean", "sum", "amax", "amin", "max", "min", "std", "var", "logsumexp", "norm", "prod",
                "argmax", "argmin", "median", "nanmean", "nansum"}
 
 
-def _reduce(call: _Call) -> _Effect:
+def _reduce(call: Call) -> Effect:
     node = call.node
     if len(call.inputs) > 1 or isinstance(call.arg(1, "dim"), Tensor):
         return _elementwise(call)  # torch.max(a, b): elementwise
@@ -329,41 +330,42 @@ def _reduce(call: _Call) -> _Effect:
     keep = call.result.dim() == ndim
     if node.dims is None or not reduced & set(node.dims):  # over channels: the grid stays
         if node.dims is None or keep:
-            return _Effect(node.axes, node.dims, None, (SAME, SAME))
+            return Effect(node.axes, node.dims, None, (SAME, SAME))
         before = node.dims
-        dims = _two(lambda i: before[i] - sum(r < before[i] for r in reduced))  # removed dims move them up
-        return _Effect(node.axes, dims, None, (SAME, SAME))
+        dims = per_axis(lambda i: before[i] - sum(r < before[i] for r in reduced))  # removed dims move them up
+        return Effect(node.axes, dims, None, (SAME, SAME))
     # Over the map: each value sees all of it.
     spatial_dims, sizes = node.dims, node.spatial()
-    axes = _two(lambda i: node.axes[i].window(sizes[i], sizes[i], 0) if spatial_dims[i] in reduced else node.axes[i])
-    rule = _Rule("fixed", (1,)) if keep else NONE
+    axes = per_axis(lambda i: node.axes[i].window(sizes[i], sizes[i], 0) if spatial_dims[i] in reduced
+                    else node.axes[i])
+    rule = Rule("fixed", (1,)) if keep else NONE
     partial = len(reduced & set(spatial_dims)) == 1 and not keep  # one spatial axis gone: no grid left
-    return _Effect(axes, spatial_dims if keep else None, None, (rule, rule), "op", call.op, approximate=partial)
+    return Effect(axes, spatial_dims if keep else None, None, (rule, rule), "op", call.op, approximate=partial)
 
 
-def _split(call: _Call) -> _Effect:
+def _split(call: Call) -> Effect:
     """Splitting the channels keeps every piece's grid; splitting a spatial axis cuts tiles."""
     node, dim = call.node, call.arg(2, "dim", 0)
     if node.dims is not None and dim % node.tensor.dim() not in node.dims:
-        return _Effect(node.axes, node.dims, None, (SAME, SAME))
-    return _approximate(call)
+        return Effect(node.axes, node.dims, None, (SAME, SAME))
+    return approximate_effect(call)
 
 
-def _elementwise(call: _Call) -> _Effect:
+def _elementwise(call: Call) -> Effect:
     """One map (with constants, parameters, statistics): its geometry; two or more maps: a merge."""
     shape = tuple(call.result.shape)
     if len(call.inputs) == 1:
-        return _pass(call) if shape == tuple(call.node.tensor.shape) else _approximate(call)
+        return pass_through(call) if shape == tuple(call.node.tensor.shape) else approximate_effect(call)
     try:
         merged = tuple(torch.broadcast_shapes(*(n.tensor.shape for n in call.inputs)))
     except RuntimeError:
-        return _approximate(call)
+        return approximate_effect(call)
     flattened = [n.dims is None for n in call.inputs]
     if merged != shape or (any(flattened) and not all(flattened)):
-        return _approximate(call)
+        return approximate_effect(call)
     if all(flattened):  # features flattened already (tokens, vectors): no grid to align
-        axes = _two(lambda i: _hull([n.axes[i] for n in call.inputs], call.node.axes[i]))
-        return _Effect(axes, None, shape, (NONE, NONE))
+        axes = per_axis(lambda i: hull([n.axes[i] for n in call.inputs], call.node.axes[i]))
+        return Effect(axes, None, shape, (NONE, NONE))
     return _merge(call, _ELEMENTWISE_MERGES.get(call.op, call.op), shape)
 
 
@@ -371,7 +373,7 @@ _MIXING = {"softmax", "log_softmax", "cumsum", "cumprod", "flip", "fliplr", "fli
            "argsort", "topk", "unfold", "fold", "grid_sample", "affine_grid", "stack", "unbind",
            "index_select", "gather", "conv1d", "conv3d", "max_pool1d", "max_pool3d", "avg_pool1d", "avg_pool3d", "expand", "repeat", "tile"}
 
-_HANDLERS: dict[str, Callable[[_Call], _Effect]] = {
+_HANDLERS: dict[str, Callable[[Call], Effect]] = {
     "conv2d": _conv2d, "conv_transpose2d": _conv_transpose2d, "max_pool2d": _pool2d, "avg_pool2d": _pool2d,
     "adaptive_avg_pool2d": _adaptive_pool2d, "adaptive_max_pool2d": _adaptive_pool2d, "interpolate": _interpolate,
     "upsample": _interpolate, "pixel_shuffle": _pixel_shuffle, "pixel_unshuffle": _pixel_shuffle, "pad": _pad,
@@ -383,18 +385,18 @@ _HANDLERS: dict[str, Callable[[_Call], _Effect]] = {
 }
 
 
-def _effect(call: _Call) -> _Effect:
+def effect_of(call: Call) -> Effect:
     handler = _HANDLERS.get(call.op)
     if handler is not None:
         return handler(call)
     if call.op in _MIXING:
-        return _softmax_like(call) if call.op in ("softmax", "log_softmax") else _approximate(call)
+        return _softmax_like(call) if call.op in ("softmax", "log_softmax") else approximate_effect(call)
     return _elementwise(call)
 
 
-def _softmax_like(call: _Call) -> _Effect:
+def _softmax_like(call: Call) -> Effect:
     """Softmax over channels (class scores) keeps the geometry; over a spatial axis it mixes it."""
     node, dim = call.node, call.arg(1, "dim")
     if dim is not None and node.dims is not None and dim % node.tensor.dim() not in node.dims:
-        return _pass(call)
-    return _approximate(call)
+        return pass_through(call)
+    return approximate_effect(call)

@@ -1,7 +1,7 @@
 """Input sizes re-propagated through a traced forward pass, without running it again.
 
-Every operation the tracer sees records, per axis, a :class:`_Rule` mapping its inputs' sizes
-to its output's size; :func:`_propagate` replays them for another input size and says whether
+Every operation the tracer sees records, per axis, a :class:`Rule` mapping its inputs' sizes
+to its output's size; :func:`propagates` replays them for another input size and says whether
 every strided window tiles its input exactly, every merge gets equal sizes and every flattened
 map keeps its traced size.
 """
@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from typing import Any, Callable
 
-from pixelwise.analysis.sizes import conv_output_size, conv_transpose_output_size, pool_output_size
+from pixelwise.geometry.sizes import conv_output_size, conv_transpose_output_size, pool_output_size
 
 
 class _Invalid(Exception):
@@ -19,32 +19,32 @@ class _Invalid(Exception):
 
 
 @dataclass(frozen=True)
-class _Rule:
+class Rule:
     """How one operation maps its inputs' sizes on one axis to its output's size."""
 
     kind: str
     args: tuple = ()
 
 
-SAME, NONE = _Rule("same"), _Rule("none")
+SAME, NONE = Rule("same"), Rule("none")
 
 
 @dataclass(frozen=True)
-class _SizeOp:
+class SizeOp:
     inputs: tuple[int, ...]
     output: int
-    rules: tuple[_Rule, _Rule]
+    rules: tuple[Rule, Rule]
 
 
 @dataclass
-class _Graph:
+class Graph:
     """Every operation on tracked tensors, for re-propagating other input sizes."""
 
-    ops: list[_SizeOp] = field(default_factory=list)
+    ops: list[SizeOp] = field(default_factory=list)
     traced: dict[int, tuple[int | None, int | None]] = field(default_factory=dict)
 
 
-def _apply(rule: _Rule, sizes: list[int | None], known: dict[int, int | None]) -> int | None:
+def _apply(rule: Rule, sizes: list[int | None], known: dict[int, int | None]) -> int | None:
     """The output size on one axis; raises :class:`_Invalid` when that size would not be exact."""
     if rule.kind == "none" or (rule.kind not in ("fixed", "follow") and sizes[0] is None):
         return None
@@ -55,7 +55,7 @@ def _apply(rule: _Rule, sizes: list[int | None], known: dict[int, int | None]) -
         raise _Invalid(str(error)) from error
 
 
-def _window_size(size: int, kernel: int, stride: int, padding: int, dilation: int, ceil_mode: bool | None,
+def window_size(size: int, kernel: int, stride: int, padding: int, dilation: int, ceil_mode: bool | None,
                  extra: int = 0) -> int:
     """Output size of a convolution (``ceil_mode`` None) or pooling; ``extra`` pixels of padding
     after the input on top of ``padding`` (convolutions with ``padding="same"`` and an even extent)."""
@@ -69,7 +69,7 @@ def _window_rule(size: int, sizes: list, known: dict, *args: Any) -> int:
     # Exact: the windows tile the padded input with no remainder left to the floor (or ceiling).
     if (size + extra + 2 * padding - dilation * (kernel - 1) - 1) % stride:
         raise _Invalid("remainder")
-    return _window_size(size, *args)
+    return window_size(size, *args)
 
 
 def _scale_rule(size: int, sizes: list, known: dict, factor: Fraction) -> int:
@@ -113,7 +113,7 @@ _RULES: dict[str, Callable[..., int | None]] = {
 }
 
 
-def _propagate(graph: _Graph, axis: int, size: int) -> bool:
+def propagates(graph: Graph, axis: int, size: int) -> bool:
     """Whether an input of ``size`` on ``axis`` goes through every operation exactly."""
     known: dict[int, int | None] = {0: size}
     try:
@@ -125,9 +125,9 @@ def _propagate(graph: _Graph, axis: int, size: int) -> bool:
     return True
 
 
-def _resolve_rules(graph: _Graph) -> None:
+def resolve_rules(graph: Graph) -> None:
     """Crops and resizes to a computed size follow the map they are matched to."""
-    consumers: dict[int, list[_SizeOp]] = {}
+    consumers: dict[int, list[SizeOp]] = {}
     for op in graph.ops:
         for node in op.inputs:
             consumers.setdefault(node, []).append(op)
@@ -136,8 +136,8 @@ def _resolve_rules(graph: _Graph) -> None:
         graph.ops[position] = replace(op, rules=rules)
 
 
-def _resolve(rule: _Rule, op: _SizeOp, axis: int, graph: _Graph, consumers: dict[int, list[_SizeOp]],
-             position: int) -> _Rule:
+def _resolve(rule: Rule, op: SizeOp, axis: int, graph: Graph, consumers: dict[int, list[SizeOp]],
+             position: int) -> Rule:
     if rule.kind not in ("crop", "resize_to"):
         return rule
     (target,) = rule.args
@@ -147,10 +147,10 @@ def _resolve(rule: _Rule, op: _SizeOp, axis: int, graph: _Graph, consumers: dict
         if consumer.rules[axis].kind == "merge":
             partners = [n for n in consumer.inputs if n < op.output and graph.traced[n][axis] == target]
             if partners:
-                return _Rule("follow", (partners[0],))
+                return Rule("follow", (partners[0],))
     # A resize to a computed size usually targets the input, or a map just computed.
     earlier = [0] + [o.output for o in reversed(graph.ops[:position])]
     matches = [n for n in earlier if graph.traced.get(n, (None, None))[axis] == target and n not in op.inputs]
     if rule.kind == "resize_to":
-        return _Rule("follow", (matches[0],)) if matches else _Rule("fixed", (target,))
-    return _Rule("border", (target - graph.traced[op.inputs[0]][axis],))
+        return Rule("follow", (matches[0],)) if matches else Rule("fixed", (target,))
+    return Rule("border", (target - graph.traced[op.inputs[0]][axis],))

@@ -4,7 +4,7 @@
 root, options, validation split) comes from the recipe recorded in it, and any of these can be
 overridden (another format drops the recorded root and options: they belong to the recorded
 format). Inference runs whole-image, sliding-window and/or with test-time augmentation through
-:func:`~pixelwise.engine.inference.predict_logits`, the path training's validation takes too.
+:func:`~pixelwise.inference.logits.predict_logits`, the path training's validation takes too.
 Validation runs whole images, without augmentation, in eager PyTorch at the run's training
 precision (``train.amp``, recorded in the checkpoint), on the recorded validation split. So on
 a checkpoint saved at an evaluation (``best.pt``), evaluated with every option left at its
@@ -37,10 +37,11 @@ from rich.table import Table
 
 from pixelwise.data import ClassInfo, SegmentationDataset, create_dataset
 from pixelwise.data.transforms import val_transform
-from pixelwise.engine.checkpoint import LoadedModel, load_checkpoint
-from pixelwise.engine.inference import Blend, InferenceOptions, Mode, Size
-from pixelwise.engine.loading import is_onnx, load_predictor
-from pixelwise.engine.predict import ProgressCallback
+from pixelwise.io.checkpoint import load_checkpoint
+from pixelwise.inference.loading import LoadedModel
+from pixelwise.inference.logits import Blend, InferenceOptions, Mode, Size
+from pixelwise.inference.loading import is_onnx, load_predictor
+from pixelwise.inference.predict import ProgressCallback
 from pixelwise.metrics import BoundaryMetric, ConfusionMatrix
 
 
@@ -171,7 +172,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data_format: str | None = None, 
         batch_size: windows per forward pass.
         device: where the model runs.
         runtime: ``"torch"``, ``"torch-optimized"`` or ``"onnxruntime"``
-            (see :func:`~pixelwise.engine.loading.load_predictor`).
+            (see :func:`~pixelwise.inference.loading.load_predictor`).
         precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (default: the precision the run
             validated with; with every other option at its default too and a recipe without
             test-time augmentation, the result on ``best.pt`` reproduces the logged validation

@@ -16,22 +16,18 @@ import os
 import re
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 
-from pixelwise.data.classes import ClassInfo
-from pixelwise.encoders.weights import file_format
-from pixelwise.models import create_model, saved_options
-from pixelwise.engine.record import ModelFileError, check_record
-from pixelwise.safe_load import TorchScriptFileError, UntrustedFileError, load_torch_file, read_safetensors
+from pixelwise.io.safe_load import (TorchScriptFileError, UntrustedFileError, file_format, load_torch_file,
+                                    read_safetensors)
 
 logger = logging.getLogger(__name__)
 
-# What a checkpoint needs besides the weights to predict without its recipe (see train.checkpoint_state).
-_PREDICTION_KEYS = ("model_spec", "classes", "normalization")
+PREDICTION_KEYS = ("model_spec", "classes", "normalization")
+"""What a checkpoint needs besides the weights to predict without its recipe."""
 _CHECKSUM_KEYS = ("checksum", "record_checksum")
-_REMEDY = "use the file as pixelwise wrote it (a run's best.pt or last.pt, or export it again with pixelwise export)"
 _SAFETENSORS_REMEDY = "export it again with pixelwise export --format safetensors"
 
 
@@ -148,7 +144,8 @@ def non_finite_tensors(weights: dict[str, Any]) -> list[str]:
             if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all()]
 
 
-def _listing(names: list[str], head: int = 3) -> str:
+def listing(names: list[str], head: int = 3) -> str:
+    """Names for a message: the first ``head``, then how many more."""
     return ", ".join(names[:head]) + (f" and {len(names) - head} more" if len(names) > head else "")
 
 
@@ -217,11 +214,11 @@ def save_safetensors(state: dict[str, Any], path: str | Path) -> None:
     """
     from safetensors.torch import save_file
 
-    missing = [key for key in _PREDICTION_KEYS if key not in state]
+    missing = [key for key in PREDICTION_KEYS if key not in state]
     if missing:
         raise ValueError(f"the checkpoint lacks {missing}, which a safetensors export carries; pass a run's "
                          f"best.pt or last.pt")
-    metadata = {key: json.dumps(state[key]) for key in (*_PREDICTION_KEYS, "inference") if state.get(key) is not None}
+    metadata = {key: json.dumps(state[key]) for key in (*PREDICTION_KEYS, "inference") if state.get(key) is not None}
     metadata["format"] = "pixelwise"
     metadata["pixelwise_version"] = version("pixelwise")
     # safetensors refuses tensors sharing memory (tied weights): each gets its own contiguous copy.
@@ -240,7 +237,7 @@ def save_safetensors(state: dict[str, Any], path: str | Path) -> None:
 
 def _load_safetensors_checkpoint(path: Path) -> dict[str, Any]:
     tensors, metadata = read_safetensors(path, "checkpoint")
-    if metadata.get("format") != "pixelwise" or any(key not in metadata for key in _PREDICTION_KEYS):
+    if metadata.get("format") != "pixelwise" or any(key not in metadata for key in PREDICTION_KEYS):
         raise ValueError(f"{str(path)!r} is a safetensors file without pixelwise metadata (model spec, classes, "
                          f"normalisation); write one with pixelwise export --format safetensors, or load bare "
                          f"weights with create_model(name, weights=...)")
@@ -250,100 +247,8 @@ def _load_safetensors_checkpoint(path: Path) -> dict[str, Any]:
                          f"normalisation, inference options) or tensors no longer match the checksum written with "
                          f"them; {_SAFETENSORS_REMEDY}")
     try:
-        state = {key: json.loads(value) for key, value in metadata.items() if key in (*_PREDICTION_KEYS, "inference")}
+        state = {key: json.loads(value) for key, value in metadata.items() if key in (*PREDICTION_KEYS, "inference")}
     except json.JSONDecodeError as error:
         raise ValueError(f"{str(path)!r} has pixelwise metadata that is not valid JSON ({error}); "
                          f"{_SAFETENSORS_REMEDY}") from error
     return {"model": tensors, **state}
-
-
-class LoadedModel(NamedTuple):
-    """A model rebuilt from a checkpoint, with what prediction needs to go with it.
-
-    Attributes:
-        model: what runs the network: the module, in eval mode, on the requested device, or a
-            runtime (:mod:`pixelwise.runtimes`) built from it or from an exported file.
-        classes: class names, palette and ignore index the model was trained with.
-        normalization: ``{"mean": [...], "std": [...]}`` applied to images scaled to [0, 1].
-        inference: the inference options the run validated with (``precision`` among them), or
-            ``None`` for checkpoints that predate the record.
-    """
-
-    model: Any
-    classes: ClassInfo
-    normalization: dict[str, list[float]]
-    inference: dict[str, Any] | None = None
-
-
-def model_from_checkpoint(state: dict[str, Any], device: str | torch.device = "cpu",
-                          source: str = "checkpoint") -> LoadedModel:
-    """Rebuild the model of a loaded checkpoint (see :func:`load_checkpoint`), weights included.
-
-    Args:
-        state: the checkpoint's contents.
-        device: where the model goes.
-        source: how to name the checkpoint in error messages (its path).
-
-    Raises:
-        ValueError: the checkpoint lacks the model spec, classes or normalisation (a bare state
-            dict, or one not written by ``pixelwise train``).
-        ModelFileError: its record fails :func:`~pixelwise.engine.record.check_record`, or its
-            weights do not fit the model its spec describes.
-    """
-    missing = [key for key in _PREDICTION_KEYS if key not in state]
-    if missing:
-        raise ValueError(f"{source} holds weights but lacks {missing}, which rebuild the model without its recipe "
-                         f"(a bare state dict?); pass a run's best.pt or last.pt, or load bare weights with "
-                         f"create_model(name, weights=...)")
-    record = check_record(state, source, remedy=_REMEDY)
-    weights = state["model"]
-    if not isinstance(weights, dict) or not all(isinstance(value, torch.Tensor) for value in weights.values()):
-        raise ModelFileError(f"{source}: 'model' is not a mapping of parameter names to tensors; {_REMEDY}")
-    diverged = non_finite_tensors(weights)
-    if diverged:
-        raise ValueError(f"{source} holds NaN or infinite values in {_listing(diverged)}: the run diverged before "
-                         f"this was written, so it would predict nonsense; use an earlier checkpoint (best.pt), "
-                         f"or train again with a lower optim.lr or optim.clip_grad_norm")
-    model = _rebuilt(record["model_spec"], source)
-    _load_fitting(model, weights, record["model_spec"]["name"], source)
-    return LoadedModel(model.to(device).eval(), ClassInfo.from_dict(record["classes"]), record["normalization"],
-                       record["inference"])
-
-
-def _rebuilt(spec: dict[str, Any], source: str) -> torch.nn.Module:
-    """The spec's model, untrained (its spec's weight sources are dropped by ``check_record``)."""
-    try:
-        return create_model(spec["name"], num_classes=spec["num_classes"],
-                            **saved_options(spec["name"], spec["options"]))
-    except (ValueError, TypeError) as error:  # a builder given an option it does not take, or a bad value
-        raise ModelFileError(f"{source}: model_spec does not build a model ({error}); {_REMEDY}") from None
-
-
-def _load_fitting(model: torch.nn.Module, weights: dict[str, torch.Tensor], name: str, source: str) -> None:
-    """Load ``weights`` into ``model``, refusing missing, extra or misshapen tensors in one line."""
-    expected = model.state_dict()
-    problems = []
-    missing = [key for key in expected if key not in weights]
-    extra = [key for key in weights if key not in expected]
-    wrong = [f"{key} {tuple(weights[key].shape)} (the model's: {tuple(expected[key].shape)})"
-             for key in expected if key in weights and weights[key].shape != expected[key].shape]
-    for label, names in (("missing", missing), ("unexpected", extra), ("wrong shape", wrong)):
-        if names:
-            problems.append(f"{label}: {_listing(names)}")
-    if problems:
-        raise ModelFileError(f"{source}: its weights do not fit the {name!r} model its model_spec describes "
-                             f"({'; '.join(problems)}); {_REMEDY}")
-    model.load_state_dict(weights)
-
-
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
-    """Rebuild a trained model from its checkpoint alone (no recipe needed).
-
-    Args:
-        path: a checkpoint written by ``pixelwise train`` (``best.pt`` or ``last.pt``).
-        device: where the model goes.
-
-    Returns:
-        The model in eval mode, its classes and its input normalisation.
-    """
-    return model_from_checkpoint(load_checkpoint(path), device, repr(str(path)))

@@ -3,7 +3,7 @@ checked whenever a model file is opened.
 
 Model files are shared, so a record may be damaged, edited by hand or written to mislead. Every
 reader (``.pt`` and safetensors checkpoints through
-:func:`~pixelwise.engine.checkpoint.model_from_checkpoint`, ONNX exports through
+:func:`~pixelwise.inference.loading.model_from_checkpoint`, ONNX exports through
 :func:`~pixelwise.export.read_metadata`) passes it through :func:`check_record`, which refuses,
 naming the file and the field, what would make prediction wrong or costly:
 
@@ -16,7 +16,7 @@ naming the file and the field, what would make prediction wrong or costly:
 - ``normalization``: ``mean`` and ``std`` each three finite numbers (one per RGB channel) with
   the mean in :data:`MEAN_RANGE` and the std in :data:`STD_RANGE`: images are scaled to [0, 1]
   before normalisation, so values outside these ranges normalise nothing a camera makes.
-- ``inference``: values :meth:`~pixelwise.engine.inference.InferenceOptions.create` accepts,
+- ``inference``: values :meth:`~pixelwise.inference.logits.InferenceOptions.create` accepts,
   with 1 to :data:`MAX_SCALES` test-time scales in (0, :data:`MAX_SCALE`], window and stride
   sides of at most :data:`MAX_WINDOW` pixels and a batch size of at most :data:`MAX_BATCH_SIZE`.
 """
@@ -27,7 +27,7 @@ from dataclasses import fields
 from typing import Any, Mapping
 
 from pixelwise.data.classes import IGNORE_INDEX, ClassInfo
-from pixelwise.engine.inference import InferenceOptions
+from pixelwise.inference.logits import InferenceOptions
 from pixelwise.errors import PixelwiseError
 from pixelwise.models import model_info
 

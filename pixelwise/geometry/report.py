@@ -9,8 +9,8 @@ from typing import Any, Iterator, Mapping
 from rich.console import Console
 from rich.table import Table
 
-from pixelwise.analysis.geometry import Axes, _human, _jsonable, _pair_text
-from pixelwise.analysis.propagation import _Graph
+from pixelwise.geometry.axes import Axes, human_count, jsonable, pair_text
+from pixelwise.geometry.propagation import Graph
 
 
 @dataclass(frozen=True)
@@ -70,9 +70,9 @@ class Row:
         """JSON-able form."""
         return {
             "name": self.name, "type": self.type, "kind": self.kind, "shape": list(self.shape),
-            "stride": _jsonable(self.stride), "rf": _jsonable(self.rf), "center": _jsonable(self.center),
+            "stride": jsonable(self.stride), "rf": jsonable(self.rf), "center": jsonable(self.center),
             "params": self.params, "macs": self.macs, "flattened": self.flattened,
-            "approximate": self.approximate, "details": _jsonable(self.details),
+            "approximate": self.approximate, "details": jsonable(self.details),
         }
 
     def note(self) -> str:
@@ -82,12 +82,12 @@ class Row:
             mark = "aligned" if self.aligned else _misalignment_text(self.details)
             parts.append(f"{self.type} of {len(self.details['inputs'])}: {mark}")
         elif self.kind == "crop":
-            parts.append(f"crop at {_pair_text(tuple(map(Fraction, self.details['offset'])))}")
+            parts.append(f"crop at {pair_text(tuple(map(Fraction, self.details['offset'])))}")
         elif self.kind == "pad":
             sides = [self.details[side] for side in ("top", "bottom", "left", "right")]
             parts.append(f"pad t{sides[0]} b{sides[1]} l{sides[2]} r{sides[3]} {self.details['mode']}")
         elif self.kind == "resize":
-            parts.append(f"{self.details['mode']} ×{_pair_text(self.details['scale'], '×')}")
+            parts.append(f"{self.details['mode']} ×{pair_text(self.details['scale'], '×')}")
         if self.approximate:
             parts.append("≈ unknown op")
         return "; ".join(parts)
@@ -97,7 +97,7 @@ def _misalignment_text(details: Mapping[str, Any]) -> str:
     shift = details.get("misalignment")
     if shift is None:
         return "MISALIGNED (strides differ)"
-    return f"MISALIGNED by {_pair_text(tuple(shift))} px"
+    return f"MISALIGNED by {pair_text(tuple(shift))} px"
 
 
 @dataclass
@@ -118,7 +118,7 @@ class Trace:
     input_shape: tuple[int, ...]
     total_params: int
     model_type: str
-    graph: _Graph = field(default_factory=lambda: _Graph(), repr=False, compare=False)
+    graph: Graph = field(default_factory=lambda: Graph(), repr=False, compare=False)
     outputs: tuple[Axes | None, ...] = field(default=(), compare=False)
 
     @property
@@ -156,8 +156,8 @@ class Trace:
         merges = self.merges
         aligned = sum(1 for row in merges if row.aligned)
         size = "×".join(map(str, self.input_shape[-2:]))
-        text = (f"{self.model_type} at {size}: {self.total_params:,} parameters ({_human(self.total_params)}), "
-                f"{self.total_macs:,} MACs ({_human(self.total_macs)}) per image")
+        text = (f"{self.model_type} at {size}: {self.total_params:,} parameters ({human_count(self.total_params)}), "
+                f"{self.total_macs:,} MACs ({human_count(self.total_macs)}) per image")
         if merges:
             text += f"; {aligned} of {len(merges)} merges aligned"
         if any(row.approximate for row in self.rows):
@@ -190,9 +190,9 @@ class Trace:
 
 
 def _cells(row: Row) -> list[str]:
-    stride = "global" if row.flattened else _pair_text(row.stride)
-    return [row.name, row.type, "×".join(map(str, row.shape[1:])), stride, _pair_text(row.rf, "×"),
-            _pair_text(row.center), f"{row.params:,}" if row.params else "", _human(row.macs) if row.macs else "",
+    stride = "global" if row.flattened else pair_text(row.stride)
+    return [row.name, row.type, "×".join(map(str, row.shape[1:])), stride, pair_text(row.rf, "×"),
+            pair_text(row.center), f"{row.params:,}" if row.params else "", human_count(row.macs) if row.macs else "",
             row.note()]
 
 

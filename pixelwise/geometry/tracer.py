@@ -3,7 +3,7 @@
 :func:`trace` runs one real forward pass of any ``nn.Module`` under a
 :class:`torch.overrides.TorchFunctionMode` that sees every torch operation, while module hooks
 say which layer is running. Each operation's effect is computed *analytically* — its output
-shape, and how its output grid sits on the input image (:mod:`pixelwise.analysis.geometry`) —
+shape, and how its output grid sits on the input image (:mod:`pixelwise.geometry.axes`) —
 and the analytic shape is checked against the real tensor's, so the arithmetic is tested on
 every layer of every model traced.
 
@@ -23,11 +23,11 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from pixelwise.analysis.effects import _Call, _Effect, _Node, _tensors
-from pixelwise.analysis.geometry import INPUT_AXES, Axes, Axis, _pair, _two
-from pixelwise.analysis.ops import _effect
-from pixelwise.analysis.propagation import _Graph, _resolve_rules, _Rule, _SizeOp
-from pixelwise.analysis.report import Row, Trace
+from pixelwise.geometry.effects import Call, Effect, Node, tensors_in
+from pixelwise.geometry.axes import INPUT_AXES, as_pair, Axes, Axis, per_axis
+from pixelwise.geometry.ops import effect_of
+from pixelwise.geometry.propagation import Graph, resolve_rules, Rule, SizeOp
+from pixelwise.geometry.report import Row, Trace
 
 
 class TraceError(RuntimeError):
@@ -56,10 +56,10 @@ class _Tracer(TorchFunctionMode):
 
     def __init__(self) -> None:
         super().__init__()
-        self.nodes: dict[int, _Node] = {}
+        self.nodes: dict[int, Node] = {}
         self.frames: list[_Frame] = []
         self.rows: list[Row] = []
-        self.graph = _Graph()
+        self.graph = Graph()
         self.names: Counter[str] = Counter()
         self.counted: set[int] = set()
 
@@ -70,30 +70,30 @@ class _Tracer(TorchFunctionMode):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         inputs = self._tracked(args, kwargs)
-        if inputs and _tensors(out):
-            self._record(_Call(_op_name(func), args, kwargs, out, inputs))
+        if inputs and tensors_in(out):
+            self._record(Call(_op_name(func), args, kwargs, out, inputs))
         return out
 
-    def _tracked(self, args: tuple, kwargs: dict) -> list[_Node]:
-        nodes: list[_Node] = []
-        for tensor in _tensors((args, kwargs)):
+    def _tracked(self, args: tuple, kwargs: dict) -> list[Node]:
+        nodes: list[Node] = []
+        for tensor in tensors_in((args, kwargs)):
             node = self.nodes.get(id(tensor))
             if node is not None and node.tensor is tensor and node not in nodes:
                 nodes.append(node)
         return nodes
 
-    def _record(self, call: _Call) -> None:
-        effect = _effect(call)
+    def _record(self, call: Call) -> None:
+        effect = effect_of(call)
         result = call.result
         if effect.shape is not None and tuple(result.shape) != tuple(effect.shape):
             raise TraceError(f"analytic shape {tuple(effect.shape)} of {call.op} in {self._context() or 'the model'} "
-                             f"differs from the real {tuple(result.shape)}: a bug in pixelwise.analysis.ops")
+                             f"differs from the real {tuple(result.shape)}: a bug in pixelwise.geometry.ops")
         producer = self._account(call, effect)
-        for tensor in _tensors(call.out):
+        for tensor in tensors_in(call.out):
             node = self._add_node(tensor, effect.axes, effect.dims, producer)
-            self.graph.ops.append(_SizeOp(tuple(n.index for n in call.inputs), node.index, effect.rules))
+            self.graph.ops.append(SizeOp(tuple(n.index for n in call.inputs), node.index, effect.rules))
 
-    def _account(self, call: _Call, effect: _Effect) -> str:
+    def _account(self, call: Call, effect: Effect) -> str:
         """Add the effect to the running leaf module, or make it a row; returns the producer's name."""
         frame = self.frames[-1] if self.frames else None
         if frame is not None and frame.leaf:
@@ -106,13 +106,13 @@ class _Tracer(TorchFunctionMode):
         label = kind if kind in ("crop", "pad", "resize") else effect.type
         base = self._context() or call.node.producer.split(":")[0].split("#")[0]
         row = Row(self._unique(f"{base}:{label}"), effect.type, kind, tuple(call.result.shape), effect.axes,
-                  self._new_params(p for p in _tensors((call.args, call.kwargs)) if isinstance(p, nn.Parameter)),
+                  self._new_params(p for p in tensors_in((call.args, call.kwargs)) if isinstance(p, nn.Parameter)),
                   effect.macs, effect.dims is None, effect.approximate, effect.details)
         self.rows.append(row)
         return row.name
 
-    def _add_node(self, tensor: Tensor, axes: Axes, dims: tuple[int, int] | None, producer: str) -> _Node:
-        node = _Node(tensor, axes, dims, producer, len(self.graph.traced))
+    def _add_node(self, tensor: Tensor, axes: Axes, dims: tuple[int, int] | None, producer: str) -> Node:
+        node = Node(tensor, axes, dims, producer, len(self.graph.traced))
         self.nodes[id(tensor)] = node
         self.graph.traced[node.index] = node.spatial()
         return node
@@ -157,16 +157,16 @@ class _Tracer(TorchFunctionMode):
         if source is None or target is None or source.dims is None or target.dims is None:
             return
         scale, shift = Fraction(sampling[0]), Fraction(sampling[1])
-        axes = _two(lambda i: Axis(source.axes[i].stride / scale, target.axes[i].rf,
+        axes = per_axis(lambda i: Axis(source.axes[i].stride / scale, target.axes[i].rf,
                                    source.axes[i].center + shift * source.axes[i].stride))
         before, after = source.spatial(), target.spatial()
-        rules = _two(lambda i: _Rule("scale", (scale,)) if after[i] == before[i] * scale
-                     else _Rule("resize_to", (after[i],)))
+        rules = per_axis(lambda i: Rule("scale", (scale,)) if after[i] == before[i] * scale
+                     else Rule("resize_to", (after[i],)))
         node = self._add_node(output, axes, target.dims, target.producer)
-        self.graph.ops.append(_SizeOp((source.index,), node.index, rules))
+        self.graph.ops.append(SizeOp((source.index,), node.index, rules))
 
     def _layer_row(self, frame: _Frame, output: Any) -> None:
-        nodes = [self.nodes.get(id(t)) for t in _tensors(output)]
+        nodes = [self.nodes.get(id(t)) for t in tensors_in(output)]
         nodes = [n for n in nodes if n is not None]
         if not nodes:
             return  # the module was not on the input's path
@@ -216,9 +216,9 @@ def trace(model: nn.Module, input_size: int | tuple[int, int], *, in_channels: i
         The :class:`Trace`.
 
     Raises:
-        TraceError: an analytic shape disagreed with the real one (a bug in :mod:`pixelwise.analysis.ops`).
+        TraceError: an analytic shape disagreed with the real one (a bug in :mod:`pixelwise.geometry.ops`).
     """
-    x = _probe(model, _pair(input_size), in_channels)
+    x = _probe(model, as_pair(input_size), in_channels)
     tracer = _Tracer()
     tracer.add_input(x)
     modes = {module: module.training for module in model.modules()}
@@ -232,9 +232,9 @@ def trace(model: nn.Module, input_size: int | tuple[int, int], *, in_channels: i
             handle.remove()
         for module, training in modes.items():
             module.train(training)
-    _resolve_rules(tracer.graph)
+    resolve_rules(tracer.graph)
     total = sum(p.numel() for p in model.parameters())
-    outputs = tuple(_output_axes(tracer, tensor) for tensor in _tensors(out))
+    outputs = tuple(_output_axes(tracer, tensor) for tensor in tensors_in(out))
     return Trace(tracer.rows, tuple(x.shape), total, type(model).__name__, tracer.graph, outputs)
 
 
@@ -249,7 +249,7 @@ def feature_geometry(module: nn.Module, input_size: int | tuple[int, int] = 64, 
     meta device when its weights are there too, so no memory is spent).
 
     Returns:
-        Per returned tensor, its (height, width) :class:`~pixelwise.analysis.geometry.Axis`:
+        Per returned tensor, its (height, width) :class:`~pixelwise.geometry.axes.Axis`:
         ``stride`` and ``center`` (the input position of its pixel 0). For an encoder, the
         strides are its ``reductions``, and the centres say whether its maps are centred on
         ``stride·y`` (0 for ResNet's even-padded strides) or elsewhere (VGG's 2×2 pooling:

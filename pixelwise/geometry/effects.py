@@ -1,7 +1,7 @@
 """What one torch call does to the geometry: the tensors followed, the call, and its effect.
 
-The operator rules of :mod:`pixelwise.analysis.ops` turn a :class:`_Call` into an
-:class:`_Effect`; :func:`_pass` and :func:`_approximate` are the rules every other rule falls
+The operator rules of :mod:`pixelwise.geometry.ops` turn a :class:`Call` into an
+:class:`Effect`; :func:`pass_through` and :func:`approximate_effect` are the rules every other rule falls
 back on.
 """
 from __future__ import annotations
@@ -13,12 +13,12 @@ from typing import Any
 from torch import Tensor
 from torch.utils._pytree import tree_flatten
 
-from pixelwise.analysis.geometry import Axes, _two
-from pixelwise.analysis.propagation import SAME, _Rule
+from pixelwise.geometry.axes import Axes, per_axis
+from pixelwise.geometry.propagation import SAME, Rule
 
 
 @dataclass(eq=False)  # compared by identity: the held tensor has no truth value
-class _Node:
+class Node:
     """A tensor computed from the input, with its geometry."""
 
     tensor: Tensor  # held so that id() stays unique while tracing
@@ -34,13 +34,13 @@ class _Node:
 
 
 @dataclass
-class _Effect:
+class Effect:
     """What one operation does to the geometry, and how to check and record it."""
 
     axes: Axes
     dims: tuple[int, int] | None
     shape: tuple[int, ...] | None  # analytic output shape, compared with the real one
-    rules: tuple[_Rule, _Rule]
+    rules: tuple[Rule, Rule]
     kind: str | None = None  # the row kind when it happens in a model's own code; None: no row
     type: str = ""
     macs: int = 0
@@ -49,12 +49,12 @@ class _Effect:
 
 
 @dataclass
-class _Call:
+class Call:
     op: str
     args: tuple
     kwargs: dict
     out: Any
-    inputs: list[_Node]
+    inputs: list[Node]
 
     def arg(self, position: int, name: str, default: Any = None) -> Any:
         if len(self.args) > position:
@@ -62,41 +62,41 @@ class _Call:
         return self.kwargs.get(name, default)
 
     @property
-    def node(self) -> _Node:
+    def node(self) -> Node:
         return self.inputs[0]
 
     @property
     def result(self) -> Tensor:
-        return _tensors(self.out)[0]
+        return tensors_in(self.out)[0]
 
 
-def _tensors(value: Any) -> list[Tensor]:
+def tensors_in(value: Any) -> list[Tensor]:
     leaves, _ = tree_flatten(value)
     return [leaf for leaf in leaves if isinstance(leaf, Tensor)]
 
 
-def _is_image(node: _Node) -> bool:
+def is_image(node: Node) -> bool:
     """NCHW with height and width last: the layout the 2-D operations assume."""
     return node.tensor.dim() == 4 and node.dims == (2, 3)
 
 
-def _pass(call: _Call, shape: tuple[int, ...] | None = None) -> _Effect:
+def pass_through(call: Call, shape: tuple[int, ...] | None = None) -> Effect:
     """Geometry unchanged (elementwise operations, normalisation, dropout, ...)."""
     node = call.node
-    return _Effect(node.axes, node.dims, shape or tuple(node.tensor.shape), (SAME, SAME))
+    return Effect(node.axes, node.dims, shape or tuple(node.tensor.shape), (SAME, SAME))
 
 
-def _approximate(call: _Call) -> _Effect:
+def approximate_effect(call: Call) -> Effect:
     """An operation the tracer does not know: pass the first input's geometry through, marked."""
     node, result = call.node, call.result
-    dims = node.dims if result.dim() == node.tensor.dim() else _reshaped_dims(node, tuple(result.shape))
+    dims = node.dims if result.dim() == node.tensor.dim() else reshaped_dims(node, tuple(result.shape))
     before = node.spatial()
     after = (result.shape[dims[0]], result.shape[dims[1]]) if dims else (None, None)
-    rules = _two(lambda i: SAME if before[i] == after[i] else _Rule("fixed", (after[i],)))
-    return _Effect(node.axes, dims, None, rules, "op", call.op, approximate=True)
+    rules = per_axis(lambda i: SAME if before[i] == after[i] else Rule("fixed", (after[i],)))
+    return Effect(node.axes, dims, None, rules, "op", call.op, approximate=True)
 
 
-def _reshaped_dims(node: _Node, shape: tuple[int, ...]) -> tuple[int, int] | None:
+def reshaped_dims(node: Node, shape: tuple[int, ...]) -> tuple[int, int] | None:
     """Where height and width went in a reshape, or None if they were merged or split."""
     if node.dims is None or node.dims[1] != node.dims[0] + 1:
         return None

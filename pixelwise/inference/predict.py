@@ -25,7 +25,7 @@ overlays line up with what the user sees.
 command line then exits with status 1 at the end.
 
 **Large images.** An image of more than ``tile_threshold_pixels`` pixels is predicted window by
-window (:func:`~pixelwise.engine.inference.predict_large_image`, whatever ``mode``, with the given
+window (:func:`~pixelwise.inference.logits.predict_large_image`, whatever ``mode``, with the given
 window, stride and blend): the model never sees more than a window, and neither full-image
 logits nor a float copy of the image are formed. Test-time augmentation is not applied to such
 images (the report's notes say so); probabilities, when asked for, go straight into a
@@ -50,8 +50,8 @@ from pixelwise.data.classes import ClassInfo
 from pixelwise.data.formats import IMAGE_EXTENSIONS
 from pixelwise.data.io import DataError, decode_image
 from pixelwise.data.png import write_png_bands
-from pixelwise.engine.checkpoint import LoadedModel
-from pixelwise.engine.inference import (
+from pixelwise.inference.loading import LoadedModel
+from pixelwise.inference.logits import (
     Blend,
     InferenceOptions,
     Mode,
@@ -60,7 +60,7 @@ from pixelwise.engine.inference import (
     normalize_image,
     predict_large_image,
 )
-from pixelwise.engine.loading import load_predictor
+from pixelwise.inference.loading import load_predictor
 
 DEFAULT_TILE_THRESHOLD = 4096 * 4096
 """Pixels above which an image is predicted tile by tile. At 16.8 megapixels a whole-image pass
@@ -335,7 +335,7 @@ def predict_files(checkpoint: str | Path | LoadedModel, inputs: Sequence[str | P
 
     Args:
         checkpoint: a checkpoint written by ``pixelwise train``, an ONNX file written by
-            ``pixelwise export``, or a model already loaded (:func:`~pixelwise.engine.loading.load_predictor`).
+            ``pixelwise export``, or a model already loaded (:func:`~pixelwise.inference.loading.load_predictor`).
         inputs: image files, folders and glob patterns.
         out_dir: the output folder (created).
         mode: ``"whole"`` (one forward pass per image) or ``"slide"`` (overlapping windows).
@@ -349,7 +349,7 @@ def predict_files(checkpoint: str | Path | LoadedModel, inputs: Sequence[str | P
         batch_size: windows per forward pass.
         device: where the model runs (ignored when ``checkpoint`` is a loaded model).
         runtime: ``"torch"``, ``"torch-optimized"`` or ``"onnxruntime"`` (see
-            :func:`~pixelwise.engine.loading.load_predictor`).
+            :func:`~pixelwise.inference.loading.load_predictor`).
         precision: ``"fp32"``, ``"bf16"``, ``"fp16"`` (default: what the run validated with).
         save_probabilities: also write ``<stem>_probs.npy``.
         probability_dtype: ``"float16"`` (half the disk) or ``"float32"``.

@@ -18,6 +18,28 @@ from typing import Any
 import torch
 
 
+# What torch.save writes first: a zip archive (PyTorch >= 1.6) or a pickle (the legacy format).
+TORCH_FILE_MAGIC = (b"PK\x03\x04", b"\x80")
+
+
+def file_format(path: Path) -> str:
+    """What a weights or checkpoint file holds, judged by its first bytes rather than its name.
+
+    Returns:
+        ``"safetensors"`` (also for any file named ``.safetensors``: such a file is never unpickled),
+        ``"torch"`` (what ``torch.save`` writes; also an empty file, a write cut short) or ``"other"``.
+    """
+    if path.suffix == ".safetensors":
+        return "safetensors"
+    with open(path, "rb") as handle:
+        head = handle.read(9)
+    # safetensors: an 8-byte little-endian header length, then the JSON header. Checked first, as
+    # that length may begin with the byte 0x80, like a pickle.
+    if len(head) == 9 and head[8:] == b"{" and int.from_bytes(head[:8], "little") <= path.stat().st_size - 8:
+        return "safetensors"
+    return "torch" if not head or head.startswith(TORCH_FILE_MAGIC) else "other"
+
+
 class UntrustedFileError(ValueError):
     """A file holds Python objects that loading would have to execute; it was not loaded."""
 
