@@ -17,7 +17,7 @@ from pixelwise.data.checks import check_dataset, print_report
 from pixelwise.data.io import decode_image
 from pixelwise.demo import run_demo
 from pixelwise.encoders import create_encoder, list_encoders
-from pixelwise.errors import PixelwiseError
+from pixelwise.errors import InputError, PixelwiseError
 from pixelwise.export import Int8Options, export_checkpoint
 from pixelwise.inference.evaluation import evaluate_checkpoint, print_evaluation
 from pixelwise.inference.predict import predict_files
@@ -98,7 +98,7 @@ def _parse_model_args(pairs: Sequence[str]) -> dict[str, object]:
     for pair in pairs:
         key, sep, text = pair.partition("=")
         if not sep or not key:
-            raise ValueError(f"--model-args takes key=value pairs, got {pair!r}")
+            raise InputError(f"--model-args takes key=value pairs, got {pair!r}")
         try:
             options[key] = ast.literal_eval(text)
         except (ValueError, SyntaxError):
@@ -154,7 +154,7 @@ def _cmd_overlap(args: argparse.Namespace) -> int:
                       "uniform(0, 1) weights, no bias; averaged over the seeds", highlight=False)
         return 0
     if args.kernel is None or args.stride is None:
-        raise ValueError("overlap needs --kernel and --stride (or --compare)")
+        raise InputError("overlap needs --kernel and --stride (or --compare)")
     overlap = overlap_map(args.kernel, args.stride, args.size, args.padding, args.dilation)
     console.print(overlap.render(), markup=False, highlight=False)
     console.print(overlap.summary(), markup=False, highlight=False)
@@ -228,7 +228,7 @@ def _inference_options(args: argparse.Namespace) -> dict[str, object]:
 def _model_source(args: argparse.Namespace) -> str:
     """``--checkpoint`` or ``--model`` (an exported ONNX file), exactly one of them."""
     if (args.checkpoint is None) == (args.model is None):
-        raise ValueError("pass a checkpoint (--checkpoint run/best.pt) or an exported model (--model model.onnx), "
+        raise InputError("pass a checkpoint (--checkpoint run/best.pt) or an exported model (--model model.onnx), "
                          "one of the two")
     return args.checkpoint or args.model
 
@@ -270,13 +270,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     if (args.calibrate is not None) != args.int8:
-        raise ValueError("--int8 needs --calibrate FORMAT:ROOT:SPLIT (real images to calibrate on), and "
+        raise InputError("--int8 needs --calibrate FORMAT:ROOT:SPLIT (real images to calibrate on), and "
                          "--calibrate is only for --int8")
     int8 = None if not args.int8 else Int8Options(args.calibrate, args.calibration_images, args.calibration_method,
                                                   args.reduce_range, args.val_split, args.val_images,
                                                   args.min_agreement)
     if int8 is not None and args.format != "onnx":
-        raise ValueError("--int8 quantises an ONNX graph; use --format onnx")
+        raise InputError("--int8 quantises an ONNX graph; use --format onnx")
     real_images = []
     if args.parity_images:
 
@@ -586,15 +586,16 @@ def _add_inference_arguments(parser: argparse.ArgumentParser) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pixelwise`` console script.
 
-    Errors meant for the user (bad input, a missing file, a diverged run: their messages say what
-    to do) print as one line and exit 2; anything else is a bug or a library failure and keeps its
-    traceback. ``--debug`` shows the traceback of every error.
+    Errors meant for the user (:class:`~pixelwise.errors.PixelwiseError`: bad input, a missing
+    file, a diverged run, their messages say what to do) print as one line and exit 2; anything
+    else is a bug or a library failure and keeps its traceback. ``--debug`` shows the traceback
+    of every error.
     """
 
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (PixelwiseError, ValueError, OSError) as error:
+    except PixelwiseError as error:
         if args.debug:
             raise
         # markup off: messages quote lists like ['widht'], which rich would read as style tags

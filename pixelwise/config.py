@@ -19,10 +19,12 @@ from typing import Any, Callable, Sequence, TypeVar
 
 import yaml
 
+from pixelwise.errors import PixelwiseError
+
 R = TypeVar("R")
 
 
-class ConfigError(ValueError):
+class ConfigError(PixelwiseError, ValueError):
     """A recipe that cannot be used as written."""
 
 

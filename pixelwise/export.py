@@ -47,12 +47,12 @@ from torch import Tensor, nn
 from pixelwise.data import create_dataset
 from pixelwise.data.io import DataError
 from pixelwise.data.transforms import val_transform
-from pixelwise.errors import PixelwiseError
+from pixelwise.errors import InputError, PixelwiseError
 from pixelwise.inference.evaluation import evaluate_loaded
 from pixelwise.inference.loading import CHECKSUM_KEY, METADATA_KEYS, LoadedModel, metadata_digest, model_from_checkpoint
 from pixelwise.inference.logits import InferenceOptions, normalize_image
-from pixelwise.io.checkpoint import (give_new_file_mode, load_checkpoint, remove_orphan_temporaries, save_safetensors,
-                                    temporary_name)
+from pixelwise.io.atomic import atomic_path, publish, remove_orphan_temporaries, temporary_name
+from pixelwise.io.checkpoint import load_checkpoint, save_safetensors
 from pixelwise.runtimes.onnx_graph import EXAMPLE_SIZE, ExportError, exporter_summary, onnx_proto
 from pixelwise.runtimes.onnx_runtime import OnnxRuntime
 from pixelwise.runtimes.torch_runtime import TorchRuntime
@@ -205,7 +205,7 @@ class Int8Options:
         """The data set spec (see :func:`~pixelwise.inference.evaluation.resolve_data`) of a split."""
         parts = self.calibrate.split(":")
         if len(parts) != 3 or not parts[0] or not parts[2]:
-            raise ValueError(f"--calibrate takes FORMAT:ROOT:SPLIT, e.g. camvid:data/camvid:train (ROOT empty for "
+            raise InputError(f"--calibrate takes FORMAT:ROOT:SPLIT, e.g. camvid:data/camvid:train (ROOT empty for "
                              f"the built-in synthetic set: synthetic::train); got {self.calibrate!r}")
         data_format, root, calibration_split = parts
         return {"format": data_format, "root": root or None, "split": split or calibration_split, "options": {}}
@@ -214,14 +214,14 @@ class Int8Options:
 def calibration_batches(options: Int8Options, normalization: dict[str, list[float]]) -> list[np.ndarray]:
     """The calibration images, normalised as the model was trained, as ``(1, 3, H, W)`` arrays."""
     if options.method not in CALIBRATION_METHODS:
-        raise ValueError(f"calibration method must be one of {', '.join(CALIBRATION_METHODS)}, got {options.method!r}")
+        raise InputError(f"calibration method must be one of {', '.join(CALIBRATION_METHODS)}, got {options.method!r}")
     if options.images < 1:
-        raise ValueError(f"--calibration-images must be positive, got {options.images}")
+        raise InputError(f"--calibration-images must be positive, got {options.images}")
     data = options.data()
     extra = {"root": data["root"]} if data["root"] is not None else {}
     dataset = create_dataset(data["format"], split=data["split"], transform=val_transform(**normalization), **extra)
     if len(dataset) == 0:
-        raise ValueError(f"calibration split {data['split']!r} of the {data['format']} data set holds no images")
+        raise InputError(f"calibration split {data['split']!r} of the {data['format']} data set holds no images")
     count = min(options.images, len(dataset))
     indices = np.linspace(0, len(dataset) - 1, count).round().astype(int)
     return [dataset[int(index)][0][None].numpy() for index in indices]
@@ -355,7 +355,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, export_format: st
         ExportError: the model does not export, or the parity check failed (nothing is written).
     """
     if export_format not in FORMATS:
-        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {export_format!r}")
+        raise InputError(f"format must be one of {', '.join(FORMATS)}, got {export_format!r}")
     out = check_target(checkpoint, out, overwrite)
     remove_orphan_temporaries(out.parent, out.name)  # of an export to the same file that was killed
     state = load_checkpoint(checkpoint)
@@ -394,20 +394,14 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, export_format: st
                 if parity:
                     report.parity = _checked_parity(loaded.model, OnnxRuntime(int8_path, precision="int8"), inputs,
                                                     "int8", say, int8.min_agreement)
-                _publish(int8_path, out)
+                publish(int8_path, out)
             finally:
                 int8_path.unlink(missing_ok=True)
         else:
-            _publish(fp32_path, out)
+            publish(fp32_path, out)
     finally:
         fp32_path.unlink(missing_ok=True)
     return report
-
-
-def _publish(temporary: Path, out: Path) -> None:
-    """Rename a finished temporary over ``out``, with the mode every export gets."""
-    give_new_file_mode(temporary)
-    os.replace(temporary, out)
 
 
 def _int8_data(options: Int8Options, normalization: dict[str, list[float]]) -> list[np.ndarray]:
@@ -418,7 +412,7 @@ def _int8_data(options: Int8Options, normalization: dict[str, list[float]]) -> l
         data = options.data(options.val_split)
         extra = {"root": data["root"]} if data["root"] is not None else {}
         if len(create_dataset(data["format"], split=data["split"], **extra)) == 0:
-            raise ValueError(f"--val-split {data['split']!r} of the {data['format']} data set holds no images; pass "
+            raise InputError(f"--val-split {data['split']!r} of the {data['format']} data set holds no images; pass "
                              f"another --val-split")
     return batches
 
@@ -485,11 +479,6 @@ def _export_torchscript(loaded: LoadedModel, state: dict[str, Any], out: Path,
         if report.parity.failures():
             raise ExportError("the TorchScript trace does not compute what the model does ("
                               + "; ".join(report.parity.failures()) + "); export to ONNX instead; no file was written")
-    temporary = temporary_name(out)
-    try:
-        files = {key: value for key, value in export_metadata(state, "fp32").items()}
-        torch.jit.save(traced, str(temporary), _extra_files=files)
-        _publish(temporary, out)
-    finally:
-        temporary.unlink(missing_ok=True)
+    with atomic_path(out) as temporary:
+        torch.jit.save(traced, str(temporary), _extra_files=export_metadata(state, "fp32"))
     return report

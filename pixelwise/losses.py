@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pixelwise.data.classes import IGNORE_INDEX
+from pixelwise.errors import InputError
 from pixelwise.layers.resize import resize_bilinear
 from pixelwise.registry import Registry
 
@@ -52,13 +53,13 @@ LOSSES: Registry[type[nn.Module]] = Registry("loss", normalize=str.lower)
 def _check_inputs(logits: Tensor, target: Tensor) -> Tensor:
     """Validate shapes and return the target as int64 (uint8 masks are common on disk)."""
     if logits.dim() < 2:
-        raise ValueError(f"logits must be (N, C, H, W), got shape {tuple(logits.shape)}")
+        raise InputError(f"logits must be (N, C, H, W), got shape {tuple(logits.shape)}")
     expected = logits.shape[:1] + logits.shape[2:]
     if target.shape != expected:
-        raise ValueError(f"target shape {tuple(target.shape)} does not match logits {tuple(logits.shape)}: "
+        raise InputError(f"target shape {tuple(target.shape)} does not match logits {tuple(logits.shape)}: "
                          f"expected {tuple(expected)} (are the logits at the input's resolution?)")
     if target.is_floating_point():
-        raise ValueError(f"target must hold integer class indices, got dtype {target.dtype}")
+        raise InputError(f"target must hold integer class indices, got dtype {target.dtype}")
     return target.long()
 
 
@@ -95,7 +96,7 @@ def _one_hot(target: Tensor, valid: Tensor, num_classes: int, dtype: torch.dtype
 def _check_classes(classes: ClassSelection) -> ClassSelection:
     if isinstance(classes, str):
         if classes not in ("present", "all"):
-            raise ValueError(f"classes must be 'present', 'all' or a list of class indices, got {classes!r}")
+            raise InputError(f"classes must be 'present', 'all' or a list of class indices, got {classes!r}")
         return classes
     return tuple(int(c) for c in classes)
 
@@ -121,7 +122,7 @@ def _as_weights(weights: WeightsLike | None) -> Tensor | None:
         return None
     weights = torch.as_tensor(weights)
     if weights.dim() != 1:
-        raise ValueError(f"class weights must be one value per class, got shape {tuple(weights.shape)}")
+        raise InputError(f"class weights must be one value per class, got shape {tuple(weights.shape)}")
     return weights.detach().float().clone()
 
 
@@ -156,7 +157,7 @@ class CrossEntropyLoss(nn.Module):
         logits = _upcast(logits)
         weights = None if self.class_weights is None else self.class_weights.to(logits.device, logits.dtype)
         if weights is not None and weights.numel() != logits.shape[1]:
-            raise ValueError(f"{weights.numel()} class weights for {logits.shape[1]} classes")
+            raise InputError(f"{weights.numel()} class weights for {logits.shape[1]} classes")
         losses = F.cross_entropy(logits, target, weight=weights, ignore_index=self.ignore_index,
                                  reduction="none", label_smoothing=self.label_smoothing)
         valid = target != self.ignore_index
@@ -193,9 +194,9 @@ class OhemCrossEntropyLoss(CrossEntropyLoss):
                  class_weights: WeightsLike | None = None, label_smoothing: float = 0.0) -> None:
         super().__init__(ignore_index, class_weights, label_smoothing)
         if not 0 < thresh <= 1:
-            raise ValueError(f"thresh must be a probability in (0, 1], got {thresh}")
+            raise InputError(f"thresh must be a probability in (0, 1], got {thresh}")
         if isinstance(min_kept, bool) or not isinstance(min_kept, int) or min_kept < 1:
-            raise ValueError(f"min_kept must be a positive whole number of pixels, got {min_kept!r}")
+            raise InputError(f"min_kept must be a positive whole number of pixels, got {min_kept!r}")
         self.thresh, self.min_kept = thresh, min_kept
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
@@ -273,7 +274,7 @@ class FocalLoss(nn.Module):
                  ignore_index: int = IGNORE_INDEX) -> None:
         super().__init__()
         if gamma < 0:
-            raise ValueError(f"gamma must be >= 0, got {gamma}")
+            raise InputError(f"gamma must be >= 0, got {gamma}")
         self.gamma = gamma
         self.ignore_index = ignore_index
         scalar = isinstance(alpha, (int, float))
@@ -292,7 +293,7 @@ class FocalLoss(nn.Module):
         losses = -hardness * log_p_true * self.alpha_scale
         if self.alpha is not None:
             if self.alpha.numel() != logits.shape[1]:
-                raise ValueError(f"{self.alpha.numel()} alpha weights for {logits.shape[1]} classes")
+                raise InputError(f"{self.alpha.numel()} alpha weights for {logits.shape[1]} classes")
             losses = losses * self.alpha.to(losses.device)[safe_target]
         return _masked_mean(losses, valid)
 
@@ -428,7 +429,7 @@ class LovaszSoftmaxLoss(nn.Module):
                  per_image: bool = False, bins: int | None = None) -> None:
         super().__init__()
         if bins is not None and (isinstance(bins, bool) or not isinstance(bins, int) or bins < 1):
-            raise ValueError(f"lovasz bins must be a positive integer or None (sort), got {bins!r}")
+            raise InputError(f"lovasz bins must be a positive integer or None (sort), got {bins!r}")
         self.ignore_index = ignore_index
         self.classes = _check_classes(classes)
         self.per_image = per_image
@@ -464,7 +465,7 @@ class CombinedLoss(nn.Module):
     def __init__(self, terms: Sequence[tuple[float, nn.Module]]) -> None:
         super().__init__()
         if not terms:
-            raise ValueError("CombinedLoss needs at least one (weight, loss) pair")
+            raise InputError("CombinedLoss needs at least one (weight, loss) pair")
         self.weights = [float(weight) for weight, _ in terms]
         self.losses = nn.ModuleList(loss for _, loss in terms)
 
@@ -502,7 +503,7 @@ def _parse_terms(spec: Any) -> list[tuple[str, float, dict]]:
         return [(spec[0], spec[1], {})]  # a (name, weight) pair
     if isinstance(spec, Sequence) and spec:
         return [term for item in spec for term in _parse_terms(item)]
-    raise ValueError(f"cannot read loss spec {spec!r}: give a name ({', '.join(list_losses())}), "
+    raise InputError(f"cannot read loss spec {spec!r}: give a name ({', '.join(list_losses())}), "
                      "a mapping such as {'ce': 1.0, 'dice': 0.5}, or a list of those")
 
 
@@ -516,7 +517,7 @@ def _build_term(name: str, options: dict, ignore_index: int, class_weights: Weig
     try:
         return loss_class(**options)
     except TypeError as error:
-        raise ValueError(f"bad options {options} for loss {name!r}: {error}") from error
+        raise InputError(f"bad options {options} for loss {name!r}: {error}") from error
 
 
 def create_loss(spec: str | Mapping | Sequence, ignore_index: int = IGNORE_INDEX,
@@ -545,7 +546,7 @@ def create_loss(spec: str | Mapping | Sequence, ignore_index: int = IGNORE_INDEX
     built = []
     for name, weight, options in terms:
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
-            raise ValueError(f"weight of loss {name!r} must be a finite number, got {weight!r}")
+            raise InputError(f"weight of loss {name!r} must be a finite number, got {weight!r}")
         built.append((float(weight), _build_term(name, options, ignore_index, class_weights)))
     if isinstance(spec, str):
         return built[0][1]
@@ -623,7 +624,7 @@ def image_class_pixels(data: Iterable, num_classes: int, ignore_index: int = IGN
         labels = labels[labels != ignore_index]
         if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
             bad = labels[(labels < 0) | (labels >= num_classes)].unique()[:5].tolist()
-            raise ValueError(f"mask {index} holds values {bad} outside 0..{num_classes - 1} "
+            raise InputError(f"mask {index} holds values {bad} outside 0..{num_classes - 1} "
                              f"(and not ignore_index {ignore_index})")
         rows.append(torch.bincount(labels, minlength=num_classes))
     return torch.stack(rows) if rows else torch.zeros(0, num_classes, dtype=torch.int64)
@@ -641,7 +642,7 @@ def class_pixel_counts(data: Iterable, num_classes: int, ignore_index: int = IGN
 def _as_float64(values: WeightsLike) -> Tensor:
     values = torch.as_tensor(values).detach().cpu().double()
     if values.dim() != 1 or (values < 0).any():
-        raise ValueError(f"pixel counts must be one non-negative number per class, got {values.tolist()}")
+        raise InputError(f"pixel counts must be one non-negative number per class, got {values.tolist()}")
     return values
 
 
@@ -666,7 +667,7 @@ def median_frequency_weights(class_pixel_counts: WeightsLike,
     totals = counts.sum().expand_as(counts) if image_pixel_counts is None else _as_float64(image_pixel_counts)
     present = counts > 0
     if not present.any():
-        raise ValueError("no class has any pixel: cannot compute frequency weights")
+        raise InputError("no class has any pixel: cannot compute frequency weights")
     frequency = _safe_divide(counts, totals)
     median = frequency[present].quantile(0.5)
     weights = _safe_divide(median.expand_as(frequency), frequency) * present
@@ -688,7 +689,7 @@ def inverse_frequency_weights(class_pixel_counts: WeightsLike, power: float = 1.
     counts = _as_float64(class_pixel_counts)
     present = counts > 0
     if not present.any():
-        raise ValueError("no class has any pixel: cannot compute frequency weights")
+        raise InputError("no class has any pixel: cannot compute frequency weights")
     frequency = counts / counts.sum()
     weights = torch.where(present, frequency.clamp_min(1e-300) ** -power, torch.zeros_like(frequency))
     return (weights / weights[present].mean()).float()

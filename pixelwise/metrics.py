@@ -1,5 +1,6 @@
 """Streaming confusion matrix for semantic segmentation, every metric derived from it, and
 boundary metrics (:class:`BoundaryMetric`: Boundary IoU and trimap accuracy near class edges).
+Both are :class:`SummedCounts`: int64 counts that add up over batches, processes and runs.
 
 :class:`ConfusionMatrix` counts pixels: ``matrix[i, j]`` is the number of pixels whose ground
 truth is class ``i`` and whose prediction is class ``j`` (rows = ground truth, columns =
@@ -55,13 +56,15 @@ to be empty. See ``benchmarks/metrics.py``.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Any, Self, Sequence
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
 from pixelwise.data.classes import IGNORE_INDEX, ClassInfo
+from pixelwise.errors import InputError
 
 # CPU updates go chunk by chunk, each chunk smaller than PyTorch's parallel grain size (32768
 # elements; reductions of exactly that size still go parallel), so every op runs serially on one
@@ -71,17 +74,139 @@ from pixelwise.data.classes import IGNORE_INDEX, ClassInfo
 CPU_CHUNK = 31744
 
 __all__ = [
-    "ConfusionMatrix", "intersection_over_union", "mean_iou", "pixel_accuracy", "class_accuracy",
-    "mean_class_accuracy", "frequency_weighted_iou", "dice", "mean_dice", "summarize", "format_table",
-    "BoundaryMetric",
+    "SummedCounts", "ConfusionMatrix", "intersection_over_union", "mean_iou", "pixel_accuracy", "class_accuracy",
+    "mean_class_accuracy", "frequency_weighted_iou", "dice", "mean_dice", "summarize", "MetricsTable",
+    "metrics_table", "format_percent", "format_table", "BoundaryMetric",
 ]
 
 
-class ConfusionMatrix:
+class SummedCounts:
+    """Integer pixel counts summed over batches, data loaders and processes; the base of
+    :class:`ConfusionMatrix` and :class:`BoundaryMetric`.
+
+    It holds ``counts`` (an int64 tensor), checks each batch of label maps, and adds, resets,
+    merges and all-reduces the counts. A subclass says only how a batch becomes counts
+    (``_batch_counts``) and what is derived from them. The counts live on the device of the
+    inputs: they start on ``device`` (CPU by default) and move to the inputs' device on the first
+    update from another device.
+
+    Args:
+        num_classes: number of classes; labels are ``0 .. num_classes - 1``.
+        ignore_index: target value of pixels that are never counted; ``None`` for none. It may
+            not be a class index (negative values such as -100 are fine).
+        shape: the shape of ``counts``.
+        device: where the counts start.
+    """
+
+    # The fewest dimensions update_logits takes, and how its error message spells those after N x C.
+    _LOGITS_DIMS, _LOGITS_SHAPE = 2, "..."
+
+    def __init__(self, num_classes: int, ignore_index: int | None, shape: tuple[int, ...],
+                 device: torch.device | str | None = None) -> None:
+        _check_classes(num_classes, ignore_index)
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.counts = torch.zeros(shape, dtype=torch.int64, device=device)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the counts live."""
+        return self.counts.device
+
+    # -- counting -----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def update(self, target: Tensor, prediction: Tensor) -> None:
+        """Count a batch of label maps (the shapes each metric takes are in its class docstring).
+
+        Args:
+            target: ground-truth class indices, any integer dtype; ``ignore_index`` marks pixels
+                not to count.
+            prediction: predicted class indices, the same shape.
+
+        Raises:
+            ValueError: on a shape mismatch, non-integer labels, a prediction outside
+                ``[0, num_classes)`` or a target outside it that is not ``ignore_index``.
+        """
+        self._check_maps(target, prediction)
+        if target.numel() == 0:
+            return
+        if self.counts.device != target.device:
+            self.counts = self.counts.to(target.device)
+        self.counts += self._batch_counts(target, prediction)
+
+    @torch.no_grad()
+    def update_logits(self, target: Tensor, logits: Tensor) -> None:
+        """Count a batch from scores: the prediction is the argmax over dimension 1.
+
+        Args:
+            target: ground truth ``N x H x W`` (the shape of ``logits`` without dimension 1).
+            logits: scores or probabilities ``N x num_classes x H x W``.
+        """
+        if logits.dim() < self._LOGITS_DIMS or logits.shape[1] != self.num_classes:
+            raise InputError(f"logits must be N x {self.num_classes} x {self._LOGITS_SHAPE}, "
+                             f"got shape {tuple(logits.shape)}")
+        expected = logits.shape[:1] + logits.shape[2:]
+        if target.shape != expected:
+            raise InputError(f"target shape {tuple(target.shape)} does not match logits shape "
+                             f"{tuple(logits.shape)} (expected {tuple(expected)})")
+        self.update(target, logits.argmax(dim=1))
+
+    def _check_maps(self, target: Tensor, prediction: Tensor) -> None:
+        """Raise a ValueError unless the label maps are a batch this metric takes."""
+        _check_label_maps(target, prediction)
+
+    def _batch_counts(self, target: Tensor, prediction: Tensor) -> Tensor:
+        """The counts of one non-empty batch, shaped as ``counts``, on the batch's device."""
+        raise NotImplementedError
+
+    # -- combining, resetting -----------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Forget every count (for example between evaluation epochs)."""
+        self.counts.zero_()
+
+    def merge(self, other: Self) -> Self:
+        """Add another metric's counts to this one (e.g. from another data loader).
+
+        Returns:
+            This metric, for chaining.
+
+        Raises:
+            ValueError: when ``other`` is another kind of metric or has other settings.
+        """
+        if (type(other), other._settings()) != (type(self), self._settings()):
+            raise InputError(f"cannot merge {other._describe()} into {self._describe()}")
+        self.counts += other.counts.to(self.counts.device)
+        return self
+
+    def all_reduce(self) -> Self:
+        """Sum the counts of every process (``torch.distributed``); a no-op when not initialised.
+
+        The counts must be on a device the backend supports (CUDA for NCCL, CPU for Gloo).
+
+        Returns:
+            This metric, now holding the counts of all processes.
+        """
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(self.counts, op=dist.ReduceOp.SUM)
+        return self
+
+    def _settings(self) -> dict[str, Any]:
+        """What two metrics must share to be merged."""
+        return {"num_classes": self.num_classes, "ignore_index": self.ignore_index}
+
+    def _describe(self, **results: Any) -> str:
+        """``Name(setting=value, ..., result=value, ...)``."""
+        fields = {**self._settings(), **results}
+        return f"{type(self).__name__}({', '.join(f'{key}={value}' for key, value in fields.items())})"
+
+
+class ConfusionMatrix(SummedCounts):
     """Streaming pixel counts over ``num_classes`` classes, with the metrics derived from them.
 
-    The matrix lives on the device of the inputs: it starts on ``device`` (CPU by default) and
-    moves to the inputs' device on the first update from another device.
+    ``matrix`` (the tensor ``counts``) is ``C x C``: rows ground truth, columns prediction. Label
+    maps may have any shape. The matrix starts on ``device`` and moves to the inputs' device.
 
     Args:
         num_classes: number of classes; labels are ``0 .. num_classes - 1``.
@@ -98,10 +223,7 @@ class ConfusionMatrix:
 
     def __init__(self, num_classes: int, ignore_index: int | None = IGNORE_INDEX,
                  device: torch.device | str | None = None) -> None:
-        _check_classes(num_classes, ignore_index)
-        self.num_classes = num_classes
-        self.ignore_index = ignore_index
-        self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+        super().__init__(num_classes, ignore_index, (num_classes, num_classes), device)
         # Index rows run over every legal target value, from min(0, ignore) to max(C-1, ignore);
         # rows that are neither a class nor the ignore value must stay empty.
         legal = [0, num_classes - 1] + ([] if ignore_index is None else [ignore_index])
@@ -114,53 +236,25 @@ class ConfusionMatrix:
         return cls(info.num_classes, info.ignore_index, device)
 
     @property
-    def device(self) -> torch.device:
-        """Where the matrix lives."""
-        return self.matrix.device
+    def matrix(self) -> Tensor:
+        """The ``C x C`` int64 counts (rows: ground truth, columns: prediction); ``counts``."""
+        return self.counts
+
+    @matrix.setter
+    def matrix(self, counts: Tensor) -> None:
+        self.counts = counts
 
     @property
     def num_pixels(self) -> int:
         """Number of pixels counted so far (ignore pixels excluded)."""
-        return int(self.matrix.sum())
+        return int(self.counts.sum())
 
     # -- counting -----------------------------------------------------------------------------
 
-    @torch.no_grad()
-    def update(self, target: Tensor, prediction: Tensor) -> None:
-        """Count a batch of label maps.
-
-        Args:
-            target: ground-truth class indices, any shape (e.g. ``N x H x W``), any integer
-                dtype; ``ignore_index`` marks pixels not to count.
-            prediction: predicted class indices, the same shape.
-
-        Raises:
-            ValueError: on a shape mismatch, non-integer labels, a prediction outside
-                ``[0, num_classes)`` or a target outside it that is not ``ignore_index``.
-        """
-        _check_label_maps(target, prediction)
-        if target.numel() == 0:
-            return
-        if self.matrix.device != target.device:
-            self.matrix = self.matrix.to(target.device)
+    def _batch_counts(self, target: Tensor, prediction: Tensor) -> Tensor:
+        """The ``C x C`` matrix of one batch."""
         counts = self._count(target.reshape(-1), prediction.reshape(-1))
-        self.matrix += self._class_block(counts, target, prediction)
-
-    @torch.no_grad()
-    def update_logits(self, target: Tensor, logits: Tensor) -> None:
-        """Count a batch from scores: the prediction is the argmax over dimension 1.
-
-        Args:
-            target: ground truth ``N x H x W`` (or ``N x ...``).
-            logits: scores or probabilities ``N x num_classes x H x W`` (or ``N x C x ...``).
-        """
-        if logits.dim() < 2 or logits.shape[1] != self.num_classes:
-            raise ValueError(f"logits must be N x {self.num_classes} x ..., got shape {tuple(logits.shape)}")
-        expected = logits.shape[:1] + logits.shape[2:]
-        if target.shape != expected:
-            raise ValueError(f"target shape {tuple(target.shape)} does not match logits shape "
-                             f"{tuple(logits.shape)} (expected {tuple(expected)})")
-        self.update(target, logits.argmax(dim=1))
+        return self._class_block(counts, target, prediction)
 
     def _count(self, target: Tensor, prediction: Tensor) -> Tensor:
         """Counts of every ``(target row, prediction)`` index, flat, ``num_rows * C`` long."""
@@ -202,35 +296,7 @@ class ConfusionMatrix:
             _raise_label_error(target, prediction, self.num_classes, self.ignore_index)
         return block
 
-    # -- combining, resetting, saving ---------------------------------------------------------
-
-    def reset(self) -> None:
-        """Forget every count (for example between evaluation epochs)."""
-        self.matrix.zero_()
-
-    def merge(self, other: "ConfusionMatrix") -> "ConfusionMatrix":
-        """Add another matrix's counts to this one (e.g. from another data loader).
-
-        Returns:
-            This matrix, for chaining.
-        """
-        if (other.num_classes, other.ignore_index) != (self.num_classes, self.ignore_index):
-            raise ValueError(f"cannot merge a matrix of {other.num_classes} classes (ignore_index="
-                             f"{other.ignore_index}) into one of {self.num_classes} (ignore_index={self.ignore_index})")
-        self.matrix += other.matrix.to(self.matrix.device)
-        return self
-
-    def all_reduce(self) -> "ConfusionMatrix":
-        """Sum the counts of every process (``torch.distributed``); a no-op when not initialised.
-
-        The matrix must be on a device the backend supports (CUDA for NCCL, CPU for Gloo).
-
-        Returns:
-            This matrix, now holding the counts of all processes.
-        """
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(self.matrix, op=dist.ReduceOp.SUM)
-        return self
+    # -- saving -------------------------------------------------------------------------------
 
     def to_dict(self) -> dict:
         """JSON-able state: class count, ignore index and the matrix as nested lists."""
@@ -242,9 +308,9 @@ class ConfusionMatrix:
         """Inverse of :meth:`to_dict`."""
         matrix = cls(int(state["num_classes"]), state["ignore_index"], device)
         counts = torch.tensor(state["matrix"], dtype=torch.int64, device=matrix.device)
-        if counts.shape != matrix.matrix.shape:
-            raise ValueError(f"saved matrix has shape {tuple(counts.shape)}, expected {tuple(matrix.matrix.shape)}")
-        matrix.matrix = counts
+        if counts.shape != matrix.counts.shape:
+            raise InputError(f"saved matrix has shape {tuple(counts.shape)}, expected {tuple(matrix.counts.shape)}")
+        matrix.counts = counts
         return matrix
 
     # -- derived metrics ----------------------------------------------------------------------
@@ -298,8 +364,7 @@ class ConfusionMatrix:
         return format_table(self.matrix, class_names)
 
     def __repr__(self) -> str:
-        return (f"ConfusionMatrix(num_classes={self.num_classes}, ignore_index={self.ignore_index}, "
-                f"num_pixels={self.num_pixels}, mean_iou={self.mean_iou:.4f})")
+        return self._describe(num_pixels=self.num_pixels, mean_iou=f"{self.mean_iou:.4f}")
 
 
 # -- label checks ---------------------------------------------------------------------------------
@@ -307,23 +372,23 @@ class ConfusionMatrix:
 def _check_classes(num_classes: int, ignore_index: int | None) -> None:
     """Raise a ValueError unless ``num_classes`` is a positive int and ``ignore_index`` no class."""
     if not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        raise InputError(f"num_classes must be a positive int, got {num_classes!r}")
     if ignore_index is not None and 0 <= ignore_index < num_classes:
-        raise ValueError(f"ignore_index {ignore_index} is a class index (num_classes={num_classes}); "
+        raise InputError(f"ignore_index {ignore_index} is a class index (num_classes={num_classes}); "
                          "use a value outside [0, num_classes), e.g. 255")
 
 
 def _check_label_maps(target: Tensor, prediction: Tensor) -> None:
     """Raise a ValueError unless target and prediction are integer maps of one shape and device."""
     if target.shape != prediction.shape:
-        raise ValueError(f"target shape {tuple(target.shape)} != prediction shape {tuple(prediction.shape)}"
+        raise InputError(f"target shape {tuple(target.shape)} != prediction shape {tuple(prediction.shape)}"
                          " (for N x C x H x W scores use update_logits)")
     for name, labels in (("target", target), ("prediction", prediction)):
         if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
-            raise ValueError(f"{name} must hold integer class indices, got dtype {labels.dtype}"
+            raise InputError(f"{name} must hold integer class indices, got dtype {labels.dtype}"
                              + (" (for scores use update_logits)" if name == "prediction" else ""))
     if target.device != prediction.device:
-        raise ValueError(f"target is on {target.device} but prediction on {prediction.device}")
+        raise InputError(f"target is on {target.device} but prediction on {prediction.device}")
 
 
 def _raise_label_error(target: Tensor, prediction: Tensor, num_classes: int, ignore_index: int | None) -> None:
@@ -340,7 +405,7 @@ def _raise_label_error(target: Tensor, prediction: Tensor, num_classes: int, ign
         allowed = "" if ignore_index is None else f" other than ignore_index {ignore_index}"
         problems.append(f"target has values outside [0, {num_classes}){allowed}: "
                         + _describe_values(target[bad_target]))
-    raise ValueError("; ".join(problems) or "labels out of range")
+    raise InputError("; ".join(problems) or "labels out of range")
 
 
 def _describe_values(values: Tensor, limit: int = 10) -> str:
@@ -453,9 +518,61 @@ def summarize(matrix: Tensor) -> dict:
     }
 
 
-def _percent(value: float | None) -> str:
+# -- tables --------------------------------------------------------------------------------------
+
+# The per-class score columns: summary key of the values, summary key of their mean, heading. The
+# Boundary IoU column shows where the summary holds a BoundaryMetric's values too.
+_SCORE_COLUMNS = (("iou", "mean_iou", "IoU"), ("dice", "mean_dice", "Dice"),
+                  ("class_accuracy", "mean_class_accuracy", "Acc"), ("boundary_iou", "mean_boundary_iou", "BIoU"))
+# The means under the plain-text table: summary key, label.
+_MEAN_LINES = (("mean_iou", "mean IoU"), ("mean_dice", "mean Dice"), ("mean_class_accuracy", "mean class accuracy"),
+               ("pixel_accuracy", "pixel accuracy"), ("frequency_weighted_iou", "frequency-weighted IoU"))
+
+
+def format_percent(value: float | None) -> str:
     """A table cell: percent with two decimals, '-' for an undefined value."""
     return "-" if value is None else f"{100 * value:.2f}"
+
+
+@dataclass(frozen=True)
+class MetricsTable:
+    """The cells of a per-class metrics table, for any rendering (plain text in
+    :func:`format_table`, a rich table in ``pixelwise.inference.evaluation``).
+
+    Attributes:
+        scores: the headings of the score columns (percentages), between the class name and the
+            pixel counts.
+        rows: per class: name, scores (``-`` where undefined), ground-truth and predicted pixels.
+        mean_row: ``mean``, the mean of each score column, the pixels counted and an empty cell.
+    """
+
+    scores: tuple[str, ...]
+    rows: list[tuple[str, ...]]
+    mean_row: tuple[str, ...]
+
+    def header(self, unit: str = "") -> tuple[str, ...]:
+        """The column headings, ``unit`` after each score heading."""
+        return ("class", *(f"{heading}{unit}" for heading in self.scores), "gt px", "pred px")
+
+
+def metrics_table(stats: dict, class_names: Sequence[str] | None = None) -> MetricsTable:
+    """The cells of the per-class table of a summary.
+
+    Args:
+        stats: a :func:`summarize` result; with a :meth:`BoundaryMetric.summary` merged in, the
+            table has a Boundary IoU column too.
+        class_names: one name per class; indices when omitted.
+    """
+    num_classes = stats["num_classes"]
+    names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
+    if len(names) != num_classes:
+        raise InputError(f"{len(names)} class names for {num_classes} classes")
+    columns = [column for column in _SCORE_COLUMNS if column[0] in stats]
+    rows = [(name, *(format_percent(stats[key][index]) for key, _, _ in columns),
+             str(stats["gt_pixels"][index]), str(stats["predicted_pixels"][index]))
+            for index, name in enumerate(names)]
+    mean_row = ("mean", *(format_percent(stats[mean]) for _, mean, _ in columns), str(stats["num_pixels"]), "")
+    return MetricsTable(tuple(heading for _, _, heading in columns), rows, mean_row)
 
 
 def format_table(matrix: Tensor, class_names: Sequence[str] | None = None) -> str:
@@ -466,23 +583,22 @@ def format_table(matrix: Tensor, class_names: Sequence[str] | None = None) -> st
         class_names: one name per class; indices when omitted. Absent classes show ``-``.
     """
     stats = summarize(matrix)
-    names = list(class_names) if class_names is not None else [str(i) for i in range(stats["num_classes"])]
-    if len(names) != stats["num_classes"]:
-        raise ValueError(f"{len(names)} class names for {stats['num_classes']} classes")
-    width = max([len(name) for name in names] + [24])
-    lines = [f"{'class':<{width}} {'IoU':>7} {'Dice':>7} {'Acc':>7} {'gt px':>12} {'pred px':>12}"]
+    table = metrics_table(stats, class_names)
+    widths = [max([len(row[0]) for row in table.rows] + [24])] + [7] * len(table.scores) + [12, 12]
+    lines = [_fixed_width(table.header(), widths)]
     lines.append("-" * len(lines[0]))
-    for i, name in enumerate(names):
-        scores = " ".join(f"{_percent(stats[key][i]):>7}" for key in ("iou", "dice", "class_accuracy"))
-        lines.append(f"{name:<{width}} {scores} {stats['gt_pixels'][i]:>12} {stats['predicted_pixels'][i]:>12}")
+    lines += [_fixed_width(row, widths) for row in table.rows]
     lines.append("-" * len(lines[0]))
-    for key, label in (("mean_iou", "mean IoU"), ("mean_dice", "mean Dice"),
-                       ("mean_class_accuracy", "mean class accuracy"), ("pixel_accuracy", "pixel accuracy"),
-                       ("frequency_weighted_iou", "frequency-weighted IoU")):
-        lines.append(f"{label:<{width}} {_percent(stats[key]):>7}")
+    lines += [_fixed_width((label, format_percent(stats[key])), widths) for key, label in _MEAN_LINES]
     lines.append(f"over {stats['present_classes']} present classes, {stats['num_pixels']} pixels "
                  "(values in %; '-' = undefined, the class is absent)")
     return "\n".join(lines)
+
+
+def _fixed_width(cells: Sequence[str], widths: Sequence[int]) -> str:
+    """One line of cells padded to their widths: the first left-aligned, the others right-aligned."""
+    first, *others = cells
+    return " ".join([f"{first:<{widths[0]}}", *(f"{cell:>{width}}" for cell, width in zip(others, widths[1:]))])
 
 
 # -- boundary metrics -----------------------------------------------------------------------------
@@ -491,7 +607,7 @@ def format_table(matrix: Tensor, class_names: Sequence[str] | None = None) -> st
 _INTERSECTION, _GT_BAND, _PREDICTED_BAND, _TRIMAP, _TRIMAP_CORRECT = range(5)
 
 
-class BoundaryMetric:
+class BoundaryMetric(SummedCounts):
     """Streaming Boundary IoU and trimap accuracy: how well class edges are placed.
 
     Whole-image IoU barely moves when a thin object (a pole, a sign) is shifted by a few pixels;
@@ -534,6 +650,8 @@ class BoundaryMetric:
     tensor: per class, the intersection, ``|G_d|``, ``|P_d|``, the trimap pixels of that
     ground-truth class and how many of them were predicted correctly.
 
+    Label maps are ``N x H x W`` (or ``H x W``, or ``... x H x W``: leading dimensions are images).
+
     Args:
         num_classes: number of classes; labels are ``0 .. num_classes - 1``.
         ignore_index: target value of pixels that are never counted; ``None`` for none. It may
@@ -550,15 +668,14 @@ class BoundaryMetric:
         ([1.0, 1.0], 1.0)
     """
 
+    _LOGITS_DIMS, _LOGITS_SHAPE = 3, "H x W"
+
     def __init__(self, num_classes: int, ignore_index: int | None = IGNORE_INDEX, width: int = 3,
                  device: torch.device | str | None = None) -> None:
-        _check_classes(num_classes, ignore_index)
+        super().__init__(num_classes, ignore_index, (5, num_classes), device)
         if isinstance(width, bool) or not isinstance(width, int) or width < 1:
-            raise ValueError(f"width must be a positive int (pixels), got {width!r}")
-        self.num_classes = num_classes
-        self.ignore_index = ignore_index
+            raise InputError(f"width must be a positive int (pixels), got {width!r}")
         self.width = width
-        self.counts = torch.zeros(5, num_classes, dtype=torch.int64, device=device)
 
     @classmethod
     def for_classes(cls, info: ClassInfo, width: int = 3,
@@ -566,35 +683,16 @@ class BoundaryMetric:
         """A metric for a data set's :class:`~pixelwise.data.classes.ClassInfo`."""
         return cls(info.num_classes, info.ignore_index, width, device)
 
-    @property
-    def device(self) -> torch.device:
-        """Where the counts live."""
-        return self.counts.device
-
     # -- counting -----------------------------------------------------------------------------
 
-    @torch.no_grad()
-    def update(self, target: Tensor, prediction: Tensor) -> None:
-        """Count a batch of label maps.
-
-        Args:
-            target: ground-truth class indices ``N x H x W`` (or ``H x W``, or ``... x H x W``:
-                leading dimensions are images), any integer dtype; ``ignore_index`` marks pixels
-                not to count.
-            prediction: predicted class indices, the same shape.
-
-        Raises:
-            ValueError: on a shape mismatch, fewer than two dimensions, non-integer labels, a
-                prediction outside ``[0, num_classes)`` or a target outside it that is not
-                ``ignore_index``.
-        """
-        _check_label_maps(target, prediction)
+    def _check_maps(self, target: Tensor, prediction: Tensor) -> None:
+        """Raise a ValueError unless the label maps have one shape and at least two dimensions."""
+        super()._check_maps(target, prediction)
         if target.dim() < 2:
-            raise ValueError(f"label maps must be H x W or N x H x W, got shape {tuple(target.shape)}")
-        if target.numel() == 0:
-            return
-        if self.counts.device != target.device:
-            self.counts = self.counts.to(target.device)
+            raise InputError(f"label maps must be H x W or N x H x W, got shape {tuple(target.shape)}")
+
+    def _batch_counts(self, target: Tensor, prediction: Tensor) -> Tensor:
+        """The ``5 x C`` counts of one batch."""
         # int64 before comparing: uint8 == -100 would compare against -100 wrapped to 156.
         height, width = target.shape[-2:]
         target = target.long().reshape(-1, height, width)
@@ -617,23 +715,7 @@ class BoundaryMetric:
         rows[_PREDICTED_BAND] = _count_classes(prediction, predicted_band, self.num_classes)
         rows[_TRIMAP] = _count_classes(target, trimap, self.num_classes)
         rows[_TRIMAP_CORRECT] = _count_classes(target, trimap & correct, self.num_classes)
-        self.counts += torch.stack(rows)
-
-    @torch.no_grad()
-    def update_logits(self, target: Tensor, logits: Tensor) -> None:
-        """Count a batch from scores: the prediction is the argmax over dimension 1.
-
-        Args:
-            target: ground truth ``N x H x W``.
-            logits: scores or probabilities ``N x num_classes x H x W``.
-        """
-        if logits.dim() < 3 or logits.shape[1] != self.num_classes:
-            raise ValueError(f"logits must be N x {self.num_classes} x H x W, got shape {tuple(logits.shape)}")
-        expected = logits.shape[:1] + logits.shape[2:]
-        if target.shape != expected:
-            raise ValueError(f"target shape {tuple(target.shape)} does not match logits shape "
-                             f"{tuple(logits.shape)} (expected {tuple(expected)})")
-        self.update(target, logits.argmax(dim=1))
+        return torch.stack(rows)
 
     def _check_range(self, target: Tensor, prediction: Tensor) -> Tensor | None:
         """The mask of counted pixels (``None``: all), after checking every label is legal."""
@@ -646,36 +728,9 @@ class BoundaryMetric:
             _raise_label_error(target, prediction, self.num_classes, self.ignore_index)
         return valid
 
-    # -- combining, resetting -----------------------------------------------------------------
-
-    def reset(self) -> None:
-        """Forget every count."""
-        self.counts.zero_()
-
-    def merge(self, other: "BoundaryMetric") -> "BoundaryMetric":
-        """Add another metric's counts to this one.
-
-        Returns:
-            This metric, for chaining.
-        """
-        mine, theirs = ((m.num_classes, m.ignore_index, m.width) for m in (self, other))
-        if mine != theirs:
-            raise ValueError(f"cannot merge a boundary metric with (num_classes, ignore_index, width) = {theirs} "
-                             f"into one with {mine}")
-        self.counts += other.counts.to(self.counts.device)
-        return self
-
-    def all_reduce(self) -> "BoundaryMetric":
-        """Sum the counts of every process (``torch.distributed``); a no-op when not initialised.
-
-        The counts must be on a device the backend supports (CUDA for NCCL, CPU for Gloo).
-
-        Returns:
-            This metric, now holding the counts of all processes.
-        """
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(self.counts, op=dist.ReduceOp.SUM)
-        return self
+    def _settings(self) -> dict[str, Any]:
+        """What two metrics must share to be merged: the classes and the band width."""
+        return {**super()._settings(), "width": self.width}
 
     # -- derived metrics ----------------------------------------------------------------------
 
@@ -724,8 +779,7 @@ class BoundaryMetric:
                 "width": self.width}
 
     def __repr__(self) -> str:
-        return (f"BoundaryMetric(num_classes={self.num_classes}, ignore_index={self.ignore_index}, "
-                f"width={self.width}, mean_iou={self.mean_iou:.4f}, trimap_accuracy={self.trimap_accuracy:.4f})")
+        return self._describe(mean_iou=f"{self.mean_iou:.4f}", trimap_accuracy=f"{self.trimap_accuracy:.4f}")
 
 
 def _near_other_label(labels: Tensor, width: int) -> Tensor:

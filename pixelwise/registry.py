@@ -12,10 +12,12 @@ import difflib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TypeVar
 
+from pixelwise.errors import InputError, PixelwiseError
+
 T = TypeVar("T")
 
 
-class UnknownNameError(KeyError, ValueError):
+class UnknownNameError(PixelwiseError, KeyError, ValueError):
     """A name that is not in a registry.
 
     A ``KeyError``, so a :class:`Registry` behaves as a ``Mapping`` (``registry.get(name)``
@@ -79,7 +81,7 @@ class Registry(Mapping[str, T]):
         """Register ``obj`` under ``name``; a name already registered is a ``ValueError``."""
         key = self._normalize(name)
         if key in self._entries:
-            raise ValueError(f"{self.what} {name!r} is already registered")
+            raise InputError(f"{self.what} {name!r} is already registered")
         self._entries[key] = obj
 
     def names(self) -> list[str]:

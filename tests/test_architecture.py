@@ -9,7 +9,8 @@ from pathlib import Path
 import pixelwise
 
 LAYERS: list[tuple[str, ...]] = [
-    ("errors", "config", "registry", "progress", "io"),
+    ("errors",),
+    ("config", "registry", "progress", "io"),
     ("geometry",),
     ("layers",),
     ("encoders",),

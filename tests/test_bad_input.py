@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_recipe
 from PIL import Image
 from rich.console import Console
 
@@ -24,19 +25,18 @@ from pixelwise.config import ConfigError, load_config
 from pixelwise.data import DataError, create_dataset
 from pixelwise.data.png import write_png_bands
 from pixelwise.data.synthetic import SyntheticShapes
-from pixelwise.io.checkpoint import (load_checkpoint, non_finite_tensors, remove_orphan_temporaries,
-                                    save_checkpoint)
+from pixelwise.io.atomic import remove_orphan_temporaries
+from pixelwise.io.checkpoint import load_checkpoint, non_finite_tensors, save_checkpoint
 from pixelwise.inference.predict import label_image, overlay, predict_files
 from pixelwise.training.loop import RunFolderInUse, TrainingDiverged, train, worker_message
 from pixelwise.progress import ProgressReport
 
-TINY = ["model.name=unet", "model.encoder=null", "model.options={base_channels: 4, depth: 2}",
-        "data.options={size: 32, length: 8}", "data.crop_size=[32, 32]", "data.batch_size=2", "data.workers=0",
-        "train.iterations=2", "train.eval_every=2", "train.checkpoint_every=1"]
+# What differs from tiny_recipe: the U-Net keeps its batch norm, and every step is checkpointed.
+TINY = ("model.options={base_channels: 4, depth: 2}", "train.checkpoint_every=1")
 
 
 def _tiny(run_dir: Path, *overrides: str):
-    return load_config(None, [*TINY, f"train.output_dir={run_dir}", *overrides])
+    return load_config(None, tiny_recipe(run_dir, *TINY, *overrides))
 
 
 def _scene(path: Path, size: tuple[int, int] = (40, 48)) -> Path:
@@ -53,11 +53,11 @@ def test_a_new_run_never_replaces_an_earlier_one(tmp_path: Path, capsys: pytest.
     before = {name: (run / name).read_bytes() for name in ("best.pt", "last.pt", "metrics.jsonl", "config.yaml")}
     with pytest.raises(RunFolderInUse, match=r"not empty.*--resume.*--overwrite.*train.output_dir"):
         train(_tiny(run))
-    assert main(["train", *TINY, f"train.output_dir={run}"]) == 2
+    assert main(["train", *tiny_recipe(run, *TINY)]) == 2
     assert "--overwrite" in capsys.readouterr().out
     assert {name: (run / name).read_bytes() for name in before} == before, "nothing of the first run changed"
     (run / "notes.txt").write_text("mine")
-    assert main(["train", "--overwrite", *TINY, f"train.output_dir={run}", "train.iterations=1"]) == 0
+    assert main(["train", "--overwrite", *tiny_recipe(run, *TINY, "train.iterations=1")]) == 0
     history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in history if "loss" in r] == [1], "one run's history, not two mixed"
     assert (run / "notes.txt").read_text() == "mine", "--overwrite removes the run's files only"
@@ -210,9 +210,9 @@ def test_a_data_error_in_a_loader_worker_arrives_as_its_own_message(tmp_path: Pa
         Image.new("RGB", (16, 16)).save(tmp_path / "images" / f"{stem}.png")
         Image.new("L", (16, 16)).save(tmp_path / "masks" / f"{stem}.png")
     (tmp_path / "images" / "c.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
-    config = load_config(None, [*TINY, "data.format=folder", f"data.root={tmp_path}", "data.options={num_classes: 2}",
-                                "data.val_split=all", "data.crop_size=[16, 16]", "data.workers=2",
-                                "data.batch_size=4", f"train.output_dir={tmp_path / 'run'}"])
+    config = load_config(None, tiny_recipe(tmp_path / "run", *TINY, "data.format=folder", f"data.root={tmp_path}",
+                                           "data.options={num_classes: 2}", "data.val_split=all",
+                                           "data.crop_size=[16, 16]", "data.workers=2", "data.batch_size=4"))
     with pytest.raises(DataError) as raised:
         train(config)
     message = str(raised.value)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_recipe
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 from test_train import _Interrupt, _stop_at
@@ -18,10 +19,9 @@ from pixelwise.io.checkpoint import load_checkpoint
 from pixelwise.training.sampling import SeededSamples
 from pixelwise.training.loop import train
 
-RUN = ["model.name=unet", "model.encoder=null", "model.options={base_channels: 4, depth: 2, norm: null}",
-       "data.options={size: [40, 40], length: 8}", "data.crop_size=[32, 32]", "data.batch_size=2",
-       "data.workers=0", "optim.lr=0.05", "train.iterations=6", "train.eval_every=3", "train.checkpoint_every=3",
-       "data.cutmix=0.7"]
+# On tiny_recipe's: 40×40 scenes, six steps, and CutMix on most samples.
+RUN = ("data.options={size: [40, 40], length: 8}", "optim.lr=0.05", "train.iterations=6", "train.eval_every=3",
+       "train.checkpoint_every=3", "data.cutmix=0.7")
 
 
 class _Flat(Dataset):
@@ -98,23 +98,23 @@ def test_a_seeded_sample_and_its_partner_are_a_function_of_the_seed() -> None:
 
 
 def test_a_run_with_cutmix_trains_on_the_mixes_and_resumes_exactly(tmp_path: Path) -> None:
-    straight = train(load_config(None, [*RUN, f"train.output_dir={tmp_path / 'straight'}"]))
-    plain = train(load_config(None, [*RUN, "data.cutmix=0", f"train.output_dir={tmp_path / 'plain'}"]))
+    straight = train(load_config(None, tiny_recipe(tmp_path / "straight", *RUN)))
+    plain = train(load_config(None, tiny_recipe(tmp_path / "plain", *RUN, "data.cutmix=0")))
     last = load_checkpoint(straight.run_dir / "last.pt")["model"]
     assert any(not torch.equal(value, load_checkpoint(plain.run_dir / "last.pt")["model"][name])
                for name, value in last.items())
 
     resumed_dir = tmp_path / "resumed"
     with pytest.raises(_Interrupt):
-        train(load_config(None, [*RUN, "data.workers=2", f"train.output_dir={resumed_dir}"]), on_step=_stop_at(4))
-    train(load_config(None, [*RUN, "data.workers=2", f"train.output_dir={resumed_dir}"]), resume=True)
+        train(load_config(None, tiny_recipe(resumed_dir, *RUN, "data.workers=2")), on_step=_stop_at(4))
+    train(load_config(None, tiny_recipe(resumed_dir, *RUN, "data.workers=2")), resume=True)
     resumed = load_checkpoint(resumed_dir / "last.pt")["model"]
     for name, value in last.items():
         assert torch.equal(resumed[name], value), f"{name} differs after resuming with other workers"
 
 
 def test_the_cli_trains_with_cutmix_and_refuses_a_probability_that_cannot_work(tmp_path: Path) -> None:
-    assert main(["train", *RUN, "train.iterations=2", "train.eval_every=2", f"train.output_dir={tmp_path}"]) == 0
+    assert main(["train", *tiny_recipe(tmp_path, *RUN, "train.iterations=2", "train.eval_every=2")]) == 0
     assert load_checkpoint(tmp_path / "last.pt")["config"]["data"]["cutmix"] == 0.7
     for probability in ("1.5", "-0.1"):
         with pytest.raises(ConfigError, match=r"data.cutmix = .* must be a probability in \[0, 1\]"):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_recipe
 from torch import nn
 
 from pixelwise.config import load_config
@@ -19,11 +20,11 @@ from pixelwise.training.loop import build_datasets, build_model, evaluate, train
 
 # The paper's U-Net without batch norm: per-process batch norm would make N processes at batch b
 # differ from one process at batch N·b; with none, the two are the same computation. The moving
-# average of the weights (train.ema) must follow the same way.
-RECIPE = ["model.name=unet", "model.encoder=null", "model.options={base_channels: 4, depth: 2, norm: null}",
-          "data.options={size: 32, length: 16}", "data.crop_size=[32, 32]", "data.scale_range=[1.0, 1.0]",
-          "data.workers=0", "optim.name=sgd", "optim.lr=0.1", "train.iterations=4", "train.eval_every=2",
-          "train.checkpoint_every=2", "train.ema=0.5", "data.cutmix=0.5"]
+# average of the weights (train.ema) must follow the same way. On tiny_recipe's; each run names
+# its own batch size.
+RECIPE = ("model.options={base_channels: 4, depth: 2, norm: null}", "data.options={size: 32, length: 16}",
+          "data.scale_range=[1.0, 1.0]", "optim.name=sgd", "optim.lr=0.1", "train.iterations=4",
+          "train.checkpoint_every=2", "train.ema=0.5", "data.cutmix=0.5")
 
 # Stops a run after step 3, as a crash would, on every process (torchrun then reports failure).
 INTERRUPTED = textwrap.dedent("""
@@ -50,9 +51,9 @@ def _torchrun(*args: str) -> subprocess.CompletedProcess:
 def test_two_processes_train_like_one_at_double_batch_and_resume(tmp_path: Path) -> None:
     """2 processes × batch 2 = 1 process × batch 4 (same samples, averaged gradients), through an
     interruption and a resume; only rank 0 writes, and the checkpoint loads into a plain model."""
-    reference = train(load_config(None, [*RECIPE, "data.batch_size=4", f"train.output_dir={tmp_path / 'one'}"]))
+    reference = train(load_config(None, tiny_recipe(tmp_path / "one", *RECIPE, "data.batch_size=4")))
     run_dir = tmp_path / "two"
-    overrides = [*RECIPE, "data.batch_size=2", f"train.output_dir={run_dir}"]
+    overrides = tiny_recipe(run_dir, *RECIPE, "data.batch_size=2")
     script = tmp_path / "interrupted.py"
     script.write_text(INTERRUPTED)
     interrupted = _torchrun(str(script), *overrides)
@@ -84,7 +85,7 @@ def test_two_processes_train_like_one_at_double_batch_and_resume(tmp_path: Path)
     events = EventAccumulator(str(run_dir / "tensorboard"))
     events.Reload()
     assert [event.step for event in events.Scalars("train/loss")] == [1, 2, 3, 4], "step 3 of the crash purged"
-    model = build_model(load_config(None, RECIPE), state["model_spec"]["num_classes"])
+    model = build_model(load_config(None, tiny_recipe(run_dir, *RECIPE)), state["model_spec"]["num_classes"])
     model.load_state_dict(state["model"])
 
 
@@ -108,7 +109,7 @@ def test_single_process_session_needs_no_process_group(monkeypatch: pytest.Monke
 
 def test_validation_shards_add_up_to_the_whole_set(tmp_path: Path) -> None:
     """Each rank scores every world_size-th image; summed over ranks, that is the whole set."""
-    config = load_config(None, [*RECIPE, f"train.output_dir={tmp_path}", "data.options={size: 32, length: 5}"])
+    config = load_config(None, tiny_recipe(tmp_path, *RECIPE, "data.options={size: 32, length: 5}"))
     _, val_set = build_datasets(config)
     model = build_model(config, val_set.classes.num_classes)
     device = torch.device("cpu")

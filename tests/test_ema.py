@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_recipe
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from test_train import _Interrupt, _stop_at
@@ -16,10 +17,10 @@ from pixelwise.training.ema import WeightAverage, warmed_decay
 from pixelwise.inference.evaluation import evaluate_checkpoint
 from pixelwise.training.loop import train
 
-RUN = ["model.name=unet", "model.encoder=resnet18", "model.options={decoder_channels: [16, 8, 8, 8, 8]}",
-       "data.options={size: [40, 40], length: 8}", "data.crop_size=[32, 32]", "data.batch_size=2",
-       "data.workers=0", "optim.lr=0.01", "train.iterations=6", "train.eval_every=3", "train.checkpoint_every=3",
-       "train.ema=0.9"]
+# On tiny_recipe's: a U-Net on resnet18, six steps, a moving average of the weights.
+RUN = ("model.encoder=resnet18", "model.options={decoder_channels: [16, 8, 8, 8, 8]}",
+       "data.options={size: [40, 40], length: 8}", "optim.lr=0.01", "train.iterations=6", "train.eval_every=3",
+       "train.checkpoint_every=3", "train.ema=0.9")
 
 
 def _net() -> nn.Module:
@@ -78,7 +79,7 @@ def test_the_decay_warms_up_so_the_average_follows_early_training() -> None:
 
 
 def test_a_run_validates_and_saves_the_average_and_resumes_exactly(tmp_path: Path) -> None:
-    straight = train(load_config(None, [*RUN, f"train.output_dir={tmp_path / 'straight'}"]))
+    straight = train(load_config(None, tiny_recipe(tmp_path / "straight", *RUN)))
     last = load_checkpoint(straight.run_dir / "last.pt")
     assert last["ema_updates"] == 6
     trained, averaged = last["training_model"], last["model"]
@@ -90,9 +91,9 @@ def test_a_run_validates_and_saves_the_average_and_resumes_exactly(tmp_path: Pat
 
     resumed_dir = tmp_path / "resumed"
     with pytest.raises(_Interrupt):
-        train(load_config(None, [*RUN, f"train.output_dir={resumed_dir}"]), on_step=_stop_at(4))
+        train(load_config(None, tiny_recipe(resumed_dir, *RUN)), on_step=_stop_at(4))
     assert load_checkpoint(resumed_dir / "last.pt")["ema_updates"] == 3
-    train(load_config(None, [*RUN, f"train.output_dir={resumed_dir}"]), resume=True)
+    train(load_config(None, tiny_recipe(resumed_dir, *RUN)), resume=True)
     resumed = load_checkpoint(resumed_dir / "last.pt")
     for key in ("model", "training_model"):
         for name, value in last[key].items():
@@ -100,11 +101,11 @@ def test_a_run_validates_and_saves_the_average_and_resumes_exactly(tmp_path: Pat
 
 
 def test_the_cli_trains_with_an_average_and_refuses_a_decay_that_cannot_work(tmp_path: Path) -> None:
-    assert main(["train", *RUN, "train.iterations=2", "train.eval_every=2", f"train.output_dir={tmp_path}"]) == 0
+    assert main(["train", *tiny_recipe(tmp_path, *RUN, "train.iterations=2", "train.eval_every=2")]) == 0
     assert load_checkpoint(tmp_path / "last.pt")["ema_updates"] == 2
     for decay in ("1.0", "0", "-0.5"):
         with pytest.raises(ConfigError, match=r"train.ema = .* must be a decay in \(0, 1\)"):
             load_config(None, [f"train.ema={decay}"])
     assert "training_model" not in load_checkpoint(
-        train(load_config(None, [*RUN, "train.ema=null", "train.iterations=1", "train.eval_every=1",
-                                 f"train.output_dir={tmp_path / 'plain'}"])).run_dir / "last.pt")
+        train(load_config(None, tiny_recipe(tmp_path / "plain", *RUN, "train.ema=null", "train.iterations=1",
+                                            "train.eval_every=1"))).run_dir / "last.pt")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_recipe
 from torchvision import tv_tensors
 
 from pixelwise.cli import main
@@ -77,10 +78,7 @@ def test_the_training_preset_runs_it_after_normalising() -> None:
 
 
 def test_the_cli_trains_with_it_and_refuses_a_probability_that_cannot_work(tmp_path: Path) -> None:
-    run = ["model.name=unet", "model.encoder=null", "model.options={base_channels: 4, depth: 2, norm: null}",
-           "data.options={size: [40, 40], length: 4}", "data.crop_size=[32, 32]", "data.batch_size=2",
-           "data.workers=0", "train.iterations=2", "train.eval_every=2", "data.random_conv=0.5",
-           f"train.output_dir={tmp_path}"]
+    run = tiny_recipe(tmp_path, "data.options={size: [40, 40], length: 4}", "data.random_conv=0.5")
     assert main(["train", *run]) == 0
     assert load_checkpoint(tmp_path / "last.pt")["config"]["data"]["random_conv"] == 0.5
     train_set, _ = build_datasets(load_config(None, run))

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_recipe
 from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
@@ -147,9 +148,7 @@ def test_settings_that_cannot_work_are_refused() -> None:
 
 
 def _tiny_run(tmp_path: Path, *extra: str) -> list[str]:
-    return ["model.name=unet", "model.encoder=null", "model.options={base_channels: 4, depth: 2, norm: null}",
-            "data.options={size: [40, 40], length: 6}", "data.crop_size=[32, 32]", "data.batch_size=2",
-            "data.workers=0", "train.iterations=2", "train.eval_every=2", f"train.output_dir={tmp_path}", *extra]
+    return tiny_recipe(tmp_path, "data.options={size: [40, 40], length: 6}", *extra)
 
 
 def test_the_cli_trains_with_it_and_the_recipe_checks_it(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -9,6 +9,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_recipe
 from servers import running
 
 from pixelwise.cli import main
@@ -18,12 +19,10 @@ from pixelwise.inference.evaluation import evaluate_checkpoint
 from pixelwise.inference.logits import recorded_augmentation
 
 SCALES = [0.75, 1.0]
-TINY_RUN = [
-    "model.name=unet", "model.encoder=resnet18", "model.options={decoder_channels: [32, 16, 16, 8, 8]}",
-    "data.format=synthetic", "data.options={size: 64, length: 4, shapes_per_image: [2, 4]}",
-    "data.crop_size=[48, 48]", "data.batch_size=2", "data.workers=0", "optim.lr=0.003", "train.iterations=2",
-    "train.eval_every=2", "train.checkpoint_every=2",
-]
+# On tiny_recipe's: a U-Net on resnet18, 64×64 scenes of two to four shapes, lr 0.003.
+TINY_RUN = ("model.encoder=resnet18", "model.options={decoder_channels: [32, 16, 16, 8, 8]}",
+            "data.options={size: 64, length: 4, shapes_per_image: [2, 4]}", "data.crop_size=[48, 48]",
+            "optim.lr=0.003", "train.checkpoint_every=2")
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +31,7 @@ def tta_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from pixelwise.training.loop import train
 
     run_dir = tmp_path_factory.mktemp("tta_run")
-    train(load_config(None, [*TINY_RUN, f"inference.scales={SCALES}", "inference.flip=true",
-                             f"train.output_dir={run_dir}"]))
+    train(load_config(None, tiny_recipe(run_dir, *TINY_RUN, f"inference.scales={SCALES}", "inference.flip=true")))
     return run_dir / "best.pt"
 
 

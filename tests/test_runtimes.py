@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_recipe
 
 import pixelwise
 from pixelwise.config import load_config
@@ -75,13 +76,11 @@ def test_onnx_runtime_from_a_checkpoint(tiny_checkpoint: Path) -> None:
 def test_evaluate_reproduces_the_logged_validation_miou_at_the_recorded_precision(tmp_path: Path) -> None:
     """A run validating under bf16 autocast records it; evaluate then computes the same numbers
     (bit for bit: the same path, the same precision) without being told."""
-    train(load_config(None, [
-        "model.name=unet", "model.encoder=resnet18", "model.options={decoder_channels: [16, 16, 8, 8, 8]}",
-        "data.format=synthetic", "data.options={size: 48, length: 4, shapes_per_image: [2, 4]}",
-        "data.crop_size=[32, 32]", "data.batch_size=2", "data.workers=0", "optim.lr=0.003",
-        "train.iterations=3", "train.eval_every=3", "train.checkpoint_every=3", "train.amp=bf16",
-        f"train.output_dir={tmp_path}",
-    ]))
+    train(load_config(None, tiny_recipe(
+        tmp_path, "model.encoder=resnet18", "model.options={decoder_channels: [16, 16, 8, 8, 8]}",
+        "data.options={size: 48, length: 4, shapes_per_image: [2, 4]}", "optim.lr=0.003", "train.iterations=3",
+        "train.eval_every=3", "train.checkpoint_every=3", "train.amp=bf16",
+    )))
     logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     [evaluation] = [record["eval"] for record in logged if "eval" in record]
     result = evaluate_checkpoint(tmp_path / "best.pt")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_recipe
 
 from pixelwise.config import load_config
 from pixelwise.training.budget import MEASURED_STEPS, WARMUP_STEPS, iterations_for_budget
@@ -17,22 +18,16 @@ from pixelwise.training.loop import TrainingDiverged, learning_rate, train
 
 
 def _tiny(tmp_path: Path, *overrides: str) -> object:
-    return load_config(None, [
-        "model.name=deeplabv3plus", "model.encoder=resnet18", "model.options={aux: true}",
-        "data.options={size: [48, 48], length: 12}", "data.crop_size=[32, 32]", "data.batch_size=2",
-        "data.workers=0", "train.iterations=6", "train.eval_every=3", "train.checkpoint_every=3",
-        f"train.output_dir={tmp_path}", *overrides,
-    ])
+    return load_config(None, tiny_recipe(
+        tmp_path, "model.name=deeplabv3plus", "model.encoder=resnet18", "model.options={aux: true}",
+        "data.options={size: [48, 48], length: 12}", "train.iterations=6", "train.eval_every=3",
+        "train.checkpoint_every=3", *overrides,
+    ))
 
 
 def _small(tmp_path: Path, *overrides: str) -> object:
     """A much faster recipe: the paper's U-Net at 4 channels and depth 2, no batch norm."""
-    return load_config(None, [
-        "model.name=unet", "model.encoder=null", "model.options={base_channels: 4, depth: 2, norm: null}",
-        "data.options={size: 32, length: 8}", "data.crop_size=[32, 32]", "data.batch_size=2", "data.workers=0",
-        "train.iterations=4", "train.eval_every=2", "train.checkpoint_every=2", f"train.output_dir={tmp_path}",
-        *overrides,
-    ])
+    return load_config(None, tiny_recipe(tmp_path, "train.iterations=4", "train.checkpoint_every=2", *overrides))
 
 
 def _scalars(run_dir: Path, tag: str) -> list[tuple[int, float]]:
@@ -148,9 +143,8 @@ def test_schedule_warms_up_then_decays() -> None:
 def test_cli_trains_and_resumes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from pixelwise.cli import main
 
-    overrides = ["model.encoder=resnet18", "data.options={size: [40, 40], length: 8}", "data.crop_size=[32, 32]",
-                 "data.batch_size=2", "data.workers=0", "train.iterations=2", "train.eval_every=2",
-                 f"train.output_dir={tmp_path}"]
+    overrides = tiny_recipe(tmp_path, "model.encoder=resnet18", "model.options={}",
+                            "data.options={size: [40, 40], length: 8}")
     assert main(["train", *overrides]) == 0
     assert "best mIoU" in capsys.readouterr().out
     assert main(["train", "--resume", *overrides]) == 0  # already complete: resumes to the end at once
@@ -212,10 +206,9 @@ def test_iterations_for_budget_pays_for_steps_and_evaluations() -> None:
 def test_time_budget_sets_the_total_and_resume_keeps_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from pixelwise.cli import main
 
-    overrides = ["model.name=unet", "model.encoder=null", "model.options={base_channels: 4, depth: 2, norm: null}",
-                 "data.options={size: 32, length: 8}", "data.crop_size=[32, 32]", "data.batch_size=2",
-                 "data.workers=0", "train.eval_every=1000", "train.checkpoint_every=1000", "optim.lr=0.01",
-                 f"train.output_dir={tmp_path}"]
+    # train.iterations stays at its default: the time budget sets the length.
+    overrides = tiny_recipe(tmp_path, "train.iterations=1000", "train.eval_every=1000", "train.checkpoint_every=1000",
+                            "optim.lr=0.01")
     assert main(["train", "--time-budget", "0.05", *overrides]) == 0
     assert "time budget 0.05 min:" in capsys.readouterr().out
     state = load_checkpoint(tmp_path / "last.pt")
@@ -239,11 +232,8 @@ def test_time_budget_sets_the_total_and_resume_keeps_it(tmp_path: Path, capsys: 
 def test_time_budget_is_refitted_when_the_machine_slows_down(tmp_path: Path) -> None:
     import time
 
-    config = load_config(None, [
-        "model.name=unet", "model.encoder=null", "model.options={base_channels: 4, depth: 2, norm: null}",
-        "data.options={size: 32, length: 8}", "data.crop_size=[32, 32]", "data.batch_size=2", "data.workers=0",
-        "train.eval_every=5", "train.checkpoint_every=1000", "train.time_budget_min=0.1",
-        f"train.output_dir={tmp_path}"])
+    config = load_config(None, tiny_recipe(tmp_path, "train.iterations=1000", "train.eval_every=5",
+                                           "train.checkpoint_every=1000", "train.time_budget_min=0.1"))
     measured = WARMUP_STEPS + MEASURED_STEPS
 
     def slow_after_planning(iteration: int, loss: float) -> None:

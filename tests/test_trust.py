@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_recipe
 from PIL import Image
 
 import pixelwise
@@ -70,9 +71,9 @@ def test_evaluate_predict_and_export_refuse_it(tmp_path: Path, marker: Path, cap
 
 def test_resume_refuses_it(tmp_path: Path, marker: Path) -> None:
     _hostile(tmp_path / "last.pt", marker)
-    config = load_config(None, ["model.name=unet", "model.encoder=resnet18", "data.format=synthetic",
-                                "data.options={size: 32, length: 2}", "data.crop_size=[32, 32]", "data.batch_size=2",
-                                "data.workers=0", "train.iterations=2", f"train.output_dir={tmp_path}"])
+    # The default U-Net on resnet18, validated at the default interval (the resume stops before a step).
+    config = load_config(None, tiny_recipe(tmp_path, "model.encoder=resnet18", "model.options={}",
+                                           "data.options={size: 32, length: 2}", "train.eval_every=250"))
     with pytest.raises(UntrustedFileError, match="last.pt"):
         train(config, resume=True)
 

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from pixelwise.encoders.weights import load_file
+from pixelwise.errors import InputError
 from pixelwise.layers.convert import linear_to_conv2d
 
 Size = tuple[int, int]
@@ -142,7 +143,7 @@ def convolutionalize_report(classifier: nn.Module, native_size: Size | int = (22
         with torch.no_grad():
             score_map = model(_probe(model, test_size))
     except RuntimeError as error:
-        raise ValueError(f"{test_size[0]}×{test_size[1]} is too small an input for this network: {error}") from error
+        raise InputError(f"{test_size[0]}×{test_size[1]} is too small an input for this network: {error}") from error
     return ConvolutionalizeReport(model.replacements, native_size, tuple(reference.shape), tuple(native_scores.shape),
                                   difference, reference.abs().max().item(), test_size, tuple(score_map.shape),
                                   model)
@@ -164,7 +165,7 @@ def torchvision_classifier(spec: str, weights: str | os.PathLike[str] | None = N
     name = spec.removeprefix("torchvision:")
     available = tvm.list_models(module=tvm)  # image classifiers only, no detection or segmentation
     if ":" in name or name not in available:
-        raise ValueError(f"unknown classifier {spec!r}; use torchvision:NAME with NAME one of {', '.join(available)}")
+        raise InputError(f"unknown classifier {spec!r}; use torchvision:NAME with NAME one of {', '.join(available)}")
     classifier = tvm.get_model(name, weights=None)
     if weights is not None:
         classifier.load_state_dict(load_file(weights))
@@ -234,7 +235,7 @@ def _record_calls(model: nn.Module, x: Tensor) -> tuple[list[_Call], Tensor]:
         for handle in handles:
             handle.remove()
     if not isinstance(reference, Tensor):
-        raise ValueError(f"the classifier returns a {type(reference).__name__}, not a tensor of class scores")
+        raise InputError(f"the classifier returns a {type(reference).__name__}, not a tensor of class scores")
     return calls, reference
 
 
@@ -268,7 +269,7 @@ def _build_trunk(calls: list[_Call], x: Tensor) -> tuple[nn.Sequential, list[Rep
         layers[_unique_key(call.name, layers)] = module
         previous, previous_name = call.output, repr(call.name)
     hidden = [c.name for c in calls if any(isinstance(m, nn.Linear) for m in c.module.modules())]
-    raise ValueError("the classifier has no fully connected head to convert"
+    raise InputError("the classifier has no fully connected head to convert"
                      + (f": its nn.Linear layers sit inside {', '.join(hidden)}, which are no nn.Sequential heads" if hidden
                         else " (it calls no nn.Linear: is it already fully convolutional?)"))
 
@@ -322,7 +323,7 @@ def _fixed_pool(name: str, pool: nn.Module, in_size: Size) -> tuple[nn.Module, R
     out_size = _pool_output_size(pool.output_size, in_size)
     before = f"{type(pool).__name__}({in_size[0]}×{in_size[1]} → {out_size[0]}×{out_size[1]})"
     if any(n_in % n_out for n_in, n_out in zip(in_size, out_size)) or getattr(pool, "return_indices", False):
-        raise ValueError(f"{name!r}: {before} is no fixed pooling ({in_size[0]}×{in_size[1]} does not divide into "
+        raise InputError(f"{name!r}: {before} is no fixed pooling ({in_size[0]}×{in_size[1]} does not divide into "
                          f"{out_size[0]}×{out_size[1]}); choose a native input size where it does")
     kernel = tuple(n_in // n_out for n_in, n_out in zip(in_size, out_size))
     if kernel == (1, 1):
@@ -368,7 +369,7 @@ def _run_on_map(name: str, layer: nn.Module, x: Tensor) -> Tensor:
     try:
         return layer(x)
     except RuntimeError as error:
-        raise ValueError(f"{name!r} ({type(layer).__name__}) of the head cannot run on the {tuple(x.shape)} feature "
+        raise InputError(f"{name!r} ({type(layer).__name__}) of the head cannot run on the {tuple(x.shape)} feature "
                          f"map it would get: {error}") from error
 
 
@@ -381,7 +382,7 @@ def _head_layers(calls: list[_Call]) -> list[tuple[str, nn.Module]]:
         if isinstance(module, nn.Sequential):
             pending[:0] = [(f"{name}.{key}", child) for key, child in module.named_children()]
         elif not isinstance(module, nn.Linear) and any(isinstance(m, nn.Linear) for m in module.modules()):
-            raise ValueError(f"{name!r} ({type(module).__name__}) holds fully connected layers inside its own "
+            raise InputError(f"{name!r} ({type(module).__name__}) holds fully connected layers inside its own "
                              "forward(); convolutionalize converts them only in nn.Sequential heads")
         else:
             layers.append((name, module))
@@ -400,7 +401,7 @@ def _linear_as_conv(name: str, linear: nn.Linear, x: Tensor) -> list[tuple[str, 
     """
     before = f"Linear({linear.in_features} → {linear.out_features})"
     if x.dim() != 4:
-        raise ValueError(f"{name!r}: {before} is fed a {x.dim()}-D tensor {tuple(x.shape)}, not a feature map")
+        raise InputError(f"{name!r}: {before} is fed a {x.dim()}-D tensor {tuple(x.shape)}, not a feature map")
     channels, height, width = x.shape[1:]
     if linear.in_features == channels * height * width:
         conv = linear_to_conv2d(linear, channels, (height, width))
@@ -412,7 +413,7 @@ def _linear_as_conv(name: str, linear: nn.Linear, x: Tensor) -> list[tuple[str, 
         conv = linear_to_conv2d(linear, channels, 1)
         after = f"Conv2d({channels} → {linear.out_features}, 1×1)"
         return [("global_pool", pool, pooling), (name, conv, Replacement(name, before, after))]
-    raise ValueError(
+    raise InputError(
         f"{name!r}: {before} takes neither the {channels}×{height}×{width} feature map before it flattened "
         f"({channels * height * width} values) nor its {channels} channels pooled; its input comes from code "
         "convolutionalize cannot follow")

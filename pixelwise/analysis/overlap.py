@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pixelwise.errors import InputError
 from pixelwise.layers.upsample import UPSAMPLE_KINDS, make_upsampler
 
 # The largest map computed (a side in output pixels) and the largest PNG written (a side in pixels).
@@ -41,7 +42,7 @@ def overlap_counts_1d(kernel: int, stride: int, input_size: int = 8, padding: in
         An int64 tensor of the output's length.
     """
     if min(kernel, stride, input_size, dilation) < 1 or padding < 0:
-        raise ValueError(f"kernel, stride, input_size and dilation must be ≥ 1 and padding ≥ 0, got "
+        raise InputError(f"kernel, stride, input_size and dilation must be ≥ 1 and padding ≥ 0, got "
                          f"{kernel=}, {stride=}, {input_size=}, {dilation=}, {padding=}")
     ones = torch.ones(1, 1, input_size, dtype=torch.float64)
     weight = torch.ones(1, 1, kernel, dtype=torch.float64)
@@ -49,7 +50,7 @@ def overlap_counts_1d(kernel: int, stride: int, input_size: int = 8, padding: in
     try:
         counts = F.conv_transpose1d(ones, weight, stride=stride, padding=padding, dilation=dilation)
     except RuntimeError as error:  # padding crops the whole output away
-        raise ValueError(f"no output: {error}") from error
+        raise InputError(f"no output: {error}") from error
     return counts[0, 0].round().long()
 
 
@@ -137,7 +138,7 @@ def overlap_map(kernel: int, stride: int, input_size: int = 8, padding: int = 0,
     """
     side = (input_size - 1) * stride - 2 * padding + dilation * (kernel - 1) + 1
     if side > MAX_MAP_SIDE:
-        raise ValueError(f"input_size {input_size} gives a {side}×{side} map, past the {MAX_MAP_SIDE}×{MAX_MAP_SIDE} "
+        raise InputError(f"input_size {input_size} gives a {side}×{side} map, past the {MAX_MAP_SIDE}×{MAX_MAP_SIDE} "
                          f"that can be shown ({side * side * 8 / 2**30:.1f} GiB of counts); the pattern repeats "
                          f"every {stride} pixels, so a size of a few strides shows it all: use a smaller --size")
     counts = overlap_counts_1d(kernel, stride, input_size, padding, dilation)
@@ -161,7 +162,7 @@ def _interior(counts: Tensor, kernel: int, stride: int, input_size: int, padding
         # Length (in - 1)·stride - extent + 2 uncropped, or the whole output when the padding
         # crops past the border region; either must reach one stride.
         smallest = 2 + math.ceil(max(extent - 2, 2 * padding - extent) / stride)
-        raise ValueError(f"input_size {input_size} is too small to show the interior pattern of kernel "
+        raise InputError(f"input_size {input_size} is too small to show the interior pattern of kernel "
                          f"{kernel}, stride {stride}, padding {padding}, dilation {dilation}: use ≥ {smallest}")
     return interior
 
@@ -209,12 +210,12 @@ def checkerboard_score(upsampler: nn.Module, channels: int, scale: int, size: in
         size: input height and width; at least 5 so that an interior remains.
     """
     if size < 5:
-        raise ValueError(f"size must be at least 5 to leave an interior of whole periods, got {size}")
+        raise InputError(f"size must be at least 5 to leave an interior of whole periods, got {size}")
     probe = copy.deepcopy(upsampler).double().eval()
     device = next((p.device for p in probe.parameters()), torch.device("cpu"))
     output = probe(torch.ones(1, channels, size, size, dtype=torch.float64, device=device))
     if output.shape[-2:] != (scale * size, scale * size):
-        raise ValueError(f"expected a {scale * size}×{scale * size} output for scale {scale}, "
+        raise InputError(f"expected a {scale * size}×{scale * size} output for scale {scale}, "
                          f"got {tuple(output.shape[-2:])}")
     # Whole periods only, starting at a multiple of scale, so phase (0, 0) is output pixel (0, 0)'s.
     interior = output[0, :, 2 * scale:-2 * scale, 2 * scale:-2 * scale]

@@ -5,6 +5,7 @@ from dataclasses import dataclass, replace
 
 from torch import nn
 
+from pixelwise.errors import InputError
 from pixelwise.geometry.propagation import propagates
 from pixelwise.geometry.report import Trace
 from pixelwise.geometry.tracer import trace
@@ -33,7 +34,7 @@ class ValidSizes:
     def sizes(self) -> tuple[int, ...]:
         """The valid sizes, where heights and widths agree."""
         if self.heights != self.widths:
-            raise ValueError("valid heights and widths differ for this model; read .heights and .widths")
+            raise InputError("valid heights and widths differ for this model; read .heights and .widths")
         return self.heights
 
     def __contains__(self, size: object) -> bool:
@@ -61,7 +62,7 @@ def valid_input_sizes(model: nn.Module, max_size: int = 1024, min_size: int = 1,
         probe_size: the size to trace at when ``traced`` is not given.
     """
     if max_size < min_size:
-        raise ValueError(f"max_size {max_size} is below min_size {min_size}")
+        raise InputError(f"max_size {max_size} is below min_size {min_size}")
     known = _designed_sizes(model, min_size, max_size)
     if known is not None:
         return known

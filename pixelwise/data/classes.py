@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from pixelwise.errors import InputError
+
 IGNORE_INDEX = 255
 
 
@@ -23,16 +25,16 @@ class ClassInfo:
 
     def __post_init__(self) -> None:
         if not self.names:
-            raise ValueError("a data set needs at least one class name")
+            raise InputError("a data set needs at least one class name")
         if not self.palette:
             object.__setattr__(self, "palette", default_palette(len(self.names)))
         if len(self.palette) != len(self.names):
-            raise ValueError(f"{len(self.names)} class names but {len(self.palette)} palette colours")
+            raise InputError(f"{len(self.names)} class names but {len(self.palette)} palette colours")
         for index, colour in enumerate(self.palette):
             if len(colour) != 3 or not all(0 <= value <= 255 for value in colour):
-                raise ValueError(f"palette colour {index} is {list(colour)}, not three values 0–255 (R, G, B)")
+                raise InputError(f"palette colour {index} is {list(colour)}, not three values 0–255 (R, G, B)")
         if 0 <= self.ignore_index < len(self.names):
-            raise ValueError(f"ignore_index {self.ignore_index} collides with class {self.names[self.ignore_index]!r}")
+            raise InputError(f"ignore_index {self.ignore_index} collides with class {self.names[self.ignore_index]!r}")
 
     @property
     def num_classes(self) -> int:
@@ -53,7 +55,7 @@ class ClassInfo:
             ValueError: ``data`` is not such a record.
         """
         if not isinstance(data, dict) or not isinstance(data.get("names"), (list, tuple)):
-            raise ValueError(f"class record {data!r} needs a list of class names under 'names' (and optionally "
+            raise InputError(f"class record {data!r} needs a list of class names under 'names' (and optionally "
                              f"'palette' and 'ignore_index')")
         return class_info(data["names"], data.get("palette"), int(data.get("ignore_index", IGNORE_INDEX)))
 

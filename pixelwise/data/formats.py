@@ -20,6 +20,7 @@ from pixelwise.data.base import JointTransform, SegmentationDataset
 from pixelwise.data.classes import IGNORE_INDEX, ClassInfo, class_info
 from pixelwise.data.io import Color, DataError, parse_color_table, read_pair
 from pixelwise.data.registry import register_dataset
+from pixelwise.errors import InputError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 MASK_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff")
@@ -211,12 +212,12 @@ def _folder_classes(root: Path, classes: Sequence[str] | ClassInfo | None, num_c
     if names_file.is_file():
         names = read_split_list(names_file)
         if num_classes is not None and num_classes != len(names):
-            raise ValueError(f"{names_file} names {len(names)} classes but num_classes={num_classes}; drop "
+            raise InputError(f"{names_file} names {len(names)} classes but num_classes={num_classes}; drop "
                              f"num_classes (the file's names are used), or correct one of the two")
         return class_info(names, ignore_index=ignore_index)
     if num_classes is not None:
         return class_info([f"class {i}" for i in range(num_classes)], ignore_index=ignore_index)
-    raise ValueError(f"{root}: the folder format needs its classes: pass classes=[names] (or a ClassInfo), "
+    raise InputError(f"{root}: the folder format needs its classes: pass classes=[names] (or a ClassInfo), "
                      "num_classes=N, or write a classes.txt with one class name per line at the root")
 
 
@@ -398,7 +399,7 @@ class CityscapesDataset(PairedFileDataset):
     def __init__(self, root: str | Path, split: str = "train", transform: JointTransform | None = None,
                  labels: str = "labelIds", strict: bool = True) -> None:
         if labels not in ("labelIds", "labelTrainIds"):
-            raise ValueError(f"labels must be 'labelIds' or 'labelTrainIds', not {labels!r}")
+            raise InputError(f"labels must be 'labelIds' or 'labelTrainIds', not {labels!r}")
         self.labels = labels
         self.label_map = cityscapes_label_map() if labels == "labelIds" else None
         names = [name for _, name, _ in CITYSCAPES_TRAIN_CLASSES]
@@ -499,7 +500,7 @@ class ADE20KDataset(PairedFileDataset):
     def __init__(self, root: str | Path, split: str = "train", transform: JointTransform | None = None,
                  strict: bool = True) -> None:
         if split not in ADE20K_SPLITS:
-            raise ValueError(f"ADE20K split {split!r} does not exist; use 'train' or 'val'")
+            raise InputError(f"ADE20K split {split!r} does not exist; use 'train' or 'val'")
         root = Path(root)
         if not (root / "images").is_dir() and (root / "ADEChallengeData2016").is_dir():
             root = root / "ADEChallengeData2016"
@@ -568,7 +569,7 @@ class CamVidDataset(PairedFileDataset):
         self.label_map[CAMVID_VOID] = IGNORE_INDEX
         self.holdout = (holdout,) if isinstance(holdout, str) else tuple(holdout or ())
         if self.holdout and split not in ("train", "val"):
-            raise ValueError(f"CamVid holdout={list(self.holdout)} redraws the train and val splits; split "
+            raise InputError(f"CamVid holdout={list(self.holdout)} redraws the train and val splits; split "
                              f"{split!r} is not one of them (the test split is never redrawn)")
         super().__init__(root, split, transform, class_info(CAMVID_CLASSES, CAMVID_PALETTE), strict)
 
@@ -589,7 +590,7 @@ class CamVidDataset(PairedFileDataset):
         present = {_camvid_sequence(image) for image, _ in pairs}
         unknown = sorted(set(self.holdout) - present)
         if unknown:
-            raise ValueError(f"{self.root}: CamVid holdout {unknown} names no sequence of the train and val frames; "
+            raise InputError(f"{self.root}: CamVid holdout {unknown} names no sequence of the train and val frames; "
                              f"the sequences there are {sorted(present)}")
         keep = (lambda image: _camvid_sequence(image) in self.holdout) if self.split == "val" else (
             lambda image: _camvid_sequence(image) not in self.holdout)

@@ -25,6 +25,7 @@ from PIL import Image, ImageOps
 from torchvision import tv_tensors
 
 from pixelwise.data.classes import ClassInfo
+from pixelwise.errors import InputError, PixelwiseError
 
 Color = tuple[int, int, int]
 ColorTable = Mapping[Color, int]
@@ -35,7 +36,7 @@ _SWAPS_AXES = {5, 6, 7, 8}  # orientations that rotate by 90°, swapping width a
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error)
 
 
-class DataError(ValueError):
+class DataError(PixelwiseError, ValueError):
     """A problem in the data on disk: the message names the file and what to do.
 
     Attributes:
@@ -222,7 +223,7 @@ def _parse_color(key: object) -> Color:
     else:
         values = [int(v) for v in key]  # type: ignore[union-attr]
     if len(values) != 3 or not all(0 <= v <= 255 for v in values):
-        raise ValueError(f"colour {key!r} is not an RGB triple of 0-255 values; write (r, g, b), 'r,g,b' or '#rrggbb'")
+        raise InputError(f"colour {key!r} is not an RGB triple of 0-255 values; write (r, g, b), 'r,g,b' or '#rrggbb'")
     return values[0], values[1], values[2]
 
 
@@ -244,11 +245,11 @@ def parse_color_table(table: ColorTableLike) -> dict[Color, int]:
     for key, index in pairs:
         colour = _parse_color(key)
         if colour in result and result[colour] != int(index):
-            raise ValueError(f"colour {colour} is given for classes {result[colour]} and {index}: "
+            raise InputError(f"colour {colour} is given for classes {result[colour]} and {index}: "
                              "a colour table needs a distinct colour per class")
         result[colour] = int(index)
     if not result:
-        raise ValueError("the colour table is empty; give at least one colour → class index")
+        raise InputError("the colour table is empty; give at least one colour → class index")
     return result
 
 

@@ -7,13 +7,15 @@ above, which compresses masks and photographs alike), and ``IEND``. Any reader o
 """
 from __future__ import annotations
 
-import os
 import struct
 import zlib
 from pathlib import Path
 from typing import BinaryIO, Iterable, Sequence
 
 import numpy as np
+
+from pixelwise.errors import InputError
+from pixelwise.io.atomic import atomic_file
 
 _SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _UP = 2  # the PNG filter type "Up"
@@ -42,50 +44,45 @@ def write_png_bands(path: str | Path, height: int, width: int, bands: Iterable[n
         ValueError: a band of the wrong shape or type, or rows not adding up to ``height``.
     """
     path = Path(path)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     compressor = zlib.compressobj(level)
     previous: np.ndarray | None = None
     header: tuple[int, int] | None = None  # (bit depth, colour type), from the first band
     rows = 0
-    try:
-        with open(temporary, "wb") as handle:
-            handle.write(_SIGNATURE)
-            pending = bytearray()
-            for band in bands:
-                band = np.asarray(band)
-                kind = _kind(band, width, palette is not None)
-                if header is None:
-                    header = kind
-                    _chunk(handle, b"IHDR", struct.pack(">IIBBBBB", width, height, *kind, 0, 0, 0))
-                    if palette is not None:
-                        if len(palette) > 256:
-                            raise ValueError(f"a PNG palette holds at most 256 colours, got {len(palette)}")
-                        _chunk(handle, b"PLTE", np.asarray(palette, dtype=np.uint8).reshape(-1).tobytes())
-                elif kind != header:
-                    raise ValueError(f"band of type {band.dtype} and shape {band.shape} differs from the first band's")
-                rows += band.shape[0]
-                if rows > height:
-                    raise ValueError(f"the bands hold more than the {height} rows of the image")
-                data = band.astype(">u2") if band.dtype == np.uint16 else band
-                data = data.reshape(band.shape[0], -1).view(np.uint8)
-                above = np.zeros_like(data[:1]) if previous is None else previous
-                filtered = np.diff(np.concatenate([above, data]), axis=0)  # uint8 wraps: (x - above) mod 256
-                previous = data[-1:].copy()
-                lines = np.empty((data.shape[0], data.shape[1] + 1), dtype=np.uint8)
-                lines[:, 0] = _UP
-                lines[:, 1:] = filtered
-                pending += compressor.compress(lines.tobytes())
-                while len(pending) >= _IDAT_BYTES:
-                    _chunk(handle, b"IDAT", bytes(pending[:_IDAT_BYTES]))
-                    del pending[:_IDAT_BYTES]
-            if rows != height:
-                raise ValueError(f"the bands hold {rows} rows, the image {height}")
-            pending += compressor.flush()
-            _chunk(handle, b"IDAT", bytes(pending))
-            _chunk(handle, b"IEND", b"")
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    with atomic_file(path) as handle:
+        handle.write(_SIGNATURE)
+        pending = bytearray()
+        for band in bands:
+            band = np.asarray(band)
+            kind = _kind(band, width, palette is not None)
+            if header is None:
+                header = kind
+                _chunk(handle, b"IHDR", struct.pack(">IIBBBBB", width, height, *kind, 0, 0, 0))
+                if palette is not None:
+                    if len(palette) > 256:
+                        raise InputError(f"a PNG palette holds at most 256 colours, got {len(palette)}")
+                    _chunk(handle, b"PLTE", np.asarray(palette, dtype=np.uint8).reshape(-1).tobytes())
+            elif kind != header:
+                raise InputError(f"band of type {band.dtype} and shape {band.shape} differs from the first band's")
+            rows += band.shape[0]
+            if rows > height:
+                raise InputError(f"the bands hold more than the {height} rows of the image")
+            data = band.astype(">u2") if band.dtype == np.uint16 else band
+            data = data.reshape(band.shape[0], -1).view(np.uint8)
+            above = np.zeros_like(data[:1]) if previous is None else previous
+            filtered = np.diff(np.concatenate([above, data]), axis=0)  # uint8 wraps: (x - above) mod 256
+            previous = data[-1:].copy()
+            lines = np.empty((data.shape[0], data.shape[1] + 1), dtype=np.uint8)
+            lines[:, 0] = _UP
+            lines[:, 1:] = filtered
+            pending += compressor.compress(lines.tobytes())
+            while len(pending) >= _IDAT_BYTES:
+                _chunk(handle, b"IDAT", bytes(pending[:_IDAT_BYTES]))
+                del pending[:_IDAT_BYTES]
+        if rows != height:
+            raise InputError(f"the bands hold {rows} rows, the image {height}")
+        pending += compressor.flush()
+        _chunk(handle, b"IDAT", bytes(pending))
+        _chunk(handle, b"IEND", b"")
 
 
 def _kind(band: np.ndarray, width: int, indexed: bool) -> tuple[int, int]:
@@ -96,5 +93,5 @@ def _kind(band: np.ndarray, width: int, indexed: bool) -> tuple[int, int]:
         return 8, 3 if indexed else 0
     if band.ndim == 2 and band.shape[1] == width and band.dtype == np.uint16 and not indexed:
         return 16, 0
-    raise ValueError(f"cannot write a band of type {band.dtype} and shape {band.shape} as PNG rows of width {width}"
+    raise InputError(f"cannot write a band of type {band.dtype} and shape {band.shape} as PNG rows of width {width}"
                      f"{' (palette indices must be uint8)' if indexed else ''}")

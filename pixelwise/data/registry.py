@@ -5,6 +5,7 @@ import inspect
 from typing import Callable
 
 from pixelwise.data.base import SegmentationDataset
+from pixelwise.errors import InputError
 from pixelwise.registry import Registry
 
 DatasetFactory = Callable[..., SegmentationDataset]
@@ -34,5 +35,5 @@ def create_dataset(name: str, **options) -> SegmentationDataset:
     accepted = inspect.signature(factory).parameters
     unknown = sorted(set(options) - set(accepted))
     if unknown:
-        raise ValueError(f"data set format {name!r} does not take {unknown}; it takes {list(accepted)}")
+        raise InputError(f"data set format {name!r} does not take {unknown}; it takes {list(accepted)}")
     return factory(**options)

@@ -25,6 +25,7 @@ from torchvision import tv_tensors
 from pixelwise.data.base import JointTransform, SegmentationDataset
 from pixelwise.data.classes import ClassInfo, class_info
 from pixelwise.data.registry import register_dataset
+from pixelwise.errors import InputError
 
 CLASS_NAMES = ("background", "disc", "ring", "square", "triangle", "bar")
 PALETTE = ((0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48))
@@ -74,7 +75,7 @@ class SyntheticShapes(SegmentationDataset):
                  root: str | None = None, shapes_per_image: tuple[int, int] = SHAPES_PER_IMAGE, noise: float = 0.08,
                  max_tilt: float = 15.0) -> None:
         if not 2 <= num_classes <= len(CLASS_NAMES):
-            raise ValueError(f"num_classes must be between 2 and {len(CLASS_NAMES)}, got {num_classes}")
+            raise InputError(f"num_classes must be between 2 and {len(CLASS_NAMES)}, got {num_classes}")
         self.split = split
         self.size = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
         self.length = DEFAULT_LENGTHS.get(split, 200) if length is None else int(length)

@@ -32,6 +32,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from pixelwise.data.base import SegmentationDataset
 from pixelwise.data.classes import IGNORE_INDEX
+from pixelwise.errors import InputError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -60,7 +61,7 @@ class RandomScale(v2.Transform):
         super().__init__()
         low, high = scale_range
         if not 0 < low <= high:
-            raise ValueError(f"scale_range must satisfy 0 < low <= high, got {scale_range}")
+            raise InputError(f"scale_range must satisfy 0 < low <= high, got {scale_range}")
         self.scale_range = (float(low), float(high))
         self.base_size = base_size
 
@@ -100,9 +101,9 @@ class RandomConvolution(v2.Transform):
     def __init__(self, probability: float, kernel_sizes: Sequence[int] = (1, 3, 5, 7)) -> None:
         super().__init__()
         if not 0 <= probability <= 1:
-            raise ValueError(f"the random-convolution probability must be in [0, 1], got {probability}")
+            raise InputError(f"the random-convolution probability must be in [0, 1], got {probability}")
         if not kernel_sizes or any(k < 1 or k % 2 == 0 for k in kernel_sizes):
-            raise ValueError(f"kernel sizes must be odd and positive (the image must not shift), got {kernel_sizes}")
+            raise InputError(f"kernel sizes must be odd and positive (the image must not shift), got {kernel_sizes}")
         self.probability, self.kernel_sizes = float(probability), tuple(int(k) for k in kernel_sizes)
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
@@ -282,7 +283,7 @@ class CutMix(Dataset):
 
     def __init__(self, dataset: Dataset, probability: float, alpha: float = 1.0) -> None:
         if not 0 <= probability <= 1:
-            raise ValueError(f"the CutMix probability must be in [0, 1], got {probability}")
+            raise InputError(f"the CutMix probability must be in [0, 1], got {probability}")
         self.dataset, self.probability, self.alpha = dataset, probability, alpha
 
     def __len__(self) -> int:
@@ -294,7 +295,7 @@ class CutMix(Dataset):
             return image, mask
         other_image, other_mask = self.dataset[int(torch.randint(len(self), size=()))]
         if other_image.shape != image.shape or other_mask.shape != mask.shape:
-            raise ValueError(f"CutMix needs samples of one size (training crops): sample {index} is "
+            raise InputError(f"CutMix needs samples of one size (training crops): sample {index} is "
                              f"{tuple(image.shape)}, its partner {tuple(other_image.shape)}; set data.crop_size")
         x1, y1, x2, y2 = cutmix_box(image.shape[-2], image.shape[-1], self.alpha)
         image, mask = image.clone(), mask.clone()
@@ -336,18 +337,18 @@ class RareClassSampling(Dataset):
                  min_pixels: int = 3000, min_crop_ratio: float = 0.5, redraws: int = 10) -> None:
         counts = torch.as_tensor(image_class_pixels)
         if not temperature > 0:
-            raise ValueError(f"the rare-class sampling temperature must be > 0, got {temperature}")
+            raise InputError(f"the rare-class sampling temperature must be > 0, got {temperature}")
         if min_pixels < 1 or min_crop_ratio < 0 or redraws < 1:
-            raise ValueError(f"rare-class sampling needs min_pixels >= 1, min_crop_ratio >= 0 and redraws >= 1, "
+            raise InputError(f"rare-class sampling needs min_pixels >= 1, min_crop_ratio >= 0 and redraws >= 1, "
                              f"got {min_pixels}, {min_crop_ratio} and {redraws}")
         if counts.dim() != 2 or counts.shape[0] != len(dataset):  # type: ignore[arg-type]
-            raise ValueError(f"rare-class sampling needs one row of class pixel counts per image: "
+            raise InputError(f"rare-class sampling needs one row of class pixel counts per image: "
                              f"{tuple(counts.shape)} for {len(dataset)} images")  # type: ignore[arg-type]
         eligible = counts >= min_pixels
         drawable = eligible.any(0)
         if not drawable.any():
             largest = int(counts.max()) if counts.numel() else 0
-            raise ValueError(f"no training image holds {min_pixels} pixels of any class: lower the rare-class "
+            raise InputError(f"no training image holds {min_pixels} pixels of any class: lower the rare-class "
                              f"sampling's min_pixels (the largest count is {largest})")
         share = counts.sum(0).double() / counts.sum().clamp(min=1)
         weights = ((1 - share) / temperature).masked_fill(~drawable, -math.inf)

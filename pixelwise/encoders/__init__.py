@@ -14,6 +14,7 @@ from pixelwise.encoders.weights import (
     load_file,
     load_into,
 )
+from pixelwise.errors import InputError
 
 EncoderWeights = str | os.PathLike[str] | None
 
@@ -53,7 +54,7 @@ def create_encoder(name: str, weights: EncoderWeights = None, output_stride: int
     elif weights == "imagenet":
         state, source = download_torchvision_weights(spec.weights, name), f"torchvision {spec.weights}"
     else:
-        raise ValueError(f"encoder weights must be None, 'imagenet' or a file path, got {weights!r}")
+        raise InputError(f"encoder weights must be None, 'imagenet' or a file path, got {weights!r}")
     if _looks_converted(encoder, state):
         load_into(encoder, state, source)
     else:

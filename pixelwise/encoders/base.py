@@ -11,6 +11,7 @@ from typing import Sequence
 
 from torch import Tensor, nn
 
+from pixelwise.errors import InputError
 from pixelwise.geometry.tracer import feature_geometry
 from pixelwise.layers.align import Grid
 
@@ -47,7 +48,7 @@ class Encoder(nn.Module):
 def stage_reductions(natural: Sequence[int], output_stride: int) -> list[int]:
     """Strides of the stages once every stride past ``output_stride`` is replaced by dilation."""
     if output_stride not in (8, 16, 32):
-        raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride!r}")
+        raise InputError(f"output_stride must be 8, 16 or 32, got {output_stride!r}")
     return [min(r, output_stride) for r in natural]
 
 
@@ -107,13 +108,13 @@ def traced_grids(encoder: Encoder) -> list[Grid]:
     grids = []
     for index, (axes, reduction) in enumerate(zip(feature_geometry(encoder, size), encoder.reductions)):
         if axes is None:
-            raise ValueError(f"{type(encoder).__name__} feature {index} is not a 2-D map on its input")
+            raise InputError(f"{type(encoder).__name__} feature {index} is not a 2-D map on its input")
         height, width = axes
         if (height.stride, height.center) != (width.stride, width.center):
-            raise ValueError(f"{type(encoder).__name__} feature {index} sits differently along the height "
+            raise InputError(f"{type(encoder).__name__} feature {index} sits differently along the height "
                              f"({height}) and the width ({width}); decoders need one grid per map")
         if height.stride != reduction:
-            raise ValueError(f"{type(encoder).__name__} declares reduction {reduction} for feature {index}, "
+            raise InputError(f"{type(encoder).__name__} declares reduction {reduction} for feature {index}, "
                              f"but tracing finds stride {height.stride}")
         grids.append(Grid(height.stride, height.center))
     return grids

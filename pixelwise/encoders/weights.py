@@ -12,7 +12,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from pixelwise.errors import PixelwiseError
+from pixelwise.errors import FolderGivenError, InputError, MissingFileError, PixelwiseError
 from pixelwise.io.safe_load import file_format, load_torch_file, read_safetensors
 
 
@@ -33,22 +33,22 @@ def load_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     holding ``{"model": state_dict}`` or ``{"state_dict": ...}`` works too."""
     path = Path(path)
     if path.is_dir():
-        raise IsADirectoryError(f"weights file {str(path)!r} is a folder; pass the state-dict file inside it "
+        raise FolderGivenError(f"weights file {str(path)!r} is a folder; pass the state-dict file inside it "
                                 f"(.pt, .pth or .safetensors)")
     if not path.is_file():
-        raise FileNotFoundError(f"weights file {str(path)!r} does not exist")
+        raise MissingFileError(f"weights file {str(path)!r} does not exist")
     kind = file_format(path)
     if kind == "safetensors":
         return read_safetensors(path, "weights file")[0]
     if kind == "other":
-        raise ValueError(f"weights file {str(path)!r} is neither a PyTorch file (written by torch.save) nor "
+        raise InputError(f"weights file {str(path)!r} is neither a PyTorch file (written by torch.save) nor "
                          f"safetensors; pass a .pt/.pth state dict or a .safetensors file")
     state: Any = load_torch_file(path, "weights file")
     for key in ("model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     if not isinstance(state, dict):
-        raise ValueError(f"{str(path)!r} holds a {type(state).__name__}, not a state dict")
+        raise InputError(f"{str(path)!r} holds a {type(state).__name__}, not a state dict")
     return state
 
 
@@ -94,7 +94,7 @@ def load_into(module: nn.Module, state_dict: dict[str, torch.Tensor], source: st
     reshaped = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
                 for k, v in state_dict.items() if k in own and v.shape != own[k].shape]
     if missing or unexpected or reshaped:
-        raise ValueError(
+        raise InputError(
             f"weights from {source} do not fit {type(module).__name__}: missing {_first(missing)}, "
             f"unexpected {_first(unexpected)}, wrong shape (file vs model) {_first(reshaped)}"
         )

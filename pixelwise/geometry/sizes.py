@@ -22,6 +22,8 @@ import functools
 import inspect
 from typing import Any, Callable, TypeVar, Union
 
+from pixelwise.errors import InputError
+
 IntOrTuple = Union[int, tuple[int, ...]]
 _Function = TypeVar("_Function", bound=Callable[..., Any])
 
@@ -37,7 +39,7 @@ def _per_axis(function: _Function) -> _Function:
         if not lengths:
             return function(**arguments)
         if len(lengths) > 1:
-            raise ValueError(f"tuple arguments of different lengths: {dict(arguments)}")
+            raise InputError(f"tuple arguments of different lengths: {dict(arguments)}")
         (num_axes,) = lengths
         return tuple(
             function(**{name: value[axis] if isinstance(value, (tuple, list)) else value
@@ -52,7 +54,7 @@ def _require(minimum: int, **values: int) -> None:
     """Raise ValueError for any named value below ``minimum``."""
     for name, value in values.items():
         if value < minimum:
-            raise ValueError(f"{name} must be at least {minimum}, got {value}")
+            raise InputError(f"{name} must be at least {minimum}, got {value}")
 
 
 def _extent(kernel: int, dilation: int) -> int:
@@ -74,7 +76,7 @@ def conv_output_size(size: IntOrTuple, kernel: IntOrTuple, stride: IntOrTuple = 
     _require(0, padding=padding)
     padded, extent = size + 2 * padding, _extent(kernel, dilation)
     if padded < extent:
-        raise ValueError(f"input size {size} is too small: padded by {padding} on each side it is {padded}, "
+        raise InputError(f"input size {size} is too small: padded by {padding} on each side it is {padded}, "
                          f"smaller than the kernel's extent {extent} (kernel {kernel}, dilation {dilation})")
     return (padded - extent) // stride + 1
 
@@ -95,7 +97,7 @@ def conv_transpose_output_size(size: IntOrTuple, kernel: IntOrTuple, stride: Int
     _require(1, size=size)
     uncropped = (size - 1) * stride + _extent(kernel, dilation) + output_padding
     if uncropped - 2 * padding < 1:
-        raise ValueError(f"padding {padding} is too large: it crops 2·{padding} pixels from an output of "
+        raise InputError(f"padding {padding} is too large: it crops 2·{padding} pixels from an output of "
                          f"{uncropped} (input size {size} is too small for it)")
     return uncropped - 2 * padding
 
@@ -107,7 +109,7 @@ def _check_transpose_arguments(kernel: int, stride: int, padding: int, output_pa
     _require(0, padding=padding, output_padding=output_padding)
     # output_padding adds rows that no stride step reaches; PyTorch allows fewer than one step.
     if output_padding >= max(stride, dilation):
-        raise ValueError(f"output_padding {output_padding} must be smaller than stride ({stride}) "
+        raise InputError(f"output_padding {output_padding} must be smaller than stride ({stride}) "
                          f"or dilation ({dilation})")
 
 
@@ -139,7 +141,7 @@ def pool_output_size(size: IntOrTuple, kernel: IntOrTuple, stride: IntOrTuple | 
     if ceil_mode and (out - 1) * stride >= size + padding:
         out -= 1  # the last window would start in the right padding: PyTorch drops it
     if out < 1:
-        raise ValueError(f"input size {size} is too small: padded by {padding} on each side it is "
+        raise InputError(f"input size {size} is too small: padded by {padding} on each side it is "
                          f"{size + 2 * padding}, smaller than the window's extent {_extent(kernel, dilation)}")
     return out
 
@@ -149,7 +151,7 @@ def _check_pool_arguments(kernel: int, stride: int, padding: int, dilation: int)
     _require(1, kernel=kernel, stride=stride, dilation=dilation)
     _require(0, padding=padding)
     if padding > kernel // 2:
-        raise ValueError(f"pooling padding {padding} is too large for kernel {kernel}: "
+        raise InputError(f"pooling padding {padding} is too large for kernel {kernel}: "
                          f"PyTorch allows at most kernel // 2 = {kernel // 2}")
 
 
@@ -239,6 +241,6 @@ def exact_input_sizes(output_size: IntOrTuple, kernel: IntOrTuple, stride: IntOr
     _require(0, padding=padding)
     size = (output_size - 1) * stride + _extent(kernel, dilation) - 2 * padding
     if size < 1:
-        raise ValueError(f"no input size gives {output_size} exactly: padding {padding} alone gives more "
+        raise InputError(f"no input size gives {output_size} exactly: padding {padding} alone gives more "
                          f"(the exact size would be {size})")
     return size

@@ -37,12 +37,13 @@ from rich.table import Table
 
 from pixelwise.data import ClassInfo, SegmentationDataset, create_dataset
 from pixelwise.data.transforms import val_transform
+from pixelwise.errors import InputError
 from pixelwise.io.checkpoint import load_checkpoint
 from pixelwise.inference.loading import LoadedModel
 from pixelwise.inference.logits import Blend, InferenceOptions, Mode, Size
 from pixelwise.inference.loading import is_onnx, load_predictor
 from pixelwise.inference.predict import ProgressCallback
-from pixelwise.metrics import BoundaryMetric, ConfusionMatrix
+from pixelwise.metrics import BoundaryMetric, ConfusionMatrix, format_percent, metrics_table
 
 
 @dataclass
@@ -121,7 +122,7 @@ def resolve_data(recorded: dict[str, Any] | None, data_format: str | None = None
     """
     recorded = recorded or {}
     if data_format is None and "format" not in recorded:
-        raise ValueError("the checkpoint records no data set; pass the format and root (--format, --root)")
+        raise InputError("the checkpoint records no data set; pass the format and root (--format, --root)")
     same_format = data_format is None or data_format == recorded.get("format")
     data_format = data_format or recorded["format"]
     if root is None and same_format:
@@ -138,10 +139,10 @@ def _open_dataset(data: dict[str, Any], loaded: LoadedModel) -> SegmentationData
     dataset = create_dataset(data["format"], split=data["split"], transform=val_transform(**normalization),
                              **extra, **data["options"])
     if dataset.classes.num_classes != loaded.classes.num_classes:
-        raise ValueError(f"the data set ({data['format']}, split {data['split']!r}) has {dataset.classes.num_classes} "
+        raise InputError(f"the data set ({data['format']}, split {data['split']!r}) has {dataset.classes.num_classes} "
                          f"classes but the model predicts {loaded.classes.num_classes}")
     if len(dataset) == 0:
-        raise ValueError(f"split {data['split']!r} of the {data['format']} data set holds no images")
+        raise InputError(f"split {data['split']!r} of the {data['format']} data set holds no images")
     return dataset
 
 
@@ -232,7 +233,7 @@ def evaluate_loaded(loaded: LoadedModel, data: dict[str, Any], options: Inferenc
 def _check_boundary_width(boundary_width: int) -> None:
     """Raise a ValueError unless the width is a whole number of pixels, 0 or more."""
     if isinstance(boundary_width, bool) or not isinstance(boundary_width, int) or boundary_width < 0:
-        raise ValueError(f"boundary width must be a whole number of pixels, 0 or more (0: no boundary metrics), "
+        raise InputError(f"boundary width must be a whole number of pixels, 0 or more (0: no boundary metrics), "
                          f"got {boundary_width!r}")
 
 
@@ -294,31 +295,22 @@ def plot_confusion_matrix(matrix: ConfusionMatrix, class_names: Sequence[str], p
 
 # Printing --------------------------------------------------------------------------------------
 
-def _percent(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.2f}"
-
-
 def evaluation_table(result: EvaluationResult) -> Table:
     """Per-class IoU, Dice, accuracy, Boundary IoU (when measured) and pixel counts, then the
-    means, as a rich table."""
+    means, as a rich table (the cells of :func:`~pixelwise.metrics.metrics_table`)."""
     data, inference = result.data, result.inference
     views = "" if not inference.augmented else (
         f"scales {' '.join(f'{scale:g}' for scale in inference.scales)}{' + flip' if inference.flip else ''}, ")
     table = Table(title=f"{Path(result.checkpoint).name} on {data['format']} {data['split']} "
                         f"({data['num_images']} images, {inference.mode}, {views}"
                         f"{' '.join(result.runtime.values())})")
-    boundary = result.boundary is not None
-    columns = ["class", "IoU %", "Dice %", "Acc %"] + (["BIoU %"] if boundary else []) + ["gt px", "pred px"]
-    for column in columns:
+    cells = metrics_table(result.summary(), result.classes.names)
+    for column in cells.header(unit=" %"):
         table.add_column(column, justify="left" if column == "class" else "right")
-    for row in result.per_class():
-        scores = [row["iou"], row["dice"], row["accuracy"]] + ([row["boundary_iou"]] if boundary else [])
-        table.add_row(row["name"], *map(_percent, scores), str(row["gt_pixels"]), str(row["predicted_pixels"]))
-    stats = result.summary()
+    for row in cells.rows:
+        table.add_row(*row)
     table.add_section()
-    means = [stats["mean_iou"], stats["mean_dice"], stats["mean_class_accuracy"]]
-    means += [stats["mean_boundary_iou"]] if boundary else []
-    table.add_row("mean", *map(_percent, means), str(stats["num_pixels"]), "")
+    table.add_row(*cells.mean_row)
     return table
 
 
@@ -326,14 +318,16 @@ def print_evaluation(result: EvaluationResult, console: Console) -> None:
     """Print the table, the summary and where the files went."""
     stats = result.summary()
     console.print(evaluation_table(result))
-    console.print(f"mIoU {_percent(stats['mean_iou'])}%, pixel accuracy {_percent(stats['pixel_accuracy'])}%, "
-                  f"mean class accuracy {_percent(stats['mean_class_accuracy'])}%, frequency-weighted IoU "
-                  f"{_percent(stats['frequency_weighted_iou'])}% over {stats['present_classes']} present classes "
-                  "('-': the class is absent)", markup=False, highlight=False)
+    console.print(f"mIoU {format_percent(stats['mean_iou'])}%, "
+                  f"pixel accuracy {format_percent(stats['pixel_accuracy'])}%, "
+                  f"mean class accuracy {format_percent(stats['mean_class_accuracy'])}%, "
+                  f"frequency-weighted IoU {format_percent(stats['frequency_weighted_iou'])}% "
+                  f"over {stats['present_classes']} present classes ('-': the class is absent)",
+                  markup=False, highlight=False)
     if result.boundary is not None:
         console.print(f"within {stats['boundary_width']} px of class edges: mean Boundary IoU (BIoU) "
-                      f"{_percent(stats['mean_boundary_iou'])}%, trimap accuracy "
-                      f"{_percent(stats['trimap_accuracy'])}% over {stats['trimap_pixels']} pixels",
+                      f"{format_percent(stats['mean_boundary_iou'])}%, trimap accuracy "
+                      f"{format_percent(stats['trimap_accuracy'])}% over {stats['trimap_pixels']} pixels",
                       markup=False, highlight=False)
     for path in result.files:
         console.print(f"wrote {path}", markup=False, highlight=False)

@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 import torch
 
 from pixelwise.data.classes import ClassInfo
+from pixelwise.errors import InputError, MissingFileError
 from pixelwise.inference.record import ModelFileError, check_record
 from pixelwise.io.checkpoint import PREDICTION_KEYS, listing, load_checkpoint, non_finite_tensors
 from pixelwise.models import create_model, saved_options
@@ -63,7 +64,7 @@ def model_from_checkpoint(state: dict[str, Any], device: str | torch.device = "c
     """
     missing = [key for key in PREDICTION_KEYS if key not in state]
     if missing:
-        raise ValueError(f"{source} holds weights but lacks {missing}, which rebuild the model without its recipe "
+        raise InputError(f"{source} holds weights but lacks {missing}, which rebuild the model without its recipe "
                          f"(a bare state dict?); pass a run's best.pt or last.pt, or load bare weights with "
                          f"create_model(name, weights=...)")
     record = check_record(state, source, remedy=_REMEDY)
@@ -72,7 +73,7 @@ def model_from_checkpoint(state: dict[str, Any], device: str | torch.device = "c
         raise ModelFileError(f"{source}: 'model' is not a mapping of parameter names to tensors; {_REMEDY}")
     diverged = non_finite_tensors(weights)
     if diverged:
-        raise ValueError(f"{source} holds NaN or infinite values in {listing(diverged)}: the run diverged before "
+        raise InputError(f"{source} holds NaN or infinite values in {listing(diverged)}: the run diverged before "
                          f"this was written, so it would predict nonsense; use an earlier checkpoint (best.pt), "
                          f"or train again with a lower optim.lr or optim.clip_grad_norm")
     model = _rebuilt(record["model_spec"], source)
@@ -146,7 +147,7 @@ def load_predictor(path: str | Path, runtime: str | None = None, precision: str 
         The runtime (as ``model``), classes, normalisation and recorded inference options.
     """
     if runtime is not None and runtime not in RUNTIMES:
-        raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+        raise InputError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
     if precision is not None:
         check_precision(precision)
     if state is None and is_onnx(path):
@@ -157,7 +158,7 @@ def load_predictor(path: str | Path, runtime: str | None = None, precision: str 
         return _exported_on_the_fly(path, loaded, precision or "fp32", threads)
     precision = precision or validation_precision(state)
     if precision == "int8":
-        raise ValueError("int8 runs in ONNX Runtime from a quantised file: pixelwise export --checkpoint "
+        raise InputError("int8 runs in ONNX Runtime from a quantised file: pixelwise export --checkpoint "
                          f"{path} --int8 --calibrate FORMAT:ROOT:SPLIT --out model_int8.onnx, then --model "
                          "model_int8.onnx")
     model = TorchRuntime(loaded.model, precision, optimize=runtime == "torch-optimized")
@@ -174,11 +175,11 @@ def validation_precision(state: dict[str, Any]) -> str:
 
 def _load_onnx(path: str | Path, runtime: str | None, precision: str | None, threads: int | None) -> LoadedModel:
     if runtime not in (None, "onnxruntime"):
-        raise ValueError(f"{str(path)!r} is an ONNX file, which runs in ONNX Runtime; drop --runtime {runtime} "
+        raise InputError(f"{str(path)!r} is an ONNX file, which runs in ONNX Runtime; drop --runtime {runtime} "
                          f"or pass the checkpoint instead")
     loaded = load_onnx(path, threads)
     if precision is not None and precision != loaded.model.precision:
-        raise ValueError(f"{str(path)!r} computes in {loaded.model.precision}, not {precision}; export it again "
+        raise InputError(f"{str(path)!r} computes in {loaded.model.precision}, not {precision}; export it again "
                          f"for {precision} (pixelwise export {'--int8 ' if precision == 'int8' else ''}...)")
     return loaded
 
@@ -186,7 +187,7 @@ def _load_onnx(path: str | Path, runtime: str | None, precision: str | None, thr
 def _exported_on_the_fly(path: str | Path, loaded: LoadedModel, precision: str, threads: int | None) -> LoadedModel:
     """The checkpoint's model exported to a temporary fp32 ONNX file and run by ONNX Runtime."""
     if precision != "fp32":
-        raise ValueError(f"ONNX Runtime from a checkpoint runs in fp32, not {precision}; for int8 export a "
+        raise InputError(f"ONNX Runtime from a checkpoint runs in fp32, not {precision}; for int8 export a "
                          f"calibrated file with pixelwise export --int8 and pass it with --model")
     with tempfile.TemporaryDirectory(prefix="pixelwise-onnx-") as folder:
         file = Path(folder) / "model.onnx"
@@ -223,26 +224,26 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"ONNX model {str(path)!r} does not exist; export one with pixelwise export")
+        raise MissingFileError(f"ONNX model {str(path)!r} does not exist; export one with pixelwise export")
     try:
         model = onnx.load(str(path), load_external_data=False)
     except DecodeError as error:
-        raise ValueError(f"{str(path)!r} is not an ONNX model (it does not parse: {error}); "
+        raise InputError(f"{str(path)!r} is not an ONNX model (it does not parse: {error}); "
                          f"export one with pixelwise export --format onnx") from error
     props = {prop.key: prop.value for prop in model.metadata_props}
     missing = [key for key in ("model_spec", "classes", "normalization") if f"pixelwise.{key}" not in props]
     if missing:
-        raise ValueError(f"{str(path)!r} is an ONNX model without pixelwise metadata (missing {missing}); "
+        raise InputError(f"{str(path)!r} is an ONNX model without pixelwise metadata (missing {missing}); "
                          f"export it with pixelwise export, which records classes, palette and normalisation")
     if CHECKSUM_KEY in props and metadata_digest(props) != props[CHECKSUM_KEY]:
-        raise ValueError(f"{str(path)!r} is damaged or was edited: its pixelwise metadata (model spec, class names, "
+        raise InputError(f"{str(path)!r} is damaged or was edited: its pixelwise metadata (model spec, class names, "
                          f"normalisation, inference options) no longer matches the checksum written with it; "
                          f"{_EXPORT_REMEDY}")
     try:
         metadata = {key: json.loads(props[f"pixelwise.{key}"]) for key in METADATA_KEYS
                     if f"pixelwise.{key}" in props}
     except json.JSONDecodeError as error:
-        raise ValueError(f"{str(path)!r} has pixelwise metadata that is not valid JSON ({error}); {_EXPORT_REMEDY}") from None
+        raise InputError(f"{str(path)!r} has pixelwise metadata that is not valid JSON ({error}); {_EXPORT_REMEDY}") from None
     metadata = check_record(metadata, repr(str(path)), _output_channels(model, path), _EXPORT_REMEDY)
     metadata["version"] = props.get("pixelwise.version")
     metadata["precision"] = props.get("pixelwise.precision", "fp32")

@@ -45,6 +45,7 @@ from torch import Tensor, nn
 from torchvision.transforms.v2 import functional as TF
 
 from pixelwise.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from pixelwise.errors import InputError
 from pixelwise.layers.resize import resize_bilinear, scaled_size
 from pixelwise.runtimes.base import Runtime, check_precision
 from pixelwise.runtimes.torch_runtime import TorchRuntime
@@ -84,7 +85,7 @@ def window_starts(size: int, window: int, stride: int) -> list[int]:
         stride: largest step between windows, at most ``window`` so that no pixel is skipped.
     """
     if window < 1 or not 1 <= stride <= window:
-        raise ValueError(f"need 1 <= stride <= window, got window {window} and stride {stride}")
+        raise InputError(f"need 1 <= stride <= window, got window {window} and stride {stride}")
     if size <= window:
         return [0]
     steps = math.ceil((size - window) / stride)
@@ -118,7 +119,7 @@ def importance_map(window: Size, blend: Blend = "gaussian") -> Tensor:
     if blend == "uniform":
         return torch.ones(height, width)
     if blend != "gaussian":
-        raise ValueError(f"blend must be 'gaussian' or 'uniform', got {blend!r}")
+        raise InputError(f"blend must be 'gaussian' or 'uniform', got {blend!r}")
     rows, cols = (_gaussian_1d(side) for side in (height, width))
     weights = rows[:, None] * cols[None, :]
     return weights / weights.max()
@@ -270,7 +271,7 @@ def as_runtime(model: Predictor, precision: str | None = None) -> Runtime:
     if isinstance(model, nn.Module):
         return TorchRuntime(model, precision or "fp32")
     if precision is not None and precision != model.precision:
-        raise ValueError(f"the {model.name} runtime computes in {model.precision}, not {precision}; "
+        raise InputError(f"the {model.name} runtime computes in {model.precision}, not {precision}; "
                          f"build the runtime with the precision you want")
     return model
 
@@ -278,7 +279,7 @@ def as_runtime(model: Predictor, precision: str | None = None) -> Runtime:
 def _forward(runtime: Runtime, batch: Tensor, num_classes: int | None) -> Tensor:
     logits = runtime(batch).float()  # blend in float32 whatever the network computes in
     if logits.shape[-2:] != batch.shape[-2:] or (num_classes is not None and logits.shape[1] != num_classes):
-        raise ValueError(f"model returned logits of shape {tuple(logits.shape)} for input {tuple(batch.shape)}; "
+        raise InputError(f"model returned logits of shape {tuple(logits.shape)} for input {tuple(batch.shape)}; "
                          f"expected (N, {num_classes or 'classes'}, H, W) at the input size")
     return logits
 
@@ -306,7 +307,7 @@ def run_windows(model: Predictor, read_region: RegionReader, image_size: Size, e
             image's size; windows straddling two bands run once for each. ``None``: one band.
     """
     if batch_size < 1 or (band is not None and band < 1):
-        raise ValueError(f"batch_size and band must be positive, got {batch_size} and {band}")
+        raise InputError(f"batch_size and band must be positive, got {batch_size} and {band}")
     runtime = as_runtime(model)
     height, width = _pair(image_size)
     (window_h, window_w), (stride_h, stride_w) = _pair(window), _pair(stride)
@@ -362,7 +363,7 @@ def _predict_view(runtime: Runtime, images: Tensor, mode: Mode, window: Size, st
         return _forward(runtime, images, None)
     if mode == "slide":
         return _slide(runtime, images, window, stride, blend, batch_size)
-    raise ValueError(f"mode must be 'whole' or 'slide', got {mode!r}")
+    raise InputError(f"mode must be 'whole' or 'slide', got {mode!r}")
 
 
 @torch.inference_mode()
@@ -393,9 +394,9 @@ def predict_logits(model: Predictor, image: Tensor, mode: Mode = "whole", window
         softmax probability.
     """
     if image.dim() != 4:
-        raise ValueError(f"expected images (N, C, H, W), got shape {tuple(image.shape)}")
+        raise InputError(f"expected images (N, C, H, W), got shape {tuple(image.shape)}")
     if not scales:
-        raise ValueError("scales must name at least one scale")
+        raise InputError("scales must name at least one scale")
     runtime = as_runtime(model, precision)
     size = image.shape[-2:]
     image = image.to(runtime.device)
@@ -446,13 +447,13 @@ class InferenceOptions:
                batch_size: int = 4, precision: str | None = None) -> InferenceOptions:
         """Checked options; ``stride=None`` is :func:`default_stride` of the window."""
         if mode not in ("whole", "slide"):
-            raise ValueError(f"mode must be 'whole' or 'slide', got {mode!r}")
+            raise InputError(f"mode must be 'whole' or 'slide', got {mode!r}")
         if blend not in ("gaussian", "uniform"):
-            raise ValueError(f"blend must be 'gaussian' or 'uniform', got {blend!r}")
+            raise InputError(f"blend must be 'gaussian' or 'uniform', got {blend!r}")
         if not scales or any(scale <= 0 for scale in scales):
-            raise ValueError(f"scales must be one or more positive factors, got {list(scales)}")
+            raise InputError(f"scales must be one or more positive factors, got {list(scales)}")
         if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
+            raise InputError(f"batch_size must be positive, got {batch_size}")
         if precision is not None:
             check_precision(precision)
         window = _pair(window)
@@ -526,7 +527,7 @@ def _label_writer(sink: LabelSink, image_size: tuple[int, int]) -> Callable[[int
     if callable(sink):
         return sink
     if tuple(sink.shape) != tuple(image_size):
-        raise ValueError(f"label array has shape {sink.shape}, expected the image size {tuple(image_size)}")
+        raise InputError(f"label array has shape {sink.shape}, expected the image size {tuple(image_size)}")
 
     def write(top: int, left: int, labels: np.ndarray) -> None:
         sink[top:top + labels.shape[0], left:left + labels.shape[1]] = labels
@@ -632,7 +633,7 @@ def predict_large_image(model: Predictor, image: np.ndarray | Image.Image, num_c
     if isinstance(image, Image.Image):
         image = np.asarray(image.convert("RGB"))
     if image.ndim != 3 or image.dtype != np.uint8:
-        raise ValueError(f"expected a (H, W, C) uint8 image, got shape {image.shape} and dtype {image.dtype}")
+        raise InputError(f"expected a (H, W, C) uint8 image, got shape {image.shape} and dtype {image.dtype}")
     size = image.shape[:2]
     if out is None:
         out = np.empty(size, dtype=label_dtype(num_classes))

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import glob
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +49,7 @@ from pixelwise.data.classes import ClassInfo
 from pixelwise.data.formats import IMAGE_EXTENSIONS
 from pixelwise.data.io import DataError, decode_image
 from pixelwise.data.png import write_png_bands
+from pixelwise.errors import InputError, MissingFileError
 from pixelwise.inference.loading import LoadedModel
 from pixelwise.inference.logits import (
     Blend,
@@ -61,6 +61,7 @@ from pixelwise.inference.logits import (
     predict_large_image,
 )
 from pixelwise.inference.loading import load_predictor
+from pixelwise.io.atomic import atomic_file
 
 DEFAULT_TILE_THRESHOLD = 4096 * 4096
 """Pixels above which an image is predicted tile by tile. At 16.8 megapixels a whole-image pass
@@ -81,16 +82,16 @@ def _expand_one(item: str) -> list[Path]:
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if _is_image(p))
         if not files:
-            raise FileNotFoundError(f"folder {item!r} holds no image files ({' '.join(IMAGE_EXTENSIONS)})")
+            raise MissingFileError(f"folder {item!r} holds no image files ({' '.join(IMAGE_EXTENSIONS)})")
         return files
     if path.is_file():
         return [path]
     if any(char in item for char in "*?["):
         files = sorted(p for p in map(Path, glob.glob(item, recursive=True)) if _is_image(p))
         if not files:
-            raise FileNotFoundError(f"pattern {item!r} matched no image files")
+            raise MissingFileError(f"pattern {item!r} matched no image files")
         return files
-    raise FileNotFoundError(f"input {item!r} does not exist")
+    raise MissingFileError(f"input {item!r} does not exist")
 
 
 def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
@@ -100,7 +101,7 @@ def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
         FileNotFoundError: no inputs, a missing file, or a folder or pattern with no images.
     """
     if not inputs:
-        raise FileNotFoundError("no inputs given: name image files, folders or glob patterns")
+        raise MissingFileError("no inputs given: name image files, folders or glob patterns")
     found: dict[Path, Path] = {}  # resolved → as given: the same file named twice runs once
     for item in inputs:
         for path in _expand_one(str(item)):
@@ -136,10 +137,10 @@ def planned_outputs(images: Sequence[Path], out_dir: Path, save_probabilities: b
                 continue
             key = path.resolve()
             if key in owners:
-                raise ValueError(f"{owners[key]} and {image} would both write {path.name}; predict them into "
+                raise InputError(f"{owners[key]} and {image} would both write {path.name}; predict them into "
                                  f"separate output folders")
             if key in inputs:
-                raise ValueError(f"writing the outputs of {image} would overwrite the input {path}; choose another "
+                raise InputError(f"writing the outputs of {image} would overwrite the input {path}; choose another "
                                  f"output folder")
             owners[key] = image
     if not overwrite:
@@ -147,7 +148,7 @@ def planned_outputs(images: Sequence[Path], out_dir: Path, save_probabilities: b
         foreign = [path for path in owners if path.exists() and path.name not in ours]
         if foreign:
             more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
-            raise ValueError(f"{out_dir} already holds {foreign[0].name}{more}, not written by pixelwise predict, "
+            raise InputError(f"{out_dir} already holds {foreign[0].name}{more}, not written by pixelwise predict, "
                              f"which this run would replace (the outputs of {owners[foreign[0]].name}); predict into "
                              f"another folder (--out), or pass --overwrite to replace such files")
     return list(owners)
@@ -168,9 +169,8 @@ def _record_outputs(out_dir: Path, outputs: Sequence[Path]) -> None:
     """Add ``outputs`` to the folder's record, before they are written (a run cut short leaves
     names claimed, which a rerun replaces)."""
     names = sorted(_recorded_outputs(out_dir) | {path.name for path in outputs})
-    temporary = out_dir / f"{OUTPUTS_RECORD}.{os.getpid()}.tmp"
-    temporary.write_text(json.dumps({"written": names}))
-    os.replace(temporary, out_dir / OUTPUTS_RECORD)
+    with atomic_file(out_dir / OUTPUTS_RECORD, "w") as handle:
+        json.dump({"written": names}, handle)
 
 
 # Outputs ---------------------------------------------------------------------------------------
@@ -210,7 +210,7 @@ def overlay_bands(pixels: np.ndarray, labels: np.ndarray, classes: ClassInfo,
     """:func:`overlay` a band of rows at a time, top to bottom: a huge image costs float copies
     of a band (about :data:`BAND_PIXELS` pixels), not of the whole image."""
     if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"overlay alpha must be in [0, 1], got {alpha}")
+        raise InputError(f"overlay alpha must be in [0, 1], got {alpha}")
     table = colour_table(classes)
     rows_per_chunk = _band_rows(pixels.shape[1])
     for top in range(0, pixels.shape[0], rows_per_chunk):
@@ -370,11 +370,11 @@ def predict_files(checkpoint: str | Path | LoadedModel, inputs: Sequence[str | P
                 "batch_size": batch_size}
     InferenceOptions.following(None, **settings)  # checks every value before the model loads
     if probability_dtype not in ("float16", "float32"):
-        raise ValueError(f"probability_dtype must be 'float16' or 'float32', got {probability_dtype!r}")
+        raise InputError(f"probability_dtype must be 'float16' or 'float32', got {probability_dtype!r}")
     images = expand_inputs(inputs)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"output folder {str(out_dir)!r} is a file; choose a folder with --out")
+        raise InputError(f"output folder {str(out_dir)!r} is a file; choose a folder with --out")
     outputs = planned_outputs(images, out_dir, save_probabilities, overwrite)
     loaded = checkpoint if isinstance(checkpoint, LoadedModel) else load_predictor(checkpoint, runtime, precision,
                                                                                      device)

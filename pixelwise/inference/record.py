@@ -28,7 +28,7 @@ from typing import Any, Mapping
 
 from pixelwise.data.classes import IGNORE_INDEX, ClassInfo
 from pixelwise.inference.logits import InferenceOptions
-from pixelwise.errors import PixelwiseError
+from pixelwise.errors import InputError, PixelwiseError
 from pixelwise.models import model_info
 
 MAX_CLASSES = 4096
@@ -93,15 +93,15 @@ def _is_number(value: Any) -> bool:
 
 def _checked_spec(spec: Any) -> dict[str, Any]:
     if not isinstance(spec, Mapping):
-        raise ValueError(f"model_spec is {_kind(spec)}, not a mapping of name, num_classes and options")
+        raise InputError(f"model_spec is {_kind(spec)}, not a mapping of name, num_classes and options")
     name, num_classes, options = spec.get("name"), spec.get("num_classes"), spec.get("options", {})
     if not isinstance(name, str) or not _registered(name):
-        raise ValueError(f"model_spec.name {_short(spec.get('name'))} is not a registered model "
+        raise InputError(f"model_spec.name {_short(spec.get('name'))} is not a registered model "
                          f"(pixelwise.list_models())")
     if not _is_int(num_classes) or not 1 <= num_classes <= MAX_CLASSES:
-        raise ValueError(f"model_spec.num_classes is {_short(num_classes)}, not an integer from 1 to {MAX_CLASSES}")
+        raise InputError(f"model_spec.num_classes is {_short(num_classes)}, not an integer from 1 to {MAX_CLASSES}")
     if not isinstance(options, Mapping) or not all(isinstance(key, str) for key in options):
-        raise ValueError(f"model_spec.options is {_kind(options)}, not a mapping of option names to values")
+        raise InputError(f"model_spec.options is {_kind(options)}, not a mapping of option names to values")
     kept = {key: value for key, value in options.items() if key not in WEIGHT_SOURCES}
     return {**spec, "options": kept}
 
@@ -117,47 +117,47 @@ def _registered(name: str) -> bool:
 def _check_counts(num_classes: int, num_names: int, output_channels: int | None) -> None:
     """Names, spec and graph agree on the number of classes."""
     if output_channels is not None and num_names != output_channels:
-        raise ValueError(f"classes lists {num_names} names but the graph outputs {output_channels} channels")
+        raise InputError(f"classes lists {num_names} names but the graph outputs {output_channels} channels")
     if output_channels is not None and num_classes != output_channels:
-        raise ValueError(f"model_spec.num_classes is {num_classes} but the graph outputs {output_channels} channels")
+        raise InputError(f"model_spec.num_classes is {num_classes} but the graph outputs {output_channels} channels")
     if num_names != num_classes:
-        raise ValueError(f"classes lists {num_names} names but model_spec.num_classes is {num_classes}")
+        raise InputError(f"classes lists {num_names} names but model_spec.num_classes is {num_classes}")
 
 
 def _checked_classes(classes: Any) -> ClassInfo:
     if not isinstance(classes, Mapping) or not isinstance(classes.get("names"), (list, tuple)):
-        raise ValueError(f"classes is {_short(classes)}; it needs a list of class names under 'names' (and "
+        raise InputError(f"classes is {_short(classes)}; it needs a list of class names under 'names' (and "
                          f"optionally 'palette' and 'ignore_index')")
     names = classes["names"]
     if not names or not all(isinstance(name, str) for name in names):
-        raise ValueError(f"classes.names is {_short(names)}, not a list of class names (strings)")
+        raise InputError(f"classes.names is {_short(names)}, not a list of class names (strings)")
     palette = classes.get("palette")
     if palette is not None:
         if not isinstance(palette, (list, tuple)):
-            raise ValueError(f"classes.palette is {_kind(palette)}, not a list of RGB colours")
+            raise InputError(f"classes.palette is {_kind(palette)}, not a list of RGB colours")
         for index, colour in enumerate(palette):
             if not (isinstance(colour, (list, tuple)) and len(colour) == 3
                     and all(_is_int(value) and 0 <= value <= 255 for value in colour)):
-                raise ValueError(f"classes.palette[{index}] is {_short(colour)}, not three integers 0–255")
+                raise InputError(f"classes.palette[{index}] is {_short(colour)}, not three integers 0–255")
     if not _is_int(classes.get("ignore_index", IGNORE_INDEX)):
-        raise ValueError(f"classes.ignore_index is {_short(classes.get('ignore_index'))}, not an integer")
+        raise InputError(f"classes.ignore_index is {_short(classes.get('ignore_index'))}, not an integer")
     try:
         return ClassInfo.from_dict(dict(classes))
     except ValueError as error:
-        raise ValueError(f"classes: {error}") from None
+        raise InputError(f"classes: {error}") from None
 
 
 def _checked_normalization(normalization: Any) -> dict[str, list[float]]:
     if not isinstance(normalization, Mapping):
-        raise ValueError(f"normalization is {_kind(normalization)}, not a mapping of mean and std")
+        raise InputError(f"normalization is {_kind(normalization)}, not a mapping of mean and std")
     checked = {}
     for key, (low, high) in (("mean", MEAN_RANGE), ("std", STD_RANGE)):
         values = normalization.get(key)
         if not isinstance(values, (list, tuple)) or len(values) != 3 or not all(map(_is_number, values)):
-            raise ValueError(f"normalization.{key} is {_short(values)}, not three finite numbers (one per RGB "
+            raise InputError(f"normalization.{key} is {_short(values)}, not three finite numbers (one per RGB "
                              f"channel)")
         if not all(low <= value <= high for value in values):
-            raise ValueError(f"normalization.{key} {list(values)} is outside [{low:g}, {high:g}], which no "
+            raise InputError(f"normalization.{key} {list(values)} is outside [{low:g}, {high:g}], which no "
                              f"normalisation of images scaled to [0, 1] needs")
         checked[key] = [float(value) for value in values]
     return checked
@@ -167,31 +167,31 @@ def _checked_inference(inference: Any) -> dict[str, Any] | None:
     if inference is None:
         return None
     if not isinstance(inference, Mapping):
-        raise ValueError(f"inference is {_kind(inference)}, not a mapping of inference options")
+        raise InputError(f"inference is {_kind(inference)}, not a mapping of inference options")
     known = {option.name for option in fields(InferenceOptions)}
     settings = {key: value for key, value in inference.items() if key in known}
     scales = settings.get("scales", [1.0])
     if not isinstance(scales, (list, tuple)) or not 1 <= len(scales) <= MAX_SCALES \
             or not all(_is_number(scale) and 0 < scale <= MAX_SCALE for scale in scales):
-        raise ValueError(f"inference.scales is {_short(scales)}, not 1 to {MAX_SCALES} test-time scales in "
+        raise InputError(f"inference.scales is {_short(scales)}, not 1 to {MAX_SCALES} test-time scales in "
                          f"(0, {MAX_SCALE:g}]")
     for key in ("window", "stride"):
         sides = settings.get(key)
         sides = [sides, sides] if _is_int(sides) else sides
         if sides is not None and not (isinstance(sides, (list, tuple)) and len(sides) == 2
                                       and all(_is_int(side) and 1 <= side <= MAX_WINDOW for side in sides)):
-            raise ValueError(f"inference.{key} is {_short(settings[key])}, not a size of 1 to {MAX_WINDOW} pixels "
+            raise InputError(f"inference.{key} is {_short(settings[key])}, not a size of 1 to {MAX_WINDOW} pixels "
                              f"(or a pair of them)")
     batch_size = settings.get("batch_size", 1)
     if not _is_int(batch_size) or not 1 <= batch_size <= MAX_BATCH_SIZE:
-        raise ValueError(f"inference.batch_size is {_short(batch_size)}, not an integer from 1 to {MAX_BATCH_SIZE}")
+        raise InputError(f"inference.batch_size is {_short(batch_size)}, not an integer from 1 to {MAX_BATCH_SIZE}")
     if not isinstance(settings.get("flip", False), bool):
-        raise ValueError(f"inference.flip is {_short(settings['flip'])}, not true or false")
+        raise InputError(f"inference.flip is {_short(settings['flip'])}, not true or false")
     for key in ("mode", "blend", "precision"):
         if key in settings and settings[key] is not None and not isinstance(settings[key], str):
-            raise ValueError(f"inference.{key} is {_kind(settings[key])}, not a string")
+            raise InputError(f"inference.{key} is {_kind(settings[key])}, not a string")
     try:
         InferenceOptions.create(**settings)
     except ValueError as error:
-        raise ValueError(f"inference: {error}") from None
+        raise InputError(f"inference: {error}") from None
     return dict(inference)

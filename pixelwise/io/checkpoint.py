@@ -12,14 +12,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import re
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from pixelwise.errors import InputError, MissingFileError
+from pixelwise.io.atomic import atomic_file, atomic_path
 from pixelwise.io.safe_load import (TorchScriptFileError, UntrustedFileError, file_format, load_torch_file,
                                     read_safetensors)
 
@@ -35,23 +35,13 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     """Write ``state`` to ``path`` atomically.
 
     The bytes go to a temporary file in the same folder, are flushed to disk, and only then
-    renamed over ``path`` (``os.replace`` is atomic on POSIX and Windows), so a reader sees the
-    old checkpoint or the new one, never half of one.
+    renamed over ``path`` (:func:`~pixelwise.io.atomic.atomic_file`), so a reader sees the old
+    checkpoint or the new one, never half of one.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = temporary_name(path)
     state = {**{key: value for key, value in state.items() if key not in _CHECKSUM_KEYS},
              "checksum": tensor_digest(state), "record_checksum": record_digest(state)}
-    try:
-        with open(temporary, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    _fsync_folder(path.parent)
+    with atomic_file(path, durable=True) as handle:
+        torch.save(state, handle)
 
 
 def tensor_digest(state: Any) -> str:
@@ -90,54 +80,6 @@ def _digest(state: Any, plain_values: bool) -> str:
     return digest.hexdigest()
 
 
-def temporary_name(path: Path, role: str = "") -> Path:
-    """The temporary file a write of ``path`` goes through, ``.NAME[.ROLE].PID.tmp`` beside it,
-    which :func:`remove_orphan_temporaries` recognises once this process is gone."""
-    return path.with_name(f".{path.name}{'.' + role if role else ''}.{os.getpid()}.tmp")
-
-
-def give_new_file_mode(path: Path) -> None:
-    """Give ``path`` the permissions of a new file (``0o666`` less the umask), whatever the
-    writer chose (safetensors writes ``0o600``), so every file pixelwise writes has one mode."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-
-
-def remove_orphan_temporaries(folder: str | Path, name: str | None = None) -> list[Path]:
-    """Delete the temporary files of writes that were interrupted (``.NAME.PID.tmp``, see
-    :func:`temporary_name`, whose writing process is gone); returns what was deleted.
-
-    Args:
-        folder: where to look.
-        name: only those of writes of this file name (a folder that is not pixelwise's own).
-    """
-    removed = []
-    for candidate in Path(folder).glob(".*.tmp"):
-        match = re.fullmatch(r"\.(.+)\.(\d+)\.tmp", candidate.name)
-        if match is None or _process_alive(int(match.group(2))):
-            continue
-        if name is not None and not (match.group(1) == name or match.group(1).startswith(f"{name}.")):
-            continue
-        candidate.unlink(missing_ok=True)
-        removed.append(candidate)
-    if removed:
-        logger.info("removed %d temporary file(s) of interrupted checkpoint writes in %s", len(removed), folder)
-    return removed
-
-
-def _process_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process
-    return True
-
-
 def non_finite_tensors(weights: dict[str, Any]) -> list[str]:
     """Names of the floating-point tensors in a state dict that hold NaN or infinite values."""
     return [name for name, tensor in weights.items()
@@ -147,20 +89,6 @@ def non_finite_tensors(weights: dict[str, Any]) -> list[str]:
 def listing(names: list[str], head: int = 3) -> str:
     """Names for a message: the first ``head``, then how many more."""
     return ", ".join(names[:head]) + (f" and {len(names) - head} more" if len(names) > head else "")
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make the rename itself durable (POSIX; a no-op where folders cannot be opened)."""
-    try:
-        descriptor = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -176,30 +104,30 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if path.is_dir():
         inside = [name for name in ("best.pt", "last.pt") if (path / name).is_file()]
         hint = f"pass {path / inside[0]}" if inside else "pass a checkpoint file (a run's best.pt or last.pt)"
-        raise FileNotFoundError(f"checkpoint {str(path)!r} is a folder, not a file; {hint}")
+        raise MissingFileError(f"checkpoint {str(path)!r} is a folder, not a file; {hint}")
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist; train first, or check the run folder")
+        raise MissingFileError(f"checkpoint {str(path)!r} does not exist; train first, or check the run folder")
     kind = file_format(path)  # by content: a .pt that holds safetensors loads too
     if kind == "safetensors":
         return _load_safetensors_checkpoint(path)
     # An empty file goes to torch.load as "torch": it is a write cut short, not the wrong file.
     if kind == "other":
-        raise ValueError(f"{str(path)!r} is not a pixelwise checkpoint (not a file written by torch.save); "
+        raise InputError(f"{str(path)!r} is not a pixelwise checkpoint (not a file written by torch.save); "
                          f"pass a run's best.pt or last.pt")
     try:
         state = load_torch_file(path, "checkpoint")
     except (UntrustedFileError, TorchScriptFileError):
         raise
     except ValueError as error:
-        raise ValueError(f"{error} — use the run's other checkpoint (last.pt / best.pt)") from error
+        raise InputError(f"{error} — use the run's other checkpoint (last.pt / best.pt)") from error
     if not isinstance(state, dict) or "model" not in state:
-        raise ValueError(f"{str(path)!r} is not a pixelwise checkpoint (no 'model' entry)")
+        raise InputError(f"{str(path)!r} is not a pixelwise checkpoint (no 'model' entry)")
     if "checksum" in state and tensor_digest(state) != state["checksum"]:
-        raise ValueError(f"checkpoint {str(path)!r} is damaged: its tensors no longer match the checksum written "
+        raise InputError(f"checkpoint {str(path)!r} is damaged: its tensors no longer match the checksum written "
                          f"with them (bytes changed on disk); use the run's other checkpoint (last.pt / best.pt) "
                          f"or a backup")
     if "record_checksum" in state and record_digest(state) != state["record_checksum"]:
-        raise ValueError(f"checkpoint {str(path)!r} is damaged or was edited: its record (model spec, class names, "
+        raise InputError(f"checkpoint {str(path)!r} is damaged or was edited: its record (model spec, class names, "
                          f"normalisation, inference options, training state) no longer matches the checksum written "
                          f"with it; use the run's other checkpoint (last.pt / best.pt) or a backup")
     return state
@@ -216,7 +144,7 @@ def save_safetensors(state: dict[str, Any], path: str | Path) -> None:
 
     missing = [key for key in PREDICTION_KEYS if key not in state]
     if missing:
-        raise ValueError(f"the checkpoint lacks {missing}, which a safetensors export carries; pass a run's "
+        raise InputError(f"the checkpoint lacks {missing}, which a safetensors export carries; pass a run's "
                          f"best.pt or last.pt")
     metadata = {key: json.dumps(state[key]) for key in (*PREDICTION_KEYS, "inference") if state.get(key) is not None}
     metadata["format"] = "pixelwise"
@@ -224,31 +152,24 @@ def save_safetensors(state: dict[str, Any], path: str | Path) -> None:
     # safetensors refuses tensors sharing memory (tied weights): each gets its own contiguous copy.
     tensors = {key: value.detach().clone().contiguous() for key, value in state["model"].items()}
     metadata["checksum"] = record_digest({"metadata": metadata, "tensors": tensors})
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = temporary_name(path)
-    try:
+    with atomic_path(path) as temporary:
         save_file(tensors, str(temporary), metadata=metadata)
-        give_new_file_mode(temporary)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def _load_safetensors_checkpoint(path: Path) -> dict[str, Any]:
     tensors, metadata = read_safetensors(path, "checkpoint")
     if metadata.get("format") != "pixelwise" or any(key not in metadata for key in PREDICTION_KEYS):
-        raise ValueError(f"{str(path)!r} is a safetensors file without pixelwise metadata (model spec, classes, "
+        raise InputError(f"{str(path)!r} is a safetensors file without pixelwise metadata (model spec, classes, "
                          f"normalisation); write one with pixelwise export --format safetensors, or load bare "
                          f"weights with create_model(name, weights=...)")
     recorded = metadata.pop("checksum", None)
     if recorded is not None and record_digest({"metadata": metadata, "tensors": tensors}) != recorded:
-        raise ValueError(f"{str(path)!r} is damaged or was edited: its metadata (model spec, class names, "
+        raise InputError(f"{str(path)!r} is damaged or was edited: its metadata (model spec, class names, "
                          f"normalisation, inference options) or tensors no longer match the checksum written with "
                          f"them; {_SAFETENSORS_REMEDY}")
     try:
         state = {key: json.loads(value) for key, value in metadata.items() if key in (*PREDICTION_KEYS, "inference")}
     except json.JSONDecodeError as error:
-        raise ValueError(f"{str(path)!r} has pixelwise metadata that is not valid JSON ({error}); "
+        raise InputError(f"{str(path)!r} has pixelwise metadata that is not valid JSON ({error}); "
                          f"{_SAFETENSORS_REMEDY}") from error
     return {"model": tensors, **state}

@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from pixelwise.errors import InputError, PixelwiseError
+
 
 # What torch.save writes first: a zip archive (PyTorch >= 1.6) or a pickle (the legacy format).
 TORCH_FILE_MAGIC = (b"PK\x03\x04", b"\x80")
@@ -40,11 +42,11 @@ def file_format(path: Path) -> str:
     return "torch" if not head or head.startswith(TORCH_FILE_MAGIC) else "other"
 
 
-class UntrustedFileError(ValueError):
+class UntrustedFileError(PixelwiseError, ValueError):
     """A file holds Python objects that loading would have to execute; it was not loaded."""
 
 
-class TorchScriptFileError(ValueError):
+class TorchScriptFileError(PixelwiseError, ValueError):
     """A TorchScript program (``torch.jit.save``) was given where tensors were expected."""
 
 
@@ -82,7 +84,7 @@ def load_torch_file(path: str | Path, what: str = "file") -> Any:
         reason = str(error).splitlines()[0] if str(error) else "it ends too early"
         if "weights_only" in reason:  # torch's advice to load it unsafely: never passed on
             reason = "torch refused it as anything but tensors and plain values"
-        raise ValueError(f"{what} {str(path)!r} is unreadable ({reason}); it may be truncated or not a PyTorch "
+        raise InputError(f"{what} {str(path)!r} is unreadable ({reason}); it may be truncated or not a PyTorch "
                          f"file") from error
 
 
@@ -109,4 +111,4 @@ def read_safetensors(path: str | Path, what: str = "file") -> tuple[dict[str, to
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             return {key: handle.get_tensor(key) for key in handle.keys()}, dict(handle.metadata() or {})
     except SafetensorError as error:
-        raise ValueError(f"{what} {str(path)!r} is not a readable safetensors file ({error})") from error
+        raise InputError(f"{what} {str(path)!r} is not a readable safetensors file ({error})") from error

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from pixelwise.errors import InputError
+
 Number = Union[Fraction, int, float]
 
 #: Float strides and offsets become fractions with at most this denominator (1/3 stays 1/3).
@@ -42,7 +44,7 @@ def _fraction(value: Number, name: str) -> Fraction:
         raise TypeError(f"grid {name} must be a Fraction, int or float, got {value!r}")
     if isinstance(value, float):
         if value != value or value in (float("inf"), float("-inf")):
-            raise ValueError(f"grid {name} must be finite, got {value!r}")
+            raise InputError(f"grid {name} must be finite, got {value!r}")
         return Fraction(value).limit_denominator(MAX_DENOMINATOR)
     return Fraction(value)
 
@@ -64,7 +66,7 @@ class Grid:
     def __post_init__(self) -> None:
         stride, offset = _fraction(self.stride, "stride"), _fraction(self.offset, "offset")
         if stride <= 0:
-            raise ValueError(f"grid stride must be positive, got {self.stride!r}")
+            raise InputError(f"grid stride must be positive, got {self.stride!r}")
         object.__setattr__(self, "stride", stride)
         object.__setattr__(self, "offset", offset)
 
@@ -108,7 +110,7 @@ def sampling_rule(source: Grid, target: Grid) -> tuple[int, int, int]:
     common = math.gcd(a, b, d)
     a, b, d = a // common, b // common, d // common
     if max(abs(a), abs(b), d) > _MAX_RULE_INTEGER:
-        raise ValueError(f"sampling {target} from {source} needs the rule u_j = ({a} + {b}·j)/{d}, whose "
+        raise InputError(f"sampling {target} from {source} needs the rule u_j = ({a} + {b}·j)/{d}, whose "
                          f"integers exceed 2**32; give strides and offsets with small denominators")
     return a, b, d
 
@@ -164,11 +166,11 @@ def aligned_resize(x: Tensor, size: Sequence[int], source: Grid, target: Grid, m
         ``(N, C, height, width)``, the dtype and device of ``x``.
     """
     if mode not in RESIZE_MODES:
-        raise ValueError(f"aligned_resize mode must be one of {RESIZE_MODES}, got {mode!r}")
+        raise InputError(f"aligned_resize mode must be one of {RESIZE_MODES}, got {mode!r}")
     if x.dim() != 4:
-        raise ValueError(f"aligned_resize expects (N, C, H, W), got shape {tuple(x.shape)}")
+        raise InputError(f"aligned_resize expects (N, C, H, W), got shape {tuple(x.shape)}")
     if len(size) != 2:
-        raise ValueError(f"aligned_resize size must be (height, width), got {size!r}")
+        raise InputError(f"aligned_resize size must be (height, width), got {size!r}")
     rule = sampling_rule(source, target)
     out = _resample_axis(x, -2, size[0], rule, mode)
     return _resample_axis(out, -1, size[1], rule, mode)
@@ -188,11 +190,11 @@ def aligned_upsample(x: Tensor, scale: int, mode: str = "bilinear") -> Tensor:
     (differently ordered) weighted sums.
     """
     if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
-        raise ValueError(f"upsampling scale must be a positive integer, got {scale!r}")
+        raise InputError(f"upsampling scale must be a positive integer, got {scale!r}")
     if mode not in RESIZE_MODES:
-        raise ValueError(f"aligned_upsample mode must be one of {RESIZE_MODES}, got {mode!r}")
+        raise InputError(f"aligned_upsample mode must be one of {RESIZE_MODES}, got {mode!r}")
     if x.dim() != 4:
-        raise ValueError(f"aligned_upsample expects (N, C, H, W), got shape {tuple(x.shape)}")
+        raise InputError(f"aligned_upsample expects (N, C, H, W), got shape {tuple(x.shape)}")
     height, width = scale * x.shape[-2], scale * x.shape[-1]
     if scale & (scale - 1):
         return aligned_resize(x, (height, width), Grid(scale), Grid(1), mode)
@@ -219,7 +221,7 @@ def upsampling_step(source: Grid, target: Grid) -> tuple[int, Fraction]:
     """
     ratio = source.stride / target.stride
     if ratio.denominator != 1:
-        raise ValueError(f"upsampling from {source} to {target} needs an integer scale, got {ratio}")
+        raise InputError(f"upsampling from {source} to {target} needs an integer scale, got {ratio}")
     return int(ratio), target.shift_from(source)
 
 

@@ -10,6 +10,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from pixelwise.errors import InputError
 from pixelwise.registry import Registry
 
 LayerSpec = str | type[nn.Module] | Callable[..., nn.Module] | None
@@ -76,7 +77,7 @@ class InstanceBatchNorm2d(nn.Module):
         super().__init__()
         self.half = int(channels * ratio)
         if not 0 < self.half < channels:
-            raise ValueError(f"IBN needs channels on both sides of its split: {channels} channels at ratio "
+            raise InputError(f"IBN needs channels on both sides of its split: {channels} channels at ratio "
                              f"{ratio} put {self.half} under instance norm; use a ratio strictly between "
                              f"{1 / channels:.3g} and 1")
         self.IN = nn.InstanceNorm2d(self.half, affine=True)

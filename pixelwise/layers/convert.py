@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from pixelwise.errors import InputError
+
 
 def linear_to_conv2d_weight(weight: Tensor, in_channels: int, kernel_size: tuple[int, int] | int) -> Tensor:
     """Reshape a ``Linear`` weight ``(out, in_channels·kh·kw)`` into a ``Conv2d`` weight
@@ -15,7 +17,7 @@ def linear_to_conv2d_weight(weight: Tensor, in_channels: int, kernel_size: tuple
     kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
     expected = in_channels * kh * kw
     if weight.shape[1] != expected:
-        raise ValueError(
+        raise InputError(
             f"a Linear with {weight.shape[1]} inputs cannot become a {in_channels}×{kh}×{kw} convolution "
             f"({expected} inputs)"
         )

@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pixelwise.errors import InputError
 from pixelwise.layers.align import Grid, Number, _fraction, half_pixel_shift, shifted_upsample, upsampling_step
 from pixelwise.registry import Registry
 
@@ -91,7 +92,7 @@ def _shift_taps(scale: int, shift: Fraction) -> tuple[Tensor, int]:
 
 def _check_shift(shift: Fraction, scale: int) -> None:
     if not -1 < shift < 1:
-        raise ValueError(f"an upsampler's shift must lie in (-1, 1) input pixels, got {shift} (scale {scale}); "
+        raise InputError(f"an upsampler's shift must lie in (-1, 1) input pixels, got {shift} (scale {scale}); "
                          f"the grids of the two maps are more than a pixel apart")
 
 
@@ -259,7 +260,7 @@ def bilinear_icnr_(conv: nn.Conv2d, scale: int, shift: Number = 0) -> None:
             taps beyond the 3×3 window.
     """
     if conv.kernel_size != (3, 3) or conv.out_channels % scale**2:
-        raise ValueError(f"bilinear ICNR needs a 3×3 conv with a multiple of {scale**2} output channels, "
+        raise InputError(f"bilinear ICNR needs a 3×3 conv with a multiple of {scale**2} output channels, "
                          f"got kernel {conv.kernel_size} and {conv.out_channels} channels")
     shift = _fraction(shift, "shift")
     out_channels = conv.out_channels // scale**2
@@ -269,7 +270,7 @@ def bilinear_icnr_(conv: nn.Conv2d, scale: int, shift: Number = 0) -> None:
         low = math.floor(position)
         weight = position - low
         if low < -1 or low + (weight > 0) > 1:
-            raise ValueError(f"a pixel-shuffle upsampler by {scale} with shift {shift} reads beyond its 3×3 window; "
+            raise InputError(f"a pixel-shuffle upsampler by {scale} with shift {shift} reads beyond its 3×3 window; "
                              f"the shift must lie in [-1, 1/{scale}]")
         taps[r, low + 1] += float(1 - weight)
         if weight:
@@ -307,7 +308,7 @@ def make_upsampler(kind: str, in_channels: int, out_channels: int, scale: int,
     """
     build = UPSAMPLERS[kind]
     if not isinstance(scale, int) or scale < 1:
-        raise ValueError(f"upsampling scale must be a positive integer, got {scale!r}")
+        raise InputError(f"upsampling scale must be a positive integer, got {scale!r}")
     if shift is not None and _fraction(shift, "shift") == half_pixel_shift(scale):
         shift = None  # the half-pixel layers are that geometry exactly
     if scale == 1:

@@ -7,6 +7,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from pixelwise.errors import InputError
 from pixelwise.layers.conv import standardize_per_image
 from pixelwise.layers.padding import pad_to_multiple
 from pixelwise.layers.resize import resize_bilinear, scaled_size
@@ -88,7 +89,7 @@ class SegmentationModel(nn.Module):
         """
         self._check_input(x)
         if return_aux and not self.has_aux:
-            raise ValueError(f"{type(self).__name__} has no auxiliary head; build it with aux=True")
+            raise InputError(f"{type(self).__name__} has no auxiliary head; build it with aux=True")
         size = x.shape[-2:]
         if self.input_norm == "instance":
             x = standardize_per_image(x)
@@ -108,7 +109,7 @@ class SegmentationModel(nn.Module):
         """Run the network on inputs resized by ``scale`` (in ``(0, 4]``) and resize its logits
         back to the input's size; returns the model itself."""
         if not 0 < scale <= 4:
-            raise ValueError(f"input_scale must be in (0, 4], got {scale}")
+            raise InputError(f"input_scale must be in (0, 4], got {scale}")
         self.input_scale = float(scale)
         return self
 
@@ -116,7 +117,7 @@ class SegmentationModel(nn.Module):
         """Standardise every input image per channel before the network (``"instance"``) or not
         (``None``); returns the model itself."""
         if kind not in INPUT_NORMS:
-            raise ValueError(f"input_norm must be null (the input as given) or 'instance' (each image "
+            raise InputError(f"input_norm must be null (the input as given) or 'instance' (each image "
                              f"standardised per channel), got {kind!r}")
         self.input_norm = kind
         return self
@@ -174,11 +175,11 @@ class SegmentationModel(nn.Module):
 
     def _check_input(self, x: Tensor) -> None:
         if x.dim() != 4:
-            raise ValueError(f"expected a batch of images (N, C, H, W), got a tensor of shape {tuple(x.shape)}")
+            raise InputError(f"expected a batch of images (N, C, H, W), got a tensor of shape {tuple(x.shape)}")
         if x.shape[1] != self.in_channels:
-            raise ValueError(
+            raise InputError(
                 f"{type(self).__name__} expects {self.in_channels}-channel images, got {x.shape[1]} channels "
                 f"(shape {tuple(x.shape)})"
             )
         if x.shape[-2] < 1 or x.shape[-1] < 1:
-            raise ValueError(f"image height and width must be at least 1, got shape {tuple(x.shape)}")
+            raise InputError(f"image height and width must be at least 1, got shape {tuple(x.shape)}")

@@ -5,6 +5,7 @@ from typing import Any
 
 from torch import nn
 
+from pixelwise.errors import InputError
 from pixelwise.models.registry import create_model
 
 
@@ -22,9 +23,9 @@ def build_model(spec: str, num_classes: int | None = None, **options: Any) -> nn
         name = spec.removeprefix("torchvision:")
         available = tvm.list_models(module=tvm)  # image classifiers only
         if name not in available:
-            raise ValueError(f"unknown torchvision classifier {name!r}; choose one of {', '.join(available)}")
+            raise InputError(f"unknown torchvision classifier {name!r}; choose one of {', '.join(available)}")
         if options.pop("weights", None) is not None:
-            raise ValueError("shapes need no weights: torchvision models are built with weights=None")
+            raise InputError("shapes need no weights: torchvision models are built with weights=None")
         if num_classes is not None:
             options["num_classes"] = num_classes
         return tvm.get_model(name, weights=None, **options)

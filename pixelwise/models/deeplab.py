@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from pixelwise.encoders import Encoder, EncoderWeights, create_encoder
+from pixelwise.errors import InputError
 from pixelwise.layers import (
     ASPP,
     IMAGE_GRID,
@@ -107,7 +108,7 @@ def low_level_index(encoder: Encoder, stride: int = LOW_LEVEL_STRIDE) -> int:
     """
     matches = [i for i, reduction in enumerate(encoder.reductions) if reduction == stride]
     if not matches:
-        raise ValueError(
+        raise InputError(
             f"DeepLab v3+ needs an encoder feature at stride {stride}, but {type(encoder).__name__} "
             f"returns strides {encoder.reductions}; use deeplabv3 or another encoder"
         )
@@ -121,10 +122,10 @@ def atrous_encoder(name: str, weights: EncoderWeights, output_stride: int) -> En
         ValueError: ``output_stride`` is not 8 or 16, or the encoder cannot reach it.
     """
     if output_stride not in OUTPUT_STRIDES:
-        raise ValueError(f"DeepLab's output_stride must be one of {OUTPUT_STRIDES}, got {output_stride!r}")
+        raise InputError(f"DeepLab's output_stride must be one of {OUTPUT_STRIDES}, got {output_stride!r}")
     encoder = create_encoder(name, weights=weights, output_stride=output_stride)
     if encoder.reductions[-1] != output_stride:
-        raise ValueError(
+        raise InputError(
             f"encoder {name!r} ends at stride {encoder.reductions[-1]}, not the requested "
             f"output_stride {output_stride} (it may not support dilation)"
         )

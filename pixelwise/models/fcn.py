@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from pixelwise.encoders import Encoder, VGGEncoder, create_encoder
+from pixelwise.errors import InputError
 from pixelwise.layers import ConvNormAct
 from pixelwise.layers.align import IMAGE_GRID, Grid, upsampling_step
 from pixelwise.layers.upsample import bilinear_kernel, upsampler_between
@@ -127,7 +128,7 @@ def skip_feature_indices(reductions: list[int], num_skips: int) -> list[int]:
         wanted = deepest / 2**level
         matches = [i for i, reduction in enumerate(reductions[:-1]) if reduction == wanted]
         if not matches:
-            raise ValueError(
+            raise InputError(
                 f"FCN with {num_skips} skip(s) needs encoder features at stride {wanted:g} (half the deepest "
                 f"stride {deepest}, and so on); this encoder has strides {reductions}"
             )
@@ -155,7 +156,7 @@ class FCN(SegmentationModel):
                  paper: bool = False, aligned: bool = True) -> None:
         super().__init__()
         if variant not in VARIANT_SKIPS:
-            raise ValueError(f"unknown FCN variant {variant!r}; choose one of {list(VARIANT_SKIPS)}")
+            raise InputError(f"unknown FCN variant {variant!r}; choose one of {list(VARIANT_SKIPS)}")
         if paper:
             _check_paper_upsample(upsample)
             _check_paper_encoder(encoder)
@@ -215,7 +216,7 @@ class FCN(SegmentationModel):
 def _check_paper_upsample(upsample: str) -> None:
     """``paper=True`` means the reference geometry; refuse anything else rather than misalign."""
     if upsample != "transposed":
-        raise ValueError(f"paper=True uses the reference's transposed convolutions; got upsample={upsample!r} "
+        raise InputError(f"paper=True uses the reference's transposed convolutions; got upsample={upsample!r} "
                          f"(use upsample='transposed', or paper=False for other upsamplers)")
 
 
@@ -224,7 +225,7 @@ def _check_paper_encoder(encoder: Encoder) -> None:
     is_paper_vgg = (isinstance(encoder, VGGEncoder) and encoder.fully_conv
                     and encoder.features[0].padding == (100, 100))
     if not is_paper_vgg:
-        raise ValueError(f"paper=True needs create_encoder('vgg16', fully_conv=True, paper=True) (or 'vgg16_bn'); "
+        raise InputError(f"paper=True needs create_encoder('vgg16', fully_conv=True, paper=True) (or 'vgg16_bn'); "
                          f"got {type(encoder).__name__}")
 
 
@@ -232,7 +233,7 @@ def _build(variant: str, num_classes: int, encoder: str, upsample: str,
            encoder_weights: str | os.PathLike[str] | None, paper: bool, aligned: bool) -> FCN:
     """Make the encoder the variant needs, then the FCN around it."""
     if paper and encoder not in PAPER_ENCODERS:
-        raise ValueError(f"paper=True reproduces the reference VGG16 network; encoder must be one of "
+        raise InputError(f"paper=True reproduces the reference VGG16 network; encoder must be one of "
                          f"{list(PAPER_ENCODERS)}, got {encoder!r} (use paper=False for other encoders)")
     if paper:
         _check_paper_upsample(upsample)  # before building a 134M-parameter encoder for nothing

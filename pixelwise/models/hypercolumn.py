@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from pixelwise.encoders import Encoder, EncoderWeights, create_encoder
+from pixelwise.errors import InputError
 from pixelwise.layers import IMAGE_GRID, ConvNormAct, LayerSpec, upsampler_between
 from pixelwise.models.base import SegmentationModel
 from pixelwise.models.registry import register_model
@@ -36,12 +37,12 @@ def resolve_stages(stages: Sequence[int] | None, num_features: int) -> list[int]
     if stages is None:
         return list(range(num_features))
     if len(stages) == 0:
-        raise ValueError("stages must name at least one encoder feature")
+        raise InputError("stages must name at least one encoder feature")
     if any(not -num_features <= s < num_features for s in stages):
-        raise ValueError(f"stages {list(stages)} out of range for an encoder with {num_features} features")
+        raise InputError(f"stages {list(stages)} out of range for an encoder with {num_features} features")
     resolved = [s % num_features for s in stages]
     if len(set(resolved)) != len(resolved):
-        raise ValueError(f"stages {list(stages)} name the same feature twice")
+        raise InputError(f"stages {list(stages)} name the same feature twice")
     return resolved
 
 
@@ -92,7 +93,7 @@ class HyperColumn(SegmentationModel):
 
     def _check_column_stride(self, reduction: int) -> None:
         if reduction % self.column_reduction:
-            raise ValueError(f"stage stride {reduction} is not a multiple of the column stride {self.column_reduction}")
+            raise InputError(f"stage stride {reduction} is not a multiple of the column stride {self.column_reduction}")
 
     def hypercolumn(self, x: Tensor) -> Tensor:
         """The hypercolumns: every selected stage's projected features, upsampled and concatenated.

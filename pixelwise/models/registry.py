@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from pixelwise.encoders.weights import is_weights_file, load_file, load_into
+from pixelwise.errors import InputError
 from pixelwise.models.base import SegmentationModel
 from pixelwise.registry import Registry
 
@@ -55,7 +56,7 @@ def register_model(family: str, fixed_encoder: str | None = None) -> Callable[[B
 
     def decorator(builder: Builder) -> Builder:
         if fixed_encoder is not None and "encoder" in inspect.signature(builder).parameters:
-            raise ValueError(f"builder {builder.__name__!r} takes an encoder parameter: its default, not "
+            raise InputError(f"builder {builder.__name__!r} takes an encoder parameter: its default, not "
                              f"fixed_encoder={fixed_encoder!r}, is the default encoder")
         description = (inspect.getdoc(builder) or "").split("\n")[0]
         MODELS.add(builder.__name__, ModelInfo(builder.__name__, family, description, builder, fixed_encoder))
@@ -143,7 +144,7 @@ def create_model(
     """
     info = model_info(name)
     if num_classes < 1:
-        raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+        raise InputError(f"num_classes must be at least 1, got {num_classes}")
     if weights == "imagenet":
         weights, encoder_weights = None, "imagenet"
     # None for these three means "the builder's default"; any other option passes as given
@@ -152,10 +153,10 @@ def create_model(
     options = {**{k: v for k, v in defaults.items() if v is not None}, **kwargs}
     unknown = sorted(set(options) - set(info.parameters))
     if unknown:
-        raise ValueError(f"model {name!r} does not take {unknown}; it takes {info.parameters}")
+        raise InputError(f"model {name!r} does not take {unknown}; it takes {info.parameters}")
     model = info.builder(num_classes=num_classes, **options).set_input_scale(input_scale).set_input_norm(input_norm)
     if weights is not None:
         if not is_weights_file(weights):
-            raise ValueError(f"weights must be None, 'imagenet' or a file path, got {weights!r}")
+            raise InputError(f"weights must be None, 'imagenet' or a file path, got {weights!r}")
         load_into(model, load_file(weights), repr(os.fspath(weights)))
     return model

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from pixelwise.encoders import Encoder, EncoderWeights, create_encoder
+from pixelwise.errors import InputError
 from pixelwise.layers import IMAGE_GRID, ConvNormAct, Grid, LayerSpec, make_upsampler, mirror_pad, upsampler_between
 from pixelwise.models.base import DesignedSizes, SegmentationModel, size_listing
 from pixelwise.models.registry import register_model
@@ -47,7 +48,7 @@ from pixelwise.models.registry import register_model
 
 def _check_depth(depth: int) -> None:
     if not isinstance(depth, int) or depth < 1:
-        raise ValueError(f"U-Net depth (number of poolings) must be a positive integer, got {depth!r}")
+        raise InputError(f"U-Net depth (number of poolings) must be a positive integer, got {depth!r}")
 
 
 def _input_for_bottom(bottom: int, depth: int) -> int:
@@ -96,7 +97,7 @@ def unet_output_size(input_size: int, depth: int = 4) -> int:
     if remainder or bottom < _smallest_bottom(depth):
         reason = "a 2×2 max-pooling would get an odd size" if remainder else "nothing would be left of the output"
         nearest = " or ".join(map(str, _nearest_valid_inputs(input_size, depth)))
-        raise ValueError(
+        raise InputError(
             f"{input_size} is not a valid input size for the depth-{depth} U-Net without padding "
             f"({reason}); the nearest valid sizes are {nearest}"
         )
@@ -123,7 +124,7 @@ def unet_input_size(output_size: int, depth: int = 4) -> int:
     """
     _check_depth(depth)
     if output_size < 1:
-        raise ValueError(f"output size must be at least 1, got {output_size}")
+        raise InputError(f"output size must be at least 1, got {output_size}")
     bottom = max(_smallest_bottom(depth), 4 + -(-(output_size - 4) // 2**depth))
     return _input_for_bottom(bottom, depth)
 
@@ -232,7 +233,7 @@ class UNet(SegmentationModel):
         super().__init__()
         _check_depth(depth)
         if padding not in UNET_PADDINGS:
-            raise ValueError(f"U-Net padding must be one of {list(UNET_PADDINGS)}, got {padding!r}")
+            raise InputError(f"U-Net padding must be one of {list(UNET_PADDINGS)}, got {padding!r}")
         self.num_classes = num_classes
         self.padding = padding
         # Overlap-tile handles every size; same-padded levels need sides divisible by 2^depth.
@@ -349,7 +350,7 @@ def _decoder_blocks(encoder: Encoder, upsample: str, decoder_channels: list[int]
     if encoder.reductions[0] > 1:
         plan.append((0, grids[0], IMAGE_GRID))
     if len(decoder_channels) < len(plan):
-        raise ValueError(
+        raise InputError(
             f"decoder_channels needs {len(plan)} entries for this encoder (one per decoder block), "
             f"got {len(decoder_channels)}: {decoder_channels}"
         )
@@ -404,13 +405,13 @@ def unet(
     """
     if encoder is None:
         if encoder_weights is not None:
-            raise ValueError("the paper's U-Net has no pretrained encoder weights; pass encoder='resnet18' "
+            raise InputError("the paper's U-Net has no pretrained encoder weights; pass encoder='resnet18' "
                              "(or another encoder name) to use encoder_weights")
         if output_stride != 32:
-            raise ValueError("output_stride applies to an encoder; the paper's U-Net (encoder=None) has none")
+            raise InputError("output_stride applies to an encoder; the paper's U-Net (encoder=None) has none")
         return UNet(num_classes, upsample, base_channels, depth, norm, padding or "valid")
     if padding not in (None, "same"):
-        raise ValueError(f"padding={padding!r} applies to the paper's U-Net (encoder=None); the "
+        raise InputError(f"padding={padding!r} applies to the paper's U-Net (encoder=None); the "
                          f"encoder-backed U-Net always uses same-padded convolutions")
     backbone = create_encoder(encoder, weights=encoder_weights, output_stride=output_stride)
     return EncoderUNet(num_classes, backbone, upsample, decoder_channels, norm, aligned)

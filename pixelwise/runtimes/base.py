@@ -12,6 +12,8 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
+from pixelwise.errors import InputError
+
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 """``fp32``: full precision; ``bf16`` / ``fp16``: PyTorch autocast (fp16 on CUDA only);
 ``int8``: an ONNX file quantised by ``pixelwise export --int8``."""
@@ -39,5 +41,5 @@ class Runtime(Protocol):
 def check_precision(precision: str) -> str:
     """``precision`` if it is one of :data:`PRECISIONS`, else a clear error."""
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     return precision

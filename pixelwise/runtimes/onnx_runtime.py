@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from pixelwise.errors import InputError
+
 METADATA_PRECISION = "pixelwise.precision"
 
 
@@ -37,7 +39,7 @@ class OnnxRuntime:
         except (ort.capi.onnxruntime_pybind11_state.Fail,  # corrupt or truncated protobuf
                 ort.capi.onnxruntime_pybind11_state.InvalidProtobuf,
                 ort.capi.onnxruntime_pybind11_state.InvalidGraph) as error:
-            raise ValueError(f"{str(path)!r} is not a readable ONNX model ({str(error).splitlines()[0]}); "
+            raise InputError(f"{str(path)!r} is not a readable ONNX model ({str(error).splitlines()[0]}); "
                              f"export it again with pixelwise export --format onnx") from error
         self.input_name = self.session.get_inputs()[0].name
         self.path, self.precision, self.device = Path(path), precision, torch.device("cpu")

@@ -7,6 +7,7 @@ from contextlib import AbstractContextManager, nullcontext
 import torch
 from torch import Tensor, nn
 
+from pixelwise.errors import InputError
 from pixelwise.runtimes.base import check_precision
 from pixelwise.runtimes.optimize import optimize_for_inference
 
@@ -22,10 +23,10 @@ def autocast_context(precision: str | None, device: torch.device) -> AbstractCon
     if precision in (None, "fp32"):
         return nullcontext()
     if precision not in _AUTOCAST_DTYPES:
-        raise ValueError(f"precision {precision!r} is not an autocast precision; choose bf16, fp16 or fp32 "
+        raise InputError(f"precision {precision!r} is not an autocast precision; choose bf16, fp16 or fp32 "
                          f"(int8 runs in ONNX Runtime: pixelwise export --int8)")
     if precision == "fp16" and device.type != "cuda":
-        raise ValueError("fp16 autocast needs a CUDA device; on CPU use bf16")
+        raise InputError("fp16 autocast needs a CUDA device; on CPU use bf16")
     return torch.autocast(device.type, dtype=_AUTOCAST_DTYPES[precision])
 
 
@@ -63,7 +64,7 @@ class TorchRuntime:
 
     def __init__(self, model: nn.Module, precision: str = "fp32", optimize: bool = False) -> None:
         if check_precision(precision) == "int8":
-            raise ValueError("int8 runs in ONNX Runtime: export the model with pixelwise export --int8 and "
+            raise InputError("int8 runs in ONNX Runtime: export the model with pixelwise export --int8 and "
                              "predict with --model FILE.onnx")
         self.device = module_device(model)
         autocast_context(precision, self.device)  # refuse fp16 on the CPU now, not at the first batch

@@ -67,6 +67,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from torch import nn
 
 from pixelwise.data.io import DataError, decode_image_bytes, upload_size
+from pixelwise.errors import InputError
 from pixelwise.geometry import trace
 from pixelwise.inference.loading import LoadedModel, is_onnx, load_predictor, read_metadata
 from pixelwise.inference.logits import InferenceOptions, predict_large_image
@@ -123,7 +124,7 @@ class ServiceLimits:
     def __post_init__(self) -> None:
         if min(self.max_upload_mb, self.max_pixels, self.tile_threshold_pixels, self.explain_max_pixels) <= 0 \
                 or self.max_aspect_ratio < 1 or self.max_queue < 0:
-            raise ValueError(f"service limits must be positive, max_aspect_ratio at least 1 and max_queue at least "
+            raise InputError(f"service limits must be positive, max_aspect_ratio at least 1 and max_queue at least "
                              f"0, got {self}")
 
 

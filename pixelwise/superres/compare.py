@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from pixelwise.analysis.overlap import checkerboard_score
 from pixelwise.data.io import decode_image
+from pixelwise.errors import InputError
 from pixelwise.inference.predict import expand_inputs
 from pixelwise.superres.images import (FIXED_METHODS, downscale, luminance, modcrop, rgb_to_ycbcr, to_pixels,
                                        to_tensor, upscale_fixed, ycbcr_to_rgb)
@@ -92,7 +93,7 @@ def _methods(scale: int, checkpoints: Sequence[str | Path], fixed: Sequence[str]
     for checkpoint in checkpoints:
         model, spec = load_superres_model(checkpoint)
         if spec["scale"] != scale:
-            raise ValueError(f"{checkpoint} upscales by {spec['scale']}, not by --scale {scale}; compare it at "
+            raise InputError(f"{checkpoint} upscales by {spec['scale']}, not by --scale {scale}; compare it at "
                              f"--scale {spec['scale']}")
         name = method_name(spec["name"], spec["options"])
         names = [existing for existing, _, _ in methods]
@@ -159,7 +160,7 @@ def save_comparison_figure(comparison: Comparison, path: str | Path, region: tup
     from matplotlib.figure import Figure
 
     if comparison.high is None:
-        raise ValueError("the comparison holds no images")
+        raise InputError("the comparison holds no images")
     border = comparison.scale
     top, left = region if region is not None else busiest_region(comparison.high, size)
     rows, cols = slice(top, top + size), slice(left, left + size)

@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from pixelwise.errors import InputError
+
 FIXED_METHODS = ("nearest", "bilinear", "bicubic", "lanczos")
 # Rows of MATLAB's rgb2ycbcr for RGB in [0, 1]: offsets in [0, 255].
 _YCBCR = torch.tensor([[65.481, 128.553, 24.966], [-37.797, -74.203, 112.0], [112.0, -93.786, -18.214]],
@@ -57,7 +59,7 @@ def modcrop(image: Tensor, scale: int) -> Tensor:
     """Crop the bottom and right so height and width are multiples of ``scale``."""
     height, width = image.shape[-2:]
     if height < scale or width < scale:
-        raise ValueError(f"a {height}×{width} image is smaller than the scale {scale}")
+        raise InputError(f"a {height}×{width} image is smaller than the scale {scale}")
     return image[..., :height - height % scale, :width - width % scale]
 
 
@@ -71,7 +73,7 @@ def downscale(image: Tensor, scale: int) -> Tensor:
     with antialiasing, rounded to 8 bits."""
     height, width = image.shape[-2:]
     if height % scale or width % scale:
-        raise ValueError(f"a {height}×{width} image is not a multiple of the scale {scale}: modcrop it first")
+        raise InputError(f"a {height}×{width} image is not a multiple of the scale {scale}: modcrop it first")
     small = F.interpolate(image, size=(height // scale, width // scale), mode="bicubic", antialias=True,
                           align_corners=False)
     return quantize(small)
@@ -92,7 +94,7 @@ def upscale_fixed(image: Tensor, scale: int, method: str) -> Tensor:
     if method == "lanczos":
         return _lanczos(image, scale)
     if method not in FIXED_METHODS:
-        raise ValueError(f"unknown interpolation {method!r}; choose one of {', '.join(FIXED_METHODS)}")
+        raise InputError(f"unknown interpolation {method!r}; choose one of {', '.join(FIXED_METHODS)}")
     if method == "bicubic":
         return bicubic_upscale(image, scale).clamp(0, 1)
     align = None if method == "nearest" else False

@@ -21,6 +21,7 @@ from typing import Callable
 
 from torch import Tensor, nn
 
+from pixelwise.errors import InputError
 from pixelwise.layers.upsample import UPSAMPLE_KINDS, make_upsampler
 from pixelwise.registry import Registry
 from pixelwise.superres.images import bicubic_upscale
@@ -46,9 +47,9 @@ class ESPCN(nn.Module):
                  residual: bool = False) -> None:
         super().__init__()
         if upsample not in UPSAMPLE_KINDS:
-            raise ValueError(f"unknown upsample kind {upsample!r}; choose one of {', '.join(UPSAMPLE_KINDS)}")
+            raise InputError(f"unknown upsample kind {upsample!r}; choose one of {', '.join(UPSAMPLE_KINDS)}")
         if len(channels) < 1 or min(channels) < 1:
-            raise ValueError(f"ESPCN needs one or more positive feature widths, got channels={list(channels)}")
+            raise InputError(f"ESPCN needs one or more positive feature widths, got channels={list(channels)}")
         self.scale, self.upsample_kind, self.upsampler_channels = scale, upsample, channels[-1]
         self.residual = residual
         layers = [_conv(1, channels[0], 5), nn.Tanh()]
@@ -91,12 +92,12 @@ def srcnn(scale: int, channels: tuple[int, int] = (64, 32)) -> SRCNN:
 def create_sr_model(name: str, scale: int, **options: object) -> nn.Module:
     """Build a registered super-resolution network (:data:`SR_MODELS`) for an integer ``scale`` ≥ 2."""
     if not isinstance(scale, int) or isinstance(scale, bool) or scale < 2:
-        raise ValueError(f"a super-resolution scale must be an integer of at least 2, got {scale!r}")
+        raise InputError(f"a super-resolution scale must be an integer of at least 2, got {scale!r}")
     builder = SR_MODELS[name]
     accepted = [key for key in inspect.signature(builder).parameters if key != "scale"]
     unknown = sorted(set(options) - set(accepted))
     if unknown:
-        raise ValueError(f"{name} has no option {', '.join(map(repr, unknown))}; its options are "
+        raise InputError(f"{name} has no option {', '.join(map(repr, unknown))}; its options are "
                          f"{', '.join(accepted)} (model.options in a recipe)")
     return builder(scale, **options)
 

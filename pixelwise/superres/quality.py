@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from pixelwise.errors import InputError
+
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
 PEAK = 255.0
@@ -31,7 +33,7 @@ def shave(image: Tensor, border: int) -> Tensor:
     if border == 0:
         return image
     if min(image.shape[-2:]) <= 2 * border:
-        raise ValueError(f"a {tuple(image.shape[-2:])} image has nothing left after a {border}-pixel border")
+        raise InputError(f"a {tuple(image.shape[-2:])} image has nothing left after a {border}-pixel border")
     return image[..., border:-border, border:-border]
 
 
@@ -48,7 +50,7 @@ def ssim(prediction: Tensor, target: Tensor, peak: float = PEAK) -> Tensor:
 
     _same_shape(prediction, target)
     if min(prediction.shape[-2:]) < SSIM_WINDOW:
-        raise ValueError(f"SSIM needs images of at least {SSIM_WINDOW}×{SSIM_WINDOW}, got "
+        raise InputError(f"SSIM needs images of at least {SSIM_WINDOW}×{SSIM_WINDOW}, got "
                          f"{tuple(prediction.shape[-2:])}")
     scores = [structural_similarity(a.double().numpy(), b.double().numpy(), data_range=peak, gaussian_weights=True,
                                     sigma=SSIM_SIGMA, use_sample_covariance=False)
@@ -58,7 +60,7 @@ def ssim(prediction: Tensor, target: Tensor, peak: float = PEAK) -> Tensor:
 
 def _same_shape(prediction: Tensor, target: Tensor) -> None:
     if prediction.shape != target.shape:
-        raise ValueError(f"images differ in shape: {tuple(prediction.shape)} and {tuple(target.shape)}")
+        raise InputError(f"images differ in shape: {tuple(prediction.shape)} and {tuple(target.shape)}")
 
 
 @dataclass

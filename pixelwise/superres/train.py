@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from pixelwise.config import RANGES, ConfigError, OptimConfig, ScheduleConfig, check_ranges, config_to_dict, \
     load_recipe, save_config
 from pixelwise.data.io import DataError, decode_image
+from pixelwise.errors import InputError
 from pixelwise.training.budget import EVAL_PROBE_IMAGES, BudgetClock, BudgetPlan, iterations_for_budget
 from pixelwise.io.checkpoint import load_checkpoint, non_finite_tensors, save_checkpoint
 from pixelwise.inference.predict import expand_inputs
@@ -150,7 +151,7 @@ class SuperResFrames(Dataset):
         """A random patch pair of image ``index`` (low 1×p×p, high 1×sp×sp), randomly flipped and
         transposed; uses the global random generator (seeded per sample by the sampler)."""
         if self.patch_size is None:
-            raise ValueError("these frames are for validation: pass patch_size to draw training patches")
+            raise InputError("these frames are for validation: pass patch_size to draw training patches")
         low, high, size, scale = self.low_y[index][0], self.high_y[index][0], self.patch_size, self.scale
         top = int(torch.randint(low.shape[-2] - size + 1, ()))
         left = int(torch.randint(low.shape[-1] - size + 1, ()))
@@ -221,7 +222,7 @@ def train_superres(config: SuperResConfig, resume: bool = False, overwrite: bool
         TrainingDiverged: the loss or a weight became NaN or infinite; the last checkpoint is kept.
     """
     if resume and overwrite:
-        raise ValueError("resume continues the run in the folder and overwrite replaces it: pass one of the two")
+        raise InputError("resume continues the run in the folder and overwrite replaces it: pass one of the two")
     session_start = time.perf_counter()
     run_dir = Path(config.train.output_dir)
     prepare_run_folder(run_dir, resume, overwrite, RUN_FILES)

@@ -20,6 +20,8 @@ import math
 import time
 from dataclasses import asdict, dataclass
 
+from pixelwise.errors import InputError
+
 WARMUP_STEPS = 3
 MEASURED_STEPS = 10
 EVAL_PROBE_IMAGES = 4  # validation images timed to estimate one evaluation
@@ -80,7 +82,7 @@ class BudgetClock:
 
     def __init__(self, minutes: float, spent_s: float = 0.0) -> None:
         if minutes <= 0:
-            raise ValueError(f"train.time_budget_min must be positive, got {minutes}")
+            raise InputError(f"train.time_budget_min must be positive, got {minutes}")
         self.minutes = minutes
         self._start = time.perf_counter() - spent_s
         self._durations: list[float] = []

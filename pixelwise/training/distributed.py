@@ -18,6 +18,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from pixelwise.errors import InputError
+
 
 @dataclass(frozen=True)
 class DistributedContext:
@@ -104,7 +106,7 @@ def convert_sync_batchnorm(model: nn.Module, context: DistributedContext) -> nn.
     if not context.distributed:
         return model  # one process already normalises over the whole batch
     if context.device.type != "cuda":
-        raise ValueError("train.sync_batchnorm needs CUDA devices: PyTorch's SyncBatchNorm does not run on "
+        raise InputError("train.sync_batchnorm needs CUDA devices: PyTorch's SyncBatchNorm does not run on "
                          "the CPU; set train.sync_batchnorm=false (each process then normalises its own share "
                          "of the batch)")
     return nn.SyncBatchNorm.convert_sync_batchnorm(model)

@@ -20,6 +20,8 @@ import copy
 import torch
 from torch import Tensor, nn
 
+from pixelwise.errors import InputError
+
 
 def warmed_decay(decay: float, updates: int) -> float:
     """The decay applied at an update after ``updates`` earlier ones."""
@@ -36,7 +38,7 @@ class WeightAverage:
 
     def __init__(self, model: nn.Module, decay: float):
         if not 0 < decay < 1:
-            raise ValueError(f"an exponential moving average needs a decay in (0, 1), got {decay!r}")
+            raise InputError(f"an exponential moving average needs a decay in (0, 1), got {decay!r}")
         self.decay = decay
         self.updates = 0  # how many steps have been averaged
         self.module = copy.deepcopy(model).requires_grad_(False)  # the average: evaluate it, save its state_dict

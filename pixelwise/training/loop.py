@@ -36,8 +36,8 @@ from pixelwise.data import ClassInfo, DataError, SegmentationDataset, create_dat
 from pixelwise.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, CutMix, RareClassSampling, train_transform,
                                        val_transform)
 from pixelwise.training.budget import EVAL_PROBE_IMAGES, RECENT_STEPS, BudgetClock, BudgetPlan, iterations_for_budget
-from pixelwise.io.checkpoint import (load_checkpoint, non_finite_tensors, remove_orphan_temporaries,
-                                    save_checkpoint)
+from pixelwise.io.atomic import remove_orphan_temporaries
+from pixelwise.io.checkpoint import load_checkpoint, non_finite_tensors, save_checkpoint
 from pixelwise.training.ema import WeightAverage
 from pixelwise.inference.logits import InferenceOptions
 from pixelwise.training.distributed import (DistributedContext, broadcast_object, convert_sync_batchnorm,
@@ -45,7 +45,7 @@ from pixelwise.training.distributed import (DistributedContext, broadcast_object
                                           unwrap, wrap_model)
 from pixelwise.training.run_log import RunLog, plot_curves
 from pixelwise.training.sampling import ResumableBatchSampler, SeededSamples, _mix
-from pixelwise.errors import PixelwiseError
+from pixelwise.errors import InputError, PixelwiseError
 from pixelwise.losses import (ClassPixelCounts, create_loss, image_class_pixels, inverse_frequency_weights,
                               loss_with_aux, median_frequency_weights)
 from pixelwise.metrics import ConfusionMatrix
@@ -64,7 +64,7 @@ class TrainingDiverged(PixelwiseError, RuntimeError):
     """The loss, a weight or a batch-norm statistic became NaN or infinite."""
 
 
-class RunFolderInUse(ValueError):
+class RunFolderInUse(PixelwiseError, ValueError):
     """A new run would replace the files of an earlier one."""
 
 
@@ -168,10 +168,10 @@ def class_weights(config: Config, classes: ClassInfo, table: Tensor | None = Non
         return None
     if not isinstance(spec, str):
         if len(spec) != classes.num_classes:
-            raise ValueError(f"class_weights lists {len(spec)} numbers for {classes.num_classes} classes")
+            raise InputError(f"class_weights lists {len(spec)} numbers for {classes.num_classes} classes")
         return torch.tensor(spec, dtype=torch.float32)
     if spec not in CLASS_WEIGHTINGS:
-        raise ValueError(f"class_weights {spec!r} is not supported; choose {', '.join(CLASS_WEIGHTINGS)}, "
+        raise InputError(f"class_weights {spec!r} is not supported; choose {', '.join(CLASS_WEIGHTINGS)}, "
                          "a list of one number per class, or null")
     counts = ClassPixelCounts.of(train_class_pixels(config, classes) if table is None else table)
     if spec == "median_frequency":
@@ -208,7 +208,7 @@ def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
         return torch.optim.SGD(groups, lr=config.optim.lr, momentum=config.optim.momentum)
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=config.optim.lr)
-    raise ValueError(f"optim.name {config.optim.name!r} is not supported; choose 'sgd' or 'adamw'")
+    raise InputError(f"optim.name {config.optim.name!r} is not supported; choose 'sgd' or 'adamw'")
 
 
 def learning_rate(iteration: int, total: int | None, config: Config) -> float:
@@ -229,7 +229,7 @@ def learning_rate(iteration: int, total: int | None, config: Config) -> float:
     elif schedule.name == "constant":
         factor = 1.0
     else:
-        raise ValueError(f"schedule.name {schedule.name!r} is not supported; choose poly, cosine or constant")
+        raise InputError(f"schedule.name {schedule.name!r} is not supported; choose poly, cosine or constant")
     return schedule.min_lr + (base - schedule.min_lr) * factor
 
 
@@ -349,7 +349,7 @@ def train(config: Config, resume: bool = False, device: str | torch.device = "cp
             the last checkpoint written is kept, and it holds finite values.
     """
     if resume and overwrite:
-        raise ValueError("resume continues the run in the folder and overwrite replaces it: pass one of the two")
+        raise InputError("resume continues the run in the folder and overwrite replaces it: pass one of the two")
     with distributed_session(device) as context:
         return _train(config, resume, overwrite, context, on_step, on_total)
 

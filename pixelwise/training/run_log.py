@@ -14,9 +14,10 @@ checkpoint and before the interruption are not recorded twice; the plots
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
+
+from pixelwise.io.atomic import atomic_file
 
 # Scalars of an evaluation summary (pixelwise.metrics.summarize) and their TensorBoard tags.
 SUMMARY_TAGS = {"mean_iou": "val/mIoU", "pixel_accuracy": "val/pixel_accuracy",
@@ -124,9 +125,8 @@ def truncate_metrics(path: str | Path, last_iteration: int) -> None:
         return
     kept = [line for line in path.read_text().splitlines()
             if line.strip() and json.loads(line)["iteration"] <= last_iteration]
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text("".join(line + "\n" for line in kept))
-    os.replace(temporary, path)
+    with atomic_file(path, "w") as handle:
+        handle.write("".join(line + "\n" for line in kept))
 
 
 # The validation curve plot_curves draws: (summary key, file name, title, axis label, y floor).

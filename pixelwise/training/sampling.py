@@ -12,6 +12,8 @@ from typing import Iterator
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from pixelwise.errors import InputError
+
 SampleKey = tuple[int, int]  # (index into the data set, augmentation seed)
 
 
@@ -40,7 +42,7 @@ class ResumableBatchSampler(Sampler[list[SampleKey]]):
     def __init__(self, dataset_size: int, batch_size: int, seed: int, start: int, total: int,
                  rank: int = 0, world_size: int = 1) -> None:
         if dataset_size < 1:
-            raise ValueError("the training set is empty")
+            raise InputError("the training set is empty")
         self.dataset_size, self.batch_size, self.seed = dataset_size, batch_size, seed
         self.start, self.total, self.rank, self.world_size = start, total, rank, world_size
         self._epoch, self._order = -1, torch.empty(0, dtype=torch.long)
