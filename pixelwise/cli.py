@@ -25,7 +25,8 @@ from pixelwise.models import list_models, model_info
 from pixelwise.models.build import build_model
 from pixelwise.models.zoo import count_parameters, run_zoo, smooth_test_image
 from pixelwise.progress import ProgressReport
-from pixelwise.serve.app import LOOPBACK_HOSTS, ServiceLimits, WILDCARD_ADDRESSES, app_for_file
+from pixelwise.serve.app import ServiceLimits, app_for_file
+from pixelwise.serve.http import LOOPBACK_HOSTS, WILDCARD_ADDRESSES
 from pixelwise.superres.compare import compare_methods, save_comparison_figure, upscale_file
 from pixelwise.superres.train import load_superres_config, train_superres
 from pixelwise.training.distributed import is_main_process

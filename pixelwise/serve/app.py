@@ -45,13 +45,11 @@ from __future__ import annotations
 
 import asyncio
 import io
-import ipaddress
-import logging
 import time
 from dataclasses import asdict, dataclass
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any, AsyncGenerator, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -59,43 +57,22 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from starlette.datastructures import Headers, MutableHeaders, UploadFile
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
-from starlette.formparsers import MultiPartException, MultiPartParser
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from torch import nn
 
-from pixelwise.data.io import DataError, decode_image_bytes, upload_size
+from pixelwise.data.io import DataError, upload_size
 from pixelwise.errors import InputError
 from pixelwise.geometry import trace
 from pixelwise.inference.loading import LoadedModel, is_onnx, load_predictor, read_metadata
 from pixelwise.inference.logits import InferenceOptions, predict_large_image
 from pixelwise.inference.predict import label_image, overlay as overlay_image, predict_whole
 from pixelwise.models import create_model, saved_options
-
+from pixelwise.serve.http import (ENDPOINTS, LOOPBACK_HOSTS, Guard, ServiceError, ServiceMetrics, Upload,
+                                  check_connected, read_upload, refusal, validation_message)
 
 STATIC = Path(__file__).resolve().parent / "static"
 """The page's files, shipped inside the package: nothing is fetched from elsewhere."""
-
-LOG = logging.getLogger("pixelwise.serve")
-
-SECURITY_HEADERS = {
-    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob: "
-                               "data:; object-src 'none'; base-uri 'none'; form-action 'self'; "
-                               "frame-ancestors 'none'",
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
-    "Cross-Origin-Resource-Policy": "same-origin",
-}
-"""Sent with every response: the page runs only its own script, and is never framed."""
-
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
-WILDCARD_ADDRESSES = {"0.0.0.0", "::"}
-
-CLIENT_GONE = 499
-"""The status counted for a request dropped because its client went away (nginx's convention)."""
 
 
 @dataclass(frozen=True)
@@ -128,31 +105,6 @@ class ServiceLimits:
                              f"0, got {self}")
 
 
-class ServiceError(Exception):
-    """A request the service refuses: HTTP status and a message saying what to do."""
-
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.headers = status, message, headers or {}
-
-
-class _Metrics:
-    """Prometheus counters on a registry of the app's own (several apps in one process stay apart)."""
-
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.requests = Counter("pixelwise_requests", "HTTP requests by endpoint and status",
-                                ["endpoint", "status"], registry=self.registry)
-        self.latency = Histogram("pixelwise_request_seconds", "Request latency by endpoint", ["endpoint"],
-                                 registry=self.registry,
-                                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
-
-
-async def _check_connected(request: Request) -> None:
-    if await request.is_disconnected():
-        raise ServiceError(CLIENT_GONE, "the client went away before its turn; nothing was computed")
-
-
 class _Model:
     """The loaded model, run one request at a time off the event loop, with a bounded wait."""
 
@@ -164,7 +116,7 @@ class _Model:
         self.waiting = 0
         self.fields: dict[tuple[int, int], tuple[tuple[float, float], tuple[float, float]]] = {}
 
-    async def run(self, request: Request, upload: _Upload, work: Callable[[np.ndarray], Any]) -> Any:
+    async def run(self, request: Request, upload: Upload, work: Callable[[np.ndarray], Any]) -> Any:
         """``work(pixels)`` of the upload in the worker thread, one request at a time; 503 when
         too many wait, and nothing done for a client that went away while it waited.
 
@@ -178,11 +130,11 @@ class _Model:
         running = False
         try:
             async with self.decoded:
-                await _check_connected(request)
+                await check_connected(request)
                 pixels = await asyncio.to_thread(upload.decode)
                 async with self.lock:
                     self.waiting, running = self.waiting - 1, True
-                    await _check_connected(request)
+                    await check_connected(request)
                     return await asyncio.to_thread(work, pixels)
         finally:
             if not running:  # refused, or cancelled, while waiting
@@ -248,49 +200,6 @@ class _Model:
 
 # Reading uploads -------------------------------------------------------------------------------
 
-RAW_TYPES = ("application/octet-stream",)
-
-
-async def _bounded_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it passes ``limit`` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise ServiceError(413, f"the upload is {int(declared)} bytes, more than the {limit} accepted "
-                                f"(--max-upload-mb); send a smaller image")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ServiceError(413, f"the upload passed the {limit} bytes accepted (--max-upload-mb); "
-                                    f"send a smaller image")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-async def _once(body: bytes) -> AsyncGenerator[bytes, None]:
-    yield body
-
-
-async def read_upload(request: Request, limit: int) -> tuple[bytes, str]:
-    """The image bytes and a name for messages, from a multipart upload or a raw body."""
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type != "multipart/form-data" and not content_type.startswith("image/") \
-            and content_type not in RAW_TYPES:
-        raise ServiceError(415, f"content type {content_type or '(none)'!r} is not accepted; send a multipart "
-                                f"upload (field 'file') or the image bytes as image/* or application/octet-stream")
-    body = await _bounded_body(request, limit)
-    if content_type != "multipart/form-data":
-        return body, "upload"
-    try:
-        form = await MultiPartParser(request.headers, _once(body), max_files=1, max_fields=8).parse()
-    except MultiPartException as error:
-        raise ServiceError(400, f"malformed multipart upload ({error.message}); send one file in a field "
-                                f"named 'file'") from error
-    files = [value for _, value in form.multi_items() if isinstance(value, UploadFile)]
-    if not files:
-        raise ServiceError(400, "the multipart upload holds no file; send the image in a field named 'file'")
-    return await files[0].read(), files[0].filename or "upload"
-
 
 # The app ---------------------------------------------------------------------------------------
 
@@ -350,9 +259,9 @@ def create_app(loaded: LoadedModel, options: InferenceOptions | None = None, lim
     options = options or InferenceOptions.following(loaded.inference)
     limits = limits or ServiceLimits()
     geometry = geometry or getattr(loaded.model, "model", None)
-    model, metrics = _Model(loaded, options, limits, geometry), _Metrics()
+    model, metrics = _Model(loaded, options, limits, geometry), ServiceMetrics()
     app = FastAPI(title="pixelwise", version=version("pixelwise"), docs_url=None, redoc_url=None)
-    app.add_middleware(_Guard, metrics=metrics, allowed_hosts=tuple(allowed_hosts))
+    app.add_middleware(Guard, metrics=metrics, allowed_hosts=tuple(allowed_hosts))
 
     @app.exception_handler(ServiceError)
     async def refuse(request: Request, error: ServiceError) -> JSONResponse:
@@ -360,11 +269,11 @@ def create_app(loaded: LoadedModel, options: InferenceOptions | None = None, lim
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"error": _validation_message(error)}, status_code=400)
+        return JSONResponse({"error": validation_message(error)}, status_code=400)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException) -> JSONResponse:
-        message = {404: f"no such path {request.url.path!r}; the service answers {', '.join(_ENDPOINTS)}",
+        message = {404: f"no such path {request.url.path!r}; the service answers {', '.join(ENDPOINTS)}",
                    405: f"{request.method} is not accepted at {request.url.path}"}.get(error.status_code,
                                                                                       str(error.detail))
         return JSONResponse({"error": message}, status_code=error.status_code, headers=error.headers)
@@ -432,108 +341,14 @@ def _check_pixel(x: int, y: int, size: tuple[int, int]) -> None:
                                 f"0..{width - 1} and y in 0..{height - 1}")
 
 
-class _Upload:
-    """An uploaded image's bytes, judged by its header; decoded only when its turn comes."""
-
-    def __init__(self, data: bytes, name: str, size: tuple[int, int], max_pixels: int) -> None:
-        self.data, self.name, self.size, self.max_pixels = data, name, size, max_pixels
-        self.decode_seconds = 0.0
-
-    def decode(self) -> np.ndarray:
-        """The pixels (the bytes are let go); :class:`ServiceError` when they do not decode."""
-        start = time.perf_counter()
-        try:
-            pixels = decode_image_bytes(self.data, self.name, self.max_pixels)
-        except DataError as error:
-            raise _refusal(error) from error
-        self.data, self.decode_seconds = b"", time.perf_counter() - start
-        return pixels
-
-
-def _refusal(error: DataError) -> ServiceError:
-    return ServiceError(413 if error.kind == "too-large" else 400, str(error))
-
-
-async def _upload(request: Request, limits: ServiceLimits, plan: Callable[[int, int], Any]) -> _Upload:
+async def _upload(request: Request, limits: ServiceLimits, plan: Callable[[int, int], Any]) -> Upload:
     """The uploaded image, refused by its header or by ``plan(height, width)`` before decoding."""
     data, name = await read_upload(request, int(limits.max_upload_mb * 2**20))
     try:
         height, width = await asyncio.to_thread(upload_size, data, name, limits.max_pixels)
     except DataError as error:
-        raise _refusal(error) from error
+        raise refusal(error) from error
     plan(height, width)
-    return _Upload(data, name, (height, width), limits.max_pixels)
+    return Upload(data, name, (height, width), limits.max_pixels)
 
 
-def _validation_message(error: RequestValidationError) -> str:
-    """FastAPI's validation errors as one sentence: which parameter, what was wrong."""
-    problems = []
-    for problem in error.errors():
-        where = ".".join(str(part) for part in problem.get("loc", ())[1:]) or "the request"
-        given = f", got {problem['input']!r}" if problem.get("input") is not None else ""
-        problems.append(f"{problem.get('loc', ('query',))[0]} parameter {where!r}: {problem.get('msg', 'invalid')}"
-                        f"{given}")
-    return "; ".join(problems)
-
-
-def _is_address(name: str) -> bool:
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True
-
-
-class _Guard:
-    """Around every request: the ``Host`` check, the security headers, a JSON 500 for an
-    unexpected failure (its traceback logged), and the count and latency in ``/metrics``."""
-
-    def __init__(self, app: ASGIApp, metrics: _Metrics, allowed_hosts: tuple[str, ...]) -> None:
-        self.app, self.metrics = app, metrics
-        self.allowed_hosts = {host.lower().strip("[]") for host in allowed_hosts}
-
-    def _host_allowed(self, scope: Scope) -> bool:
-        if "*" in self.allowed_hosts:
-            return True
-        host = Headers(scope=scope).get("host", "")
-        name = (host[1:host.index("]")] if host.startswith("[") and "]" in host else host.rsplit(":", 1)[0]).lower()
-        if name in self.allowed_hosts:
-            return True
-        # Served on every address (0.0.0.0, ::): any address is the one served; a name still is not.
-        return bool(self.allowed_hosts & WILDCARD_ADDRESSES) and _is_address(name)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start, status, started = time.perf_counter(), 500, False
-
-        async def send_secured(message: Message) -> None:
-            nonlocal status, started
-            if message["type"] == "http.response.start":
-                status, started = message["status"], True
-                MutableHeaders(scope=message).update(SECURITY_HEADERS)
-            await send(message)
-
-        try:
-            if not self._host_allowed(scope):
-                host = Headers(scope=scope).get("host", "(none)")
-                await JSONResponse({"error": f"host {host!r} is not served here; address the service by "
-                                             f"{' or '.join(sorted(self.allowed_hosts))} (pixelwise serve "
-                                             f"--allow-host adds a name)"}, status_code=400)(scope, receive,
-                                                                                              send_secured)
-            else:
-                await self.app(scope, receive, send_secured)
-        except Exception as error:  # the service's last line: logged with its traceback, answered in JSON
-            LOG.exception("unexpected error answering %s %s", scope.get("method"), scope.get("path"))
-            if started:  # nothing more can be sent
-                raise
-            await JSONResponse({"error": f"internal error ({type(error).__name__}); the server's log has the "
-                                         f"details"}, status_code=500)(scope, receive, send_secured)
-        finally:
-            endpoint = scope["path"] if scope["path"] in _ENDPOINTS else "other"
-            self.metrics.requests.labels(endpoint, str(status)).inc()
-            self.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
-
-
-_ENDPOINTS = ("/", "/health", "/info", "/metrics", "/predict", "/explain")
