@@ -10,16 +10,8 @@ from torch import Tensor, nn
 
 import pixelwise
 from pixelwise.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from pixelwise.inference.logits import (
-    InferenceOptions,
-    TiledStats,
-    importance_map,
-    predict_large_image,
-    predict_logits,
-    predict_tiled,
-    sliding_windows,
-    window_starts,
-)
+from pixelwise.inference.logits import InferenceOptions, predict_large_image, predict_logits, predict_tiled
+from pixelwise.inference.windows import TiledStats, importance_map, sliding_windows, window_starts
 
 
 def _pointwise(num_classes: int = 3) -> nn.Module:

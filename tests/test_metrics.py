@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassJaccardIndex
 
-import pixelwise.metrics as metrics
+import pixelwise.metrics.confusion as metrics
 from pixelwise.data.classes import class_info
 from pixelwise.metrics import ConfusionMatrix
 

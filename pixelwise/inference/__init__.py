@@ -5,13 +5,13 @@ from pixelwise.inference.evaluation import EvaluationResult, evaluate_checkpoint
 from pixelwise.inference.loading import load_predictor
 from pixelwise.inference.logits import (
     InferenceOptions,
-    TiledStats,
     normalize_image,
     predict_large_image,
     predict_logits,
     predict_tiled,
 )
 from pixelwise.inference.predict import PredictedImage, PredictionReport, predict_files
+from pixelwise.inference.windows import TiledStats
 
 __all__ = [
     "EvaluationResult", "InferenceOptions", "PredictedImage", "PredictionReport", "TiledStats", "evaluate_checkpoint",

@@ -53,12 +53,10 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.exceptions import HTTPException
 from torch import nn
 
 from pixelwise.data.io import DataError, upload_size
@@ -68,8 +66,8 @@ from pixelwise.inference.loading import LoadedModel, is_onnx, load_predictor, re
 from pixelwise.inference.logits import InferenceOptions, predict_large_image
 from pixelwise.inference.predict import label_image, overlay as overlay_image, predict_whole
 from pixelwise.models import create_model, saved_options
-from pixelwise.serve.http import (ENDPOINTS, LOOPBACK_HOSTS, Guard, ServiceError, ServiceMetrics, Upload,
-                                  check_connected, read_upload, refusal, validation_message)
+from pixelwise.serve.http import (LOOPBACK_HOSTS, Guard, ServiceError, ServiceMetrics, Upload, answer_errors_in_json,
+                                  check_connected, read_upload, refusal)
 
 STATIC = Path(__file__).resolve().parent / "static"
 """The page's files, shipped inside the package: nothing is fetched from elsewhere."""
@@ -263,21 +261,15 @@ def create_app(loaded: LoadedModel, options: InferenceOptions | None = None, lim
     app = FastAPI(title="pixelwise", version=version("pixelwise"), docs_url=None, redoc_url=None)
     app.add_middleware(Guard, metrics=metrics, allowed_hosts=tuple(allowed_hosts))
 
-    @app.exception_handler(ServiceError)
-    async def refuse(request: Request, error: ServiceError) -> JSONResponse:
-        return JSONResponse({"error": error.message}, status_code=error.status, headers=error.headers)
+    answer_errors_in_json(app)
+    _add_status_routes(app, loaded, options, limits, source, metrics)
+    _add_model_routes(app, model)
+    return app
 
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"error": validation_message(error)}, status_code=400)
 
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, error: HTTPException) -> JSONResponse:
-        message = {404: f"no such path {request.url.path!r}; the service answers {', '.join(ENDPOINTS)}",
-                   405: f"{request.method} is not accepted at {request.url.path}"}.get(error.status_code,
-                                                                                      str(error.detail))
-        return JSONResponse({"error": message}, status_code=error.status_code, headers=error.headers)
-
+def _add_status_routes(app: FastAPI, loaded: LoadedModel, options: InferenceOptions, limits: ServiceLimits,
+                       source: str, metrics: ServiceMetrics) -> None:
+    """The page, ``/health``, ``/info`` and ``/metrics``."""
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/", include_in_schema=False)
@@ -300,6 +292,11 @@ def create_app(loaded: LoadedModel, options: InferenceOptions | None = None, lim
     @app.get("/metrics")
     async def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def _add_model_routes(app: FastAPI, model: _Model) -> None:
+    """``/predict`` and ``/explain``: the routes that run the network."""
+    loaded, limits = model.loaded, model.limits
 
     @app.post("/predict")
     async def predict(request: Request, format: str = "png", overlay: int = 0) -> Response:  # noqa: A002
@@ -330,8 +327,6 @@ def create_app(loaded: LoadedModel, options: InferenceOptions | None = None, lim
         upload = await _upload(request, limits, lambda height, width: model.plan(height, width, explain=True))
         _check_pixel(x, y, upload.size)
         return await model.run(request, upload, lambda image: model.explain(image, y, x, top))
-
-    return app
 
 
 def _check_pixel(x: int, y: int, size: tuple[int, int]) -> None:

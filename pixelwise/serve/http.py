@@ -9,11 +9,12 @@ import time
 from typing import AsyncGenerator
 
 import numpy as np
-from fastapi import Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.datastructures import Headers, MutableHeaders, UploadFile
+from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -203,6 +204,25 @@ class Guard:
             endpoint = scope["path"] if scope["path"] in ENDPOINTS else "other"
             self.metrics.requests.labels(endpoint, str(status)).inc()
             self.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
+
+
+def answer_errors_in_json(app: FastAPI) -> None:
+    """Every refusal, wrong parameter, unknown path and wrong method as ``{"error": ...}``."""
+
+    @app.exception_handler(ServiceError)
+    async def refuse(request: Request, error: ServiceError) -> JSONResponse:
+        return JSONResponse({"error": error.message}, status_code=error.status, headers=error.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"error": validation_message(error)}, status_code=400)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, error: HTTPException) -> JSONResponse:
+        message = {404: f"no such path {request.url.path!r}; the service answers {', '.join(ENDPOINTS)}",
+                   405: f"{request.method} is not accepted at {request.url.path}"}.get(error.status_code,
+                                                                                      str(error.detail))
+        return JSONResponse({"error": message}, status_code=error.status_code, headers=error.headers)
 
 
 ENDPOINTS = ("/", "/health", "/info", "/metrics", "/predict", "/explain")
