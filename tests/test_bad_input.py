@@ -28,7 +28,8 @@ from pixelwise.data.synthetic import SyntheticShapes
 from pixelwise.io.atomic import remove_orphan_temporaries
 from pixelwise.io.checkpoint import load_checkpoint, non_finite_tensors, save_checkpoint
 from pixelwise.inference.predict import label_image, overlay, predict_files
-from pixelwise.training.loop import RunFolderInUse, TrainingDiverged, train, worker_message
+from pixelwise.training.loop import TrainingDiverged, train, worker_message
+from pixelwise.training.run_folder import RunFolderInUse
 from pixelwise.progress import ProgressReport
 
 # What differs from tiny_recipe: the U-Net keeps its batch norm, and every step is checkpointed.

@@ -177,7 +177,7 @@ def test_the_cli_trains_with_it_and_the_recipe_checks_it(tmp_path: Path, caplog:
 
 def test_class_weights_and_rare_class_sampling_count_the_training_split_once(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import pixelwise.training.loop as train_module
+    import pixelwise.training.recipe as train_module
 
     counted = []
     original = train_module.image_class_pixels

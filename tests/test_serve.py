@@ -138,7 +138,12 @@ def test_every_bad_request_is_a_clear_json_error_and_the_service_goes_on(url: st
 
 
 def test_concurrent_requests_beyond_the_queue_get_503_and_the_rest_are_answered(url: str) -> None:
-    image = _png(_scene((120, 131), 2))  # tiled: long enough for requests to pile up
+    # Tiled in 64-pixel windows, 100 of them: long enough (about a second) that the eight requests
+    # pile up behind the first even on a busy machine.
+    pixels = np.full((400, 400, 3), 40, dtype=np.uint8)
+    pixels[100:300, 150:350] = (200, 60, 30)  # flat areas: a small upload, the same work as any other
+    image = _png(pixels)
+    assert len(image) < LIMITS.max_upload_mb * 2**20
 
     def post(_: int) -> httpx.Response:
         return httpx.post(f"{url}/predict", content=image, headers={"content-type": "image/png"}, timeout=60)

@@ -29,7 +29,8 @@ from pixelwise.serve.http import LOOPBACK_HOSTS, WILDCARD_ADDRESSES
 from pixelwise.superres.compare import compare_methods, save_comparison_figure, upscale_file
 from pixelwise.superres.train import load_superres_config, train_superres
 from pixelwise.training.distributed import is_main_process
-from pixelwise.training.loop import learning_rate, train
+from pixelwise.training.loop import train
+from pixelwise.training.recipe import learning_rate
 
 console = Console()
 if not console.is_terminal:  # pipes and CI logs: rich's 80-column default would fold every table

@@ -22,7 +22,7 @@ class OnnxRuntime:
         path: the ``.onnx`` file.
         threads: intra-op threads (default: PyTorch's thread count, so runtimes compare alike).
         precision: what the file computes in (read from its metadata by
-            :func:`pixelwise.export.load_onnx`; ``"fp32"`` or ``"int8"``).
+            :func:`pixelwise.inference.loading.load_onnx`; ``"fp32"`` or ``"int8"``).
     """
 
     name = "onnxruntime"

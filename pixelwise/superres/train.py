@@ -33,8 +33,9 @@ from pixelwise.io.checkpoint import load_checkpoint, non_finite_tensors, save_ch
 from pixelwise.inference.predict import expand_inputs
 from pixelwise.training.run_log import RunLog, plot_curves
 from pixelwise.training.sampling import ResumableBatchSampler, SeededSamples
-from pixelwise.training.loop import (OPEN_ENDED, TrainingDiverged, build_optimizer, check_resume_config,
-                                    learning_rate, prepare_run_folder)
+from pixelwise.training.loop import OPEN_ENDED, TrainingDiverged
+from pixelwise.training.recipe import build_optimizer, learning_rate
+from pixelwise.training.run_folder import check_resume_config, prepare_run_folder
 from pixelwise.superres.images import downscale, luminance, modcrop, to_tensor, upscale_fixed
 from pixelwise.superres.models import create_sr_model
 from pixelwise.superres.quality import PEAK, QualityScores

@@ -20,38 +20,37 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from pixelwise.config import Config, ConfigError, config_to_dict, save_config
-from pixelwise.data import ClassInfo, DataError, SegmentationDataset, create_dataset
-from pixelwise.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, CutMix, RareClassSampling, train_transform,
-                                       val_transform)
+from pixelwise.data import ClassInfo, DataError, SegmentationDataset
+from pixelwise.data.transforms import IMAGENET_MEAN, IMAGENET_STD, CutMix, RareClassSampling
+from pixelwise.errors import InputError, PixelwiseError
+from pixelwise.io.checkpoint import non_finite_tensors, save_checkpoint
+from pixelwise.losses import create_loss, loss_with_aux
+from pixelwise.metrics import ConfusionMatrix
+from pixelwise.runtimes import autocast_context
+from pixelwise.runtimes.torch_runtime import slow_precision_warning
 from pixelwise.training.budget import EVAL_PROBE_IMAGES, RECENT_STEPS, BudgetClock, BudgetPlan, iterations_for_budget
-from pixelwise.io.atomic import remove_orphan_temporaries
-from pixelwise.io.checkpoint import load_checkpoint, non_finite_tensors, save_checkpoint
-from pixelwise.training.ema import WeightAverage
-from pixelwise.inference.logits import InferenceOptions
 from pixelwise.training.distributed import (DistributedContext, broadcast_object, convert_sync_batchnorm,
                                           distributed_session, gather_objects, mean_over_processes, sync_buffers,
                                           unwrap, wrap_model)
+from pixelwise.training.ema import WeightAverage
+from pixelwise.training.recipe import (CLASS_WEIGHTINGS, build_datasets, build_model, build_optimizer, class_weights,
+                                       learning_rate, model_spec, recipe_inference, train_class_pixels,
+                                       training_samples, validation_inference)
+from pixelwise.training.run_folder import (check_resume_config, keep_earlier_defaults, load_resume_state,
+                                           prepare_run_folder, restore_rng)
 from pixelwise.training.run_log import RunLog, plot_curves
-from pixelwise.training.sampling import ResumableBatchSampler, SeededSamples, _mix
-from pixelwise.errors import InputError, PixelwiseError
-from pixelwise.losses import (ClassPixelCounts, create_loss, image_class_pixels, inverse_frequency_weights,
-                              loss_with_aux, median_frequency_weights)
-from pixelwise.metrics import ConfusionMatrix
-from pixelwise.models import SegmentationModel, create_model, saved_options, spec_options
-from pixelwise.runtimes import autocast_context
-from pixelwise.runtimes.torch_runtime import slow_precision_warning
+from pixelwise.training.sampling import ResumableBatchSampler, SeededSamples
 
 logger = logging.getLogger(__name__)
 
@@ -62,19 +61,6 @@ OPEN_ENDED = sys.maxsize
 
 class TrainingDiverged(PixelwiseError, RuntimeError):
     """The loss, a weight or a batch-norm statistic became NaN or infinite."""
-
-
-class RunFolderInUse(PixelwiseError, ValueError):
-    """A new run would replace the files of an earlier one."""
-
-
-# What a run writes into its folder (``--overwrite`` removes these, and only these).
-RUN_FILES = ("config.yaml", "metrics.jsonl", "best.pt", "last.pt", "loss.png", "miou.png", "tensorboard",
-             "evaluation")
-# Settings a resumed run may change: they alter neither the model nor the data it sees (the data
-# set may move: data.root).
-RESUMABLE_CHANGES = ("train.iterations", "train.eval_every", "train.checkpoint_every", "train.output_dir",
-                     "data.root", "data.workers")
 
 
 @dataclass
@@ -99,51 +85,6 @@ class Progress:
     budget: dict | None = None  # the time budget's plan (BudgetPlan.to_dict()) once made
 
 
-def build_datasets(config: Config) -> tuple[SegmentationDataset, SegmentationDataset]:
-    """The training set (with the training augmentation) and the validation set (full images)."""
-    data = config.data
-    options = _data_options(config)
-    probe = create_dataset(data.format, split=data.train_split, **options)
-    ignore_index = probe.classes.ignore_index
-    jitter = tuple(data.color_jitter) if isinstance(data.color_jitter, list) else data.color_jitter
-    augment = train_transform(tuple(data.crop_size), tuple(data.scale_range), hflip=data.hflip,
-                              color_jitter=jitter, ignore_index=ignore_index, random_conv=data.random_conv)
-    train_set = create_dataset(data.format, split=data.train_split, transform=augment, **options)
-    val_set = create_dataset(data.format, split=data.val_split, transform=val_transform(), **options)
-    return train_set, val_set
-
-
-def _data_options(config: Config) -> dict:
-    """The data set's keyword arguments: its folder and the format's options."""
-    data = config.data
-    return {"root": data.root, **data.options} if data.root is not None else dict(data.options)
-
-
-def _unaugmented_train_set(config: Config) -> SegmentationDataset:
-    """The training split as stored: what class statistics are counted on (crops change them)."""
-    return create_dataset(config.data.format, split=config.data.train_split, **_data_options(config))
-
-
-def train_class_pixels(config: Config, classes: ClassInfo) -> Tensor:
-    """Pixels of each class in each image of the unaugmented training split
-    (:func:`~pixelwise.losses.image_class_pixels`): what class weights and rare-class sampling
-    are computed from."""
-    return image_class_pixels(_unaugmented_train_set(config), classes.num_classes, classes.ignore_index)
-
-
-def training_samples(config: Config, train_set: SegmentationDataset, table: Tensor | None = None) -> Dataset:
-    """What the loader draws from: the training set, drawn for rare classes (``data.rare_classes``)
-    and mixed by CutMix (``data.cutmix``) where the recipe asks. ``table``: the training split's
-    :func:`train_class_pixels`, when already counted."""
-    samples: Dataset = train_set
-    spec = config.data.rare_classes
-    if spec is not None:
-        classes = train_set.classes
-        counts = train_class_pixels(config, classes) if table is None else table
-        samples = RareClassSampling(train_set, counts, spec.temperature, spec.min_pixels, spec.min_crop_ratio)
-    return CutMix(samples, config.data.cutmix) if config.data.cutmix > 0 else samples
-
-
 def _record_rare_class_sampling(samples: Dataset, classes: ClassInfo, iteration: int, log: RunLog) -> None:
     """Each class's probability of being drawn, where the run samples for rare classes: one line of
     ``metrics.jsonl`` (``{"rare_class_sampling": {class: probability}}``) and the INFO log, from
@@ -154,83 +95,6 @@ def _record_rare_class_sampling(samples: Dataset, classes: ClassInfo, iteration:
     probability = dict(zip(classes.names, rare.class_probability.tolist()))
     log.record({"iteration": iteration, "rare_class_sampling": probability})
     logger.info("rare-class sampling draws %s", ", ".join(f"{name} {p:.1%}" for name, p in probability.items()))
-
-
-CLASS_WEIGHTINGS = ("median_frequency", "inverse_frequency", "inverse_sqrt_frequency")
-
-
-def class_weights(config: Config, classes: ClassInfo, table: Tensor | None = None) -> Tensor | None:
-    """The loss's class weights: as listed in the recipe, or counted on the unaugmented training
-    split (random crops would change the counts; ``table``: its :func:`train_class_pixels`, when
-    already counted)."""
-    spec = config.class_weights
-    if spec is None:
-        return None
-    if not isinstance(spec, str):
-        if len(spec) != classes.num_classes:
-            raise InputError(f"class_weights lists {len(spec)} numbers for {classes.num_classes} classes")
-        return torch.tensor(spec, dtype=torch.float32)
-    if spec not in CLASS_WEIGHTINGS:
-        raise InputError(f"class_weights {spec!r} is not supported; choose {', '.join(CLASS_WEIGHTINGS)}, "
-                         "a list of one number per class, or null")
-    counts = ClassPixelCounts.of(train_class_pixels(config, classes) if table is None else table)
-    if spec == "median_frequency":
-        return median_frequency_weights(*counts)
-    return inverse_frequency_weights(counts.class_pixels, power=1.0 if spec == "inverse_frequency" else 0.5)
-
-
-def build_model(config: Config, num_classes: int) -> SegmentationModel:
-    """The network the recipe names, for ``num_classes`` classes."""
-    spec = model_spec(config, num_classes)
-    return create_model(spec["name"], num_classes=num_classes, encoder_weights=config.model.encoder_weights,
-                        **spec["options"])
-
-
-def model_spec(config: Config, num_classes: int) -> dict:
-    """What a checkpoint records to rebuild the model without the recipe (no weights source:
-    the checkpoint carries the weights)."""
-    options = dict(config.model.options)
-    if config.model.encoder is not None:
-        options["encoder"] = config.model.encoder
-    if config.model.upsample is not None:
-        options["upsample"] = config.model.upsample
-    return {"name": config.model.name, "num_classes": num_classes, "options": spec_options(config.model.name, options)}
-
-
-def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
-    """SGD (with momentum) or AdamW; no weight decay on norms and biases."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": config.optim.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    name = config.optim.name.lower()
-    if name == "sgd":
-        return torch.optim.SGD(groups, lr=config.optim.lr, momentum=config.optim.momentum)
-    if name == "adamw":
-        return torch.optim.AdamW(groups, lr=config.optim.lr)
-    raise InputError(f"optim.name {config.optim.name!r} is not supported; choose 'sgd' or 'adamw'")
-
-
-def learning_rate(iteration: int, total: int | None, config: Config) -> float:
-    """Linear warm-up, then poly or cosine decay from ``optim.lr`` to ``schedule.min_lr``.
-
-    ``total=None`` (a time budget still measuring) holds the schedule at its start.
-    """
-    base, schedule = config.optim.lr, config.schedule
-    if iteration < schedule.warmup_iters:
-        return base * (iteration + 1) / schedule.warmup_iters
-    if total is None:
-        return base
-    progress = (iteration - schedule.warmup_iters) / max(1, total - schedule.warmup_iters)
-    if schedule.name == "poly":
-        factor = (1 - progress) ** schedule.power
-    elif schedule.name == "cosine":
-        factor = 0.5 * (1 + math.cos(math.pi * progress))
-    elif schedule.name == "constant":
-        factor = 1.0
-    else:
-        raise InputError(f"schedule.name {schedule.name!r} is not supported; choose poly, cosine or constant")
-    return schedule.min_lr + (base - schedule.min_lr) * factor
 
 
 def evaluate(model: nn.Module, dataset: SegmentationDataset, device: torch.device,
@@ -245,20 +109,6 @@ def evaluate(model: nn.Module, dataset: SegmentationDataset, device: torch.devic
     shard = range(context.rank, len(dataset), context.world_size)
     matrix = _evaluate_images(unwrap(model), dataset, shard, device, amp)
     return matrix.all_reduce() if context.distributed else matrix
-
-
-def validation_inference(amp: str | None) -> InferenceOptions:
-    """How validation computes logits: whole image, one scale, the training precision."""
-    return InferenceOptions.create(precision=amp or "fp32")
-
-
-def recipe_inference(config: Config) -> InferenceOptions:
-    """How the recipe's checkpoints predict, as they record it: validation's whole image and
-    precision, with the test-time scales and flip of the recipe's ``inference`` section. With
-    that section at its defaults ``pixelwise evaluate`` on ``best.pt`` reproduces the logged
-    validation mIoU."""
-    return InferenceOptions.create(scales=config.inference.scales, flip=config.inference.flip,
-                                   precision=config.train.amp or "fp32")
 
 
 def _evaluate_images(model: nn.Module, dataset: SegmentationDataset, indices: range, device: torch.device,
@@ -354,32 +204,6 @@ def train(config: Config, resume: bool = False, device: str | torch.device = "cp
         return _train(config, resume, overwrite, context, on_step, on_total)
 
 
-def prepare_run_folder(run_dir: Path, resume: bool, overwrite: bool, run_files: Sequence[str] = RUN_FILES) -> None:
-    """Create the folder, refusing to start a new run over an earlier one's files; remove the
-    temporary files of interrupted checkpoint writes. ``overwrite`` removes ``run_files``."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise RunFolderInUse(f"train.output_dir {str(run_dir)!r} is a file, not a folder; choose another "
-                             f"train.output_dir")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    remove_orphan_temporaries(run_dir)
-    if resume:
-        return
-    if overwrite:
-        for name in run_files:
-            target = run_dir / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            else:
-                target.unlink(missing_ok=True)
-        return
-    present = sorted(entry.name for entry in run_dir.iterdir())
-    if present:
-        shown = ", ".join(present[:4]) + (", ..." if len(present) > 4 else "")
-        raise RunFolderInUse(f"run folder {str(run_dir)!r} is not empty ({shown}): a new run would replace its "
-                             f"files. Pass --resume to continue the run there, --overwrite to replace it, or "
-                             f"choose another folder with train.output_dir=...")
-
-
 def _train(config: Config, resume: bool, overwrite: bool, context: DistributedContext,
            on_step: Callable[[int, float], None] | None,
            on_total: Callable[[int, BudgetPlan | None], None] | None) -> TrainResult:
@@ -392,9 +216,9 @@ def _train(config: Config, resume: bool, overwrite: bool, context: DistributedCo
         prepare_run_folder(run_dir, resume, overwrite)
     torch.manual_seed(config.train.seed)
     train_set, val_set = build_datasets(config)
-    state = _load_resume_state(run_dir, context) if resume else None
+    state = load_resume_state(run_dir, context) if resume else None
     if state is not None:
-        _keep_earlier_defaults(config, state)
+        keep_earlier_defaults(config, state)
     model = _build_training_model(config, train_set.classes.num_classes, context)
     optimizer = build_optimizer(config, model)
     # Counted once where both class weights and rare-class sampling need the training split's pixels.
@@ -415,7 +239,7 @@ def _train(config: Config, resume: bool, overwrite: bool, context: DistributedCo
                                                  num_workers=config.data.workers)))
     # After creating the loader's iterator, which draws a seed from the global generator:
     # restoring first would leave a resumed run one draw apart from an uninterrupted one.
-    _restore_rng(state, config, context)
+    restore_rng(state, config, context)
     clock = _budget_clock(config, progress, session_start)
     if progress.total is not None and on_total is not None:
         on_total(progress.total, None)
@@ -464,26 +288,6 @@ def worker_message(error: BaseException) -> str:
     return text.rsplit(marker, 1)[-1].strip() if marker in text else text
 
 
-def _load_resume_state(run_dir: Path, context: DistributedContext) -> dict:
-    """``last.pt``, read by rank 0 and sent to the others (their nodes need not see the file)."""
-    state = load_checkpoint(run_dir / "last.pt") if context.is_main else None
-    return broadcast_object(state, context)
-
-
-def _keep_earlier_defaults(config: Config, state: dict) -> None:
-    """A run started before a builder default changed (see
-    :data:`~pixelwise.models.registry.EARLIER_DEFAULTS`) continues with the model it started with:
-    its recipe gets that default written out, so ``config.yaml`` says what runs."""
-    saved = state.get("model_spec")
-    if saved is None or saved.get("name") != config.model.name:
-        return
-    for key, value in saved_options(saved["name"], saved["options"]).items():
-        if key not in saved["options"] and key not in config.model.options:
-            logger.info("the run was started with model.options.%s = %r (the default then); it continues so",
-                        key, value)
-            config.model.options[key] = value
-
-
 def _restore(state: dict | None, model: nn.Module, optimizer: torch.optim.Optimizer, config: Config) -> Progress:
     """Load a checkpoint's weights and optimiser state; where the run stands."""
     if state is None:
@@ -518,50 +322,6 @@ def _restore_average(state: dict | None, model: nn.Module, config: Config) -> We
     if state is not None and "ema_updates" in state:
         average.load(state["model"], state["ema_updates"])
     return average
-
-
-def check_resume_config(config: Any, recorded: dict, allowed: Sequence[str] = RESUMABLE_CHANGES) -> None:
-    """Refuse to resume with settings other than the run's, except ``allowed`` (dotted keys or
-    sections).
-
-    Raises:
-        ConfigError: naming each changed key with its recorded and new values.
-    """
-    before, now = _flatten(recorded), _flatten(config_to_dict(config))
-    changed = [key for key in now if key in before and now[key] != before[key]
-               and not any(key == name or key.startswith(name + ".") for name in allowed)]
-    if changed:
-        listing = "; ".join(f"{key}: {before[key]!r} -> {now[key]!r}" for key in changed)
-        raise ConfigError(f"--resume continues the run as it was set up, but these settings differ from its "
-                          f"config.yaml: {listing}. Resume with the run's settings (only "
-                          f"{', '.join(allowed)} may change), or start a new run (--overwrite, or "
-                          f"another train.output_dir)")
-
-
-def _flatten(record: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in record.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            flat.update(_flatten(value, name + "."))
-        else:
-            flat[name] = list(value) if isinstance(value, tuple) else value
-    return flat
-
-
-def _restore_rng(state: dict | None, config: Config, context: DistributedContext) -> None:
-    """This process's random state: the checkpoint's, or (fresh, distributed) one per rank."""
-    if state is not None:
-        saved = state.get("rng_per_rank") or [state["rng"]]
-        if len(saved) == context.world_size:
-            torch.set_rng_state(saved[context.rank])
-            return
-        logger.warning("resuming with %d processes from a checkpoint of %d: the global batch and the random "
-                       "state change, so the run continues but does not replay exactly", context.world_size,
-                       len(saved))
-    if context.distributed:
-        # Distinct dropout masks per process, as distinct as separate machines' would be.
-        torch.manual_seed(_mix(config.train.seed, context.rank, state["iteration"] if state else 0))
 
 
 def _budget_clock(config: Config, progress: Progress, session_start: float) -> BudgetClock | None:

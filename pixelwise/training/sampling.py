@@ -17,7 +17,7 @@ from pixelwise.errors import InputError
 SampleKey = tuple[int, int]  # (index into the data set, augmentation seed)
 
 
-def _mix(*values: int) -> int:
+def mix_seeds(*values: int) -> int:
     """A 63-bit seed from several integers (splitmix64-style mixing)."""
     state = 0x9E3779B97F4A7C15
     for value in values:
@@ -58,13 +58,13 @@ class ResumableBatchSampler(Sampler[list[SampleKey]]):
         """The ``(index, seed)`` pairs of this process's share of iteration ``iteration``."""
         global_batch = self.batch_size * self.world_size
         first = iteration * global_batch + self.rank * self.batch_size
-        return [(self._index(position), _mix(self.seed, iteration, position))
+        return [(self._index(position), mix_seeds(self.seed, iteration, position))
                 for position in range(first, first + self.batch_size)]
 
     def _index(self, position: int) -> int:
         epoch, offset = divmod(position, self.dataset_size)
         if epoch != self._epoch:
-            generator = torch.Generator().manual_seed(_mix(self.seed, epoch))
+            generator = torch.Generator().manual_seed(mix_seeds(self.seed, epoch))
             self._epoch, self._order = epoch, torch.randperm(self.dataset_size, generator=generator)
         return int(self._order[offset])
 
