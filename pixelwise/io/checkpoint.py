@@ -14,7 +14,7 @@ import json
 import logging
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -38,8 +38,9 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     renamed over ``path`` (:func:`~pixelwise.io.atomic.atomic_file`), so a reader sees the old
     checkpoint or the new one, never half of one.
     """
+    tensors = tensor_digest(state)
     state = {**{key: value for key, value in state.items() if key not in _CHECKSUM_KEYS},
-             "checksum": tensor_digest(state), "record_checksum": record_digest(state)}
+             "checksum": tensors, "record_checksum": record_digest(state, tensors)}
     with atomic_file(path, durable=True) as handle:
         torch.save(state, handle)
 
@@ -47,37 +48,40 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
 def tensor_digest(state: Any) -> str:
     """SHA-256 over every tensor of ``state`` (nested dicts and lists; the ``"checksum"`` entry
     itself excluded): their places, dtypes, shapes and bytes, in a fixed order."""
-    return _digest(state, plain_values=False)
-
-
-def record_digest(state: Any) -> str:
-    """SHA-256 over everything in ``state``: every tensor as :func:`tensor_digest` hashes it and
-    every plain value (string, number, boolean, ``None``) with its place and type; the top-level
-    checksum entries themselves excluded."""
-    return _digest(state, plain_values=True)
-
-
-def _digest(state: Any, plain_values: bool) -> str:
     digest = hashlib.sha256()
-    skipped = _CHECKSUM_KEYS if plain_values else ("checksum",)
-
-    def visit(value: Any, place: str) -> None:
+    for place, value in _leaves(state, ("checksum",)):
         if isinstance(value, torch.Tensor):
             flat = value.detach().cpu().contiguous().reshape(-1)
             digest.update(f"{place}:{flat.dtype}:{tuple(value.shape)};".encode())
             digest.update(memoryview(flat.view(torch.uint8).numpy()))
-        elif isinstance(value, dict):
-            for key in sorted(value, key=str):
-                if not (place == "" and key in skipped):
-                    visit(value[key], f"{place}/{key}")
-        elif isinstance(value, (list, tuple)):
-            for index, item in enumerate(value):
-                visit(item, f"{place}/{index}")
-        elif plain_values:
-            digest.update(f"{place}={type(value).__name__}:{value!r};".encode())
-
-    visit(state, "")
     return digest.hexdigest()
+
+
+def record_digest(state: Any, tensors: str | None = None) -> str:
+    """SHA-256 over everything in ``state``: every plain value (string, number, boolean,
+    ``None``) with its place and type, and its tensors through their :func:`tensor_digest`
+    (``tensors``, when already computed: each tensor's bytes are hashed once); the top-level
+    checksum entries themselves excluded."""
+    digest = hashlib.sha256()
+    for place, value in _leaves(state, _CHECKSUM_KEYS):
+        if not isinstance(value, torch.Tensor):
+            digest.update(f"{place}={type(value).__name__}:{value!r};".encode())
+    digest.update(f"tensors={tensor_digest(state) if tensors is None else tensors};".encode())
+    return digest.hexdigest()
+
+
+def _leaves(value: Any, skipped: tuple[str, ...], place: str = "") -> Iterator[tuple[str, Any]]:
+    """``(place, value)`` of every tensor and plain value in nested dicts, lists and tuples, in a
+    fixed order; the top-level keys ``skipped`` left out."""
+    if isinstance(value, dict):
+        for key in sorted(value, key=str):
+            if not (place == "" and key in skipped):
+                yield from _leaves(value[key], skipped, f"{place}/{key}")
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            yield from _leaves(item, skipped, f"{place}/{index}")
+    else:
+        yield place, value
 
 
 def non_finite_tensors(weights: dict[str, Any]) -> list[str]:
@@ -122,11 +126,12 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise InputError(f"{error} — use the run's other checkpoint (last.pt / best.pt)") from error
     if not isinstance(state, dict) or "model" not in state:
         raise InputError(f"{str(path)!r} is not a pixelwise checkpoint (no 'model' entry)")
-    if "checksum" in state and tensor_digest(state) != state["checksum"]:
+    tensors = tensor_digest(state) if "checksum" in state or "record_checksum" in state else None
+    if "checksum" in state and tensors != state["checksum"]:
         raise InputError(f"checkpoint {str(path)!r} is damaged: its tensors no longer match the checksum written "
                          f"with them (bytes changed on disk); use the run's other checkpoint (last.pt / best.pt) "
                          f"or a backup")
-    if "record_checksum" in state and record_digest(state) != state["record_checksum"]:
+    if "record_checksum" in state and record_digest(state, tensors) != state["record_checksum"]:
         raise InputError(f"checkpoint {str(path)!r} is damaged or was edited: its record (model spec, class names, "
                          f"normalisation, inference options, training state) no longer matches the checksum written "
                          f"with it; use the run's other checkpoint (last.pt / best.pt) or a backup")
