@@ -23,6 +23,7 @@ import onnx
 import onnxruntime
 import torch
 
+from pixelwise.data import DataSpec
 from pixelwise.io.checkpoint import load_checkpoint
 from pixelwise.inference.loading import model_from_checkpoint
 from pixelwise.inference.evaluation import evaluate_loaded
@@ -35,13 +36,13 @@ from report import write_report  # benchmarks/report.py: run as scripts, this fo
 RESULTS = Path(__file__).resolve().parent / "results" / "int8.json"
 
 
-def evaluate(runtime: OnnxRuntime, loaded, data: dict, limit: int | None) -> dict:
+def evaluate(runtime: OnnxRuntime, loaded, data: DataSpec, limit: int | None) -> dict:
     """mIoU and milliseconds per image of one runtime, with its predictions' confusion matrix."""
     start = time.perf_counter()
     result = evaluate_loaded(loaded._replace(model=runtime), data, InferenceOptions.create(), limit=limit)
     seconds = time.perf_counter() - start
     return {"miou": result.summary()["mean_iou"], "iou": result.summary()["iou"],
-            "ms_per_image": 1e3 * seconds / result.data["num_images"], "images": result.data["num_images"]}
+            "ms_per_image": 1e3 * seconds / result.num_images, "images": result.num_images}
 
 
 def agreement(fp32: OnnxRuntime, int8: OnnxRuntime, batches: list[np.ndarray]) -> float:
@@ -72,7 +73,7 @@ def main() -> None:
     batches = calibration_batches(options, loaded.normalization)
     data = options.data(args.val_split)
     val_batches = [batch for batch in calibration_batches(Int8Options(
-        f"{data['format']}:{data['root'] or ''}:{args.val_split}", 8), loaded.normalization)]
+        f"{data.format}:{data.root or ''}:{args.val_split}", 8), loaded.normalization)]
     rows = []
     with tempfile.TemporaryDirectory(prefix="pixelwise-int8-") as folder:
         fp32_path = Path(folder) / "fp32.onnx"

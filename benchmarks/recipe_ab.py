@@ -33,6 +33,7 @@ from pathlib import Path
 
 from pixelwise.io.checkpoint import load_checkpoint
 from pixelwise.inference.evaluation import evaluate_checkpoint
+from pixelwise.inference.logits import InferenceOptions
 from pixelwise.training.run_log import read_metrics
 from report import write_report  # benchmarks/report.py: run as scripts, this folder is on sys.path
 
@@ -83,7 +84,8 @@ def train_variants(config: str, variants: list[tuple[str, list[str]]], shared: l
 def score(run_dir: Path, classes: list[str], boundary_width: int) -> dict:
     """``last.pt`` evaluated on the recipe's validation split as validation runs (one scale, no
     flip), with the run's logged history."""
-    result = evaluate_checkpoint(run_dir / "last.pt", scales=(1.0,), flip=False, boundary_width=boundary_width)
+    result = evaluate_checkpoint(run_dir / "last.pt", options=InferenceOptions.create(scales=(1.0,), flip=False),
+                                 boundary_width=boundary_width)
     summary = result.summary()
     names = list(result.classes.names)
     _, evaluations = read_metrics(run_dir / "metrics.jsonl")
@@ -97,7 +99,8 @@ def score(run_dir: Path, classes: list[str], boundary_width: int) -> dict:
         "trimap_accuracy": summary.get("trimap_accuracy"),
         "pixel_accuracy": summary["pixel_accuracy"],
         "val_history": {record["iteration"]: record["eval"]["mean_iou"] for record in evaluations},
-        "data": {key: result.data[key] for key in ("format", "split", "options", "num_images")},
+        "data": {"format": result.data.format, "split": result.data.split, "options": result.data.options,
+                 "num_images": result.num_images},
     }
 
 

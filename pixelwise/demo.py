@@ -18,7 +18,7 @@ from PIL import Image
 from rich.console import Console
 
 from pixelwise.config import Config, load_config
-from pixelwise.data import create_dataset
+from pixelwise.data import RecordedData, create_dataset
 from pixelwise.inference.evaluation import EvaluationResult, evaluate_checkpoint, print_evaluation
 from pixelwise.inference.predict import PredictionReport, predict_files
 from pixelwise.progress import ProgressReport
@@ -95,7 +95,7 @@ def write_report(result: DemoResult) -> Path:
         "# pixelwise demo report", "",
         f"U-Net trained for {result.training.iterations} iterations on the synthetic shapes data set "
         f"in {result.minutes:.1f} minutes (CPU); best validation mIoU {result.training.best_miou:.4f}.", "",
-        f"## Held-out evaluation ({result.evaluation.data.get('num_images')} images of the synthetic `test` split)",
+        f"## Held-out evaluation ({result.evaluation.num_images} images of the synthetic `test` split)",
         "",
         f"- mean IoU: **{summary['mean_iou']:.4f}** (target {TARGET_MIOU:.2f}: "
         f"{'met' if result.passed else 'MISSED'})",
@@ -132,7 +132,7 @@ def run_demo_pipeline(out_dir: str | Path = "runs/demo", overrides: Sequence[str
     training = train(demo_config(run_dir, overrides), on_step=on_step, on_total=on_total, overwrite=True)
     minutes = (time.perf_counter() - start) / 60
     checkpoint = run_dir / "best.pt"
-    evaluation = evaluate_checkpoint(checkpoint, split="test", out_dir=run_dir / "evaluation")
+    evaluation = evaluate_checkpoint(checkpoint, RecordedData(split="test"), out_dir=run_dir / "evaluation")
     samples = write_sample_images(run_dir / "samples")
     predictions = predict_files(checkpoint, samples, run_dir / "predictions", overwrite=True)
     side_by_side(predictions, run_dir / "predictions" / "sheet.png")

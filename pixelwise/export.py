@@ -1,4 +1,6 @@
-"""Export a trained model to ONNX (fp32 or int8) or TorchScript, with a parity check.
+"""Export a trained model to ONNX (fp32 or int8) or TorchScript, with a parity check, or its
+weights and record to a safetensors file or a model folder. Every file is written by its
+format's writer in :mod:`pixelwise.io.model_file`.
 
 **Dynamic sizes.** The ONNX graph is exported with ``torch.export`` with symbolic batch, height
 and width, from an example of an awkward size (no multiple of any stride), so the models'
@@ -8,9 +10,9 @@ at the input's size, as the PyTorch model does.
 **Self-contained.** The file carries what prediction needs in its ``metadata_props``: class
 names, palette and ignore index, normalisation, the model spec, the precision, the recorded
 inference options and the pixelwise version, so ``pixelwise predict --model F.onnx`` needs no
-checkpoint and no recipe (:func:`load_onnx`). A SHA-256 digest of that metadata
-(``pixelwise.checksum``) is verified when the file is opened, and the record is checked
-against the graph (:func:`read_metadata`).
+checkpoint and no recipe (:func:`~pixelwise.inference.loading.load_onnx`). A SHA-256 digest
+of that metadata (``pixelwise.checksum``) is verified when the file is opened, and the record is
+checked against the graph.
 
 **Parity.** After export, ONNX Runtime runs the file beside eager PyTorch on random and real
 images at three sizes; the maximum logit difference and the argmax agreement are reported. fp32
@@ -22,7 +24,8 @@ calibration data set, by the mIoU it keeps. A failing parity is an error, and th
 left behind: everything is written to a temporary name and renamed only once it passed.
 
 **Files.** The target is checked before any work: an existing file is replaced only with
-``overwrite=True``, the checkpoint itself never, a folder or an unwritable folder is refused.
+``overwrite=True``, the checkpoint itself never, a folder (but for a model folder export, which
+replaces only a model folder) or an unwritable folder is refused.
 Temporaries are named ``.NAME[.ROLE].PID.tmp``; those of an export killed midway are deleted by
 the next export to the same file. Every written file gets the mode of a new file (``0o666``
 less the umask).
@@ -32,11 +35,9 @@ real images of a data set (see :func:`quantize_int8`).
 """
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from dataclasses import dataclass, field
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -44,15 +45,18 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from pixelwise.data import create_dataset
+from pixelwise.data import DataSpec, RecordedData
 from pixelwise.data.io import DataError
 from pixelwise.data.transforms import val_transform
 from pixelwise.errors import InputError, PixelwiseError
 from pixelwise.inference.evaluation import evaluate_loaded
-from pixelwise.inference.loading import CHECKSUM_KEY, METADATA_KEYS, LoadedModel, metadata_digest, model_from_checkpoint
+from pixelwise.inference.loading import LoadedModel, load_model
 from pixelwise.inference.logits import InferenceOptions, normalize_image
-from pixelwise.io.atomic import atomic_path, publish, remove_orphan_temporaries, temporary_name
-from pixelwise.io.checkpoint import load_checkpoint, save_safetensors
+from pixelwise.io.atomic import publish, remove_orphan_temporaries, temporary_name
+from pixelwise.io.model_file import ModelFile, read_model_file, write_folder, write_onnx, write_safetensors, \
+    write_torchscript
+from pixelwise.io.record import ModelRecord
+from pixelwise.io.safetensors_file import FOLDER_FILES
 from pixelwise.runtimes.onnx_graph import EXAMPLE_SIZE, ExportError, exporter_summary, onnx_proto
 from pixelwise.runtimes.onnx_runtime import OnnxRuntime
 from pixelwise.runtimes.torch_runtime import TorchRuntime
@@ -60,17 +64,7 @@ from pixelwise.runtimes.torch_runtime import TorchRuntime
 PARITY_SIZES = ((253, 317), (97, 131), (33, 47))
 FP32_TOLERANCE = 1e-3
 """Largest accepted max |logit difference| of an fp32 export, relative to the logits' scale."""
-FORMATS = ("onnx", "torchscript", "safetensors")
-
-
-# Metadata ------------------------------------------------------------------------------------
-
-def export_metadata(state: dict[str, Any], precision: str) -> dict[str, str]:
-    """The ``metadata_props`` of an exported file: the checkpoint's prediction metadata as JSON."""
-    metadata = {f"pixelwise.{key}": json.dumps(state[key]) for key in METADATA_KEYS if state.get(key) is not None}
-    metadata["pixelwise.version"] = version("pixelwise")
-    metadata["pixelwise.precision"] = precision
-    return metadata
+FORMATS = ("onnx", "torchscript", "safetensors", "folder")
 
 
 # ONNX export ---------------------------------------------------------------------------------
@@ -83,16 +77,6 @@ def _export_blocker(spec: dict[str, Any]) -> str | None:
                 "size (overlap-tile, a loop of ReflectionPad operations), which an ONNX graph cannot express; "
                 "train it with model.options.padding=same to export it, or predict from the checkpoint")
     return None
-
-
-def _save_proto(proto, metadata: dict[str, str], path: Path) -> None:
-    import onnx
-
-    del proto.metadata_props[:]
-    metadata = {key: value for key, value in metadata.items() if key != CHECKSUM_KEY}
-    for key, value in {**metadata, CHECKSUM_KEY: metadata_digest(metadata)}.items():
-        proto.metadata_props.add(key=key, value=value)
-    onnx.save(proto, str(path))
 
 
 # Parity ----------------------------------------------------------------------------------------
@@ -201,14 +185,14 @@ class Int8Options:
     val_images: int | None = None
     min_agreement: float = 0.9
 
-    def data(self, split: str | None = None) -> dict[str, Any]:
-        """The data set spec (see :func:`~pixelwise.inference.evaluation.resolve_data`) of a split."""
+    def data(self, split: str | None = None) -> DataSpec:
+        """The calibration data set, or another split of it."""
         parts = self.calibrate.split(":")
         if len(parts) != 3 or not parts[0] or not parts[2]:
             raise InputError(f"--calibrate takes FORMAT:ROOT:SPLIT, e.g. camvid:data/camvid:train (ROOT empty for "
                              f"the built-in synthetic set: synthetic::train); got {self.calibrate!r}")
         data_format, root, calibration_split = parts
-        return {"format": data_format, "root": root or None, "split": split or calibration_split, "options": {}}
+        return DataSpec(data_format, root or None, split or calibration_split)
 
 
 def calibration_batches(options: Int8Options, normalization: dict[str, list[float]]) -> list[np.ndarray]:
@@ -218,10 +202,9 @@ def calibration_batches(options: Int8Options, normalization: dict[str, list[floa
     if options.images < 1:
         raise InputError(f"--calibration-images must be positive, got {options.images}")
     data = options.data()
-    extra = {"root": data["root"]} if data["root"] is not None else {}
-    dataset = create_dataset(data["format"], split=data["split"], transform=val_transform(**normalization), **extra)
+    dataset = data.create_dataset(val_transform(**normalization))
     if len(dataset) == 0:
-        raise InputError(f"calibration split {data['split']!r} of the {data['format']} data set holds no images")
+        raise InputError(f"calibration split {data.split!r} of the {data.format} data set holds no images")
     count = min(options.images, len(dataset))
     indices = np.linspace(0, len(dataset) - 1, count).round().astype(int)
     return [dataset[int(index)][0][None].numpy() for index in indices]
@@ -254,13 +237,11 @@ def quantize_int8(fp32_path: str | Path, int8_path: str | Path, batches: Sequenc
                     calibrate_method=methods[method])
 
 
-def _copy_metadata(source: Path, target: Path) -> None:
-    """Quantisation drops ``metadata_props``: copy them from the fp32 file, marked int8."""
-    import onnx
+def _record_int8(record: ModelRecord, target: Path) -> None:
+    """Quantisation drops ``metadata_props``: write the record again, marked int8."""
+    import onnx  # optional at import: only ONNX users need it
 
-    fp32, int8 = onnx.load(str(source)), onnx.load(str(target))
-    metadata = {prop.key: prop.value for prop in fp32.metadata_props}
-    _save_proto(int8, {**metadata, "pixelwise.precision": "int8"}, target)
+    write_onnx(onnx.load(str(target)), record.replace(precision="int8"), target)
 
 
 def compare_accuracy(fp32: OnnxRuntime, int8: OnnxRuntime, loaded: LoadedModel, options: Int8Options,
@@ -272,9 +253,9 @@ def compare_accuracy(fp32: OnnxRuntime, int8: OnnxRuntime, loaded: LoadedModel, 
         result = evaluate_loaded(loaded._replace(model=runtime), data, InferenceOptions.create(),
                                  limit=options.val_images)
         scores[f"{label}_miou"] = result.summary()["mean_iou"]
-        scores["images"] = result.data["num_images"]
+        scores["images"] = result.num_images
     scores["miou_loss_points"] = 100 * (scores["fp32_miou"] - scores["int8_miou"])
-    on_line(f"mIoU on {data['format']} {data['split']} ({scores['images']} images): fp32 "
+    on_line(f"mIoU on {data.format} {data.split} ({scores['images']} images): fp32 "
             f"{100 * scores['fp32_miou']:.2f}%, int8 {100 * scores['int8_miou']:.2f}% "
             f"(int8 - fp32: {-scores['miou_loss_points']:+.2f} points)")
     return scores
@@ -299,19 +280,23 @@ class ExportTargetError(PixelwiseError, ValueError):
     """The file an export would write is not one it may write."""
 
 
-def check_target(checkpoint: str | Path, out: str | Path, overwrite: bool = False) -> Path:
+def check_target(checkpoint: str | Path, out: str | Path, overwrite: bool = False, folder: bool = False) -> Path:
     """``out``, once it is known that an export of ``checkpoint`` may be written there: not the
-    checkpoint itself, not a folder, not an existing file unless ``overwrite``, in a folder
-    this process can write (created if absent).
+    checkpoint itself, not an existing file unless ``overwrite``, in a folder this process can
+    write (created if absent). A file export refuses a folder; a model folder export
+    (``folder=True``) replaces only a model folder, and only with ``overwrite``.
 
     Raises:
         ExportTargetError: which of these failed, and what to pass instead.
     """
     out, checkpoint = Path(out), Path(checkpoint)
-    if out.is_dir():
+    if out.is_dir() and not folder:
         raise ExportTargetError(f"--out {str(out)!r} is a folder; name the file to write, e.g. "
                                 f"{str(out / 'model.onnx')!r}")
-    if _same_file(checkpoint, out):
+    if folder and out.exists() and not _is_replaceable_folder(out):
+        raise ExportTargetError(f"--out {str(out)!r} exists and is not a model folder (it holds more than "
+                                f"{' and '.join(FOLDER_FILES)}); name a new folder")
+    if _same_file(checkpoint, out) or (out.is_dir() and checkpoint.resolve().is_relative_to(out.resolve())):
         raise ExportTargetError(f"--out {str(out)!r} is the checkpoint being exported; write the export to another "
                                 f"file (the source is never replaced, --overwrite or not)")
     if (out.exists() or out.is_symlink()) and not overwrite:
@@ -327,6 +312,11 @@ def check_target(checkpoint: str | Path, out: str | Path, overwrite: bool = Fals
     return out
 
 
+def _is_replaceable_folder(path: Path) -> bool:
+    """A model folder an export may replace: a real folder holding only a model's files."""
+    return path.is_dir() and not path.is_symlink() and all(item.name in FOLDER_FILES for item in path.iterdir())
+
+
 def _same_file(first: Path, second: Path) -> bool:
     if first.exists() and second.exists():
         return os.path.samefile(first, second)
@@ -336,12 +326,15 @@ def _same_file(first: Path, second: Path) -> bool:
 def export_checkpoint(checkpoint: str | Path, out: str | Path, export_format: str = "onnx", parity: bool = True,
                       real_images: Sequence[np.ndarray] = (), int8: Int8Options | None = None,
                       on_line: Callable[[str], None] | None = None, overwrite: bool = False) -> ExportReport:
-    """Export a checkpoint's model; check it against eager PyTorch before the file is kept.
+    """Export a trained model; check it against eager PyTorch before the file is kept.
 
     Args:
-        checkpoint: a checkpoint written by ``pixelwise train`` (``.pt`` or ``.safetensors``).
-        out: the file to write.
-        export_format: ``"onnx"``, ``"torchscript"`` or ``"safetensors"`` (weights only, no parity).
+        checkpoint: a file that holds the model's weights: a checkpoint written by
+            ``pixelwise train`` (``.pt``), a safetensors export or a model folder.
+        out: the file (or, for ``"folder"``, the folder) to write.
+        export_format: ``"onnx"``, ``"torchscript"``, ``"safetensors"`` (weights and record in
+            one file) or ``"folder"`` (``config.json`` + ``model.safetensors``); the last two
+            hold the weights themselves, so they need no parity check.
         parity: run the parity check (ONNX and TorchScript).
         real_images: ``(H, W, 3)`` uint8 images for the parity check (random images are always
             used; default: the first image of the recorded validation split, where it is readable).
@@ -356,49 +349,56 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, export_format: st
     """
     if export_format not in FORMATS:
         raise InputError(f"format must be one of {', '.join(FORMATS)}, got {export_format!r}")
-    out = check_target(checkpoint, out, overwrite)
+    out = check_target(checkpoint, out, overwrite, folder=export_format == "folder")
     remove_orphan_temporaries(out.parent, out.name)  # of an export to the same file that was killed
-    state = load_checkpoint(checkpoint)
-    if export_format == "safetensors":
-        save_safetensors(state, out)
-        return ExportReport(out, "safetensors", "fp32")
-    loaded = model_from_checkpoint(state, "cpu", repr(str(checkpoint)))
+    source = read_model_file(checkpoint)
+    loaded = load_model(source)  # the record checked, the weights fitted to the spec
+    if export_format in ("safetensors", "folder"):
+        write = write_safetensors if export_format == "safetensors" else write_folder
+        write(source.record, source.weights, out)
+        return ExportReport(out, export_format, "fp32")
     calibration = None if int8 is None else _int8_data(int8, loaded.normalization)
     say = on_line or (lambda line: None)
-    real_images = list(real_images) or _recorded_images(state, say)
-    inputs = parity_inputs(real_images, loaded.normalization)
+    inputs = parity_inputs(list(real_images) or _recorded_images(source, say), loaded.normalization)
     if export_format == "torchscript":
-        return _export_torchscript(loaded, state, out, inputs if parity else None, say)
-    blocker = _export_blocker(state["model_spec"])
+        return _export_torchscript(loaded, source.record, out, inputs if parity else None, say)
+    return _export_onnx(loaded, source.record, out, inputs if parity else None, int8, calibration, say)
+
+
+def _export_onnx(loaded: LoadedModel, record: ModelRecord, out: Path, inputs: list[tuple[str, Tensor]] | None,
+                 int8: Int8Options | None, calibration: list[np.ndarray] | None,
+                 say: Callable[[str], None]) -> ExportReport:
+    """The fp32 graph, checked; then, if asked, its int8 quantisation, checked; the file kept
+    published only once every check passed."""
+    blocker = _export_blocker(loaded.model_spec)
     if blocker is not None:
-        raise ExportError(f"model {state['model_spec']['name']!r} cannot be exported to ONNX: {blocker}")
-    proto = onnx_proto(loaded.model, state["model_spec"]["name"])
+        raise ExportError(f"model {loaded.model_spec['name']!r} cannot be exported to ONNX: {blocker}")
     fp32_path = temporary_name(out, "fp32")
     try:
-        _save_proto(proto, export_metadata(state, "fp32"), fp32_path)
+        write_onnx(onnx_proto(loaded.model, loaded.model_spec["name"]), record.replace(precision="fp32"), fp32_path)
         report = ExportReport(out, "onnx", "fp32")
-        if parity:
+        if inputs is not None:
             report.fp32_parity = report.parity = _checked_parity(loaded.model, OnnxRuntime(fp32_path), inputs,
                                                                  "fp32", say)
-        if int8 is not None:
-            int8_path = temporary_name(out, "int8")
-            try:
-                say(f"calibrating on {int8.images} images of {int8.calibrate} ({int8.method}, "
-                    f"reduce_range={int8.reduce_range})")
-                quantize_int8(fp32_path, int8_path, calibration, int8.method, int8.reduce_range)
-                _copy_metadata(fp32_path, int8_path)
-                if int8.val_split is not None:
-                    report.accuracy = compare_accuracy(OnnxRuntime(fp32_path), OnnxRuntime(int8_path, precision="int8"),
-                                                       loaded, int8, say)
-                report.precision = "int8"
-                if parity:
-                    report.parity = _checked_parity(loaded.model, OnnxRuntime(int8_path, precision="int8"), inputs,
-                                                    "int8", say, int8.min_agreement)
-                publish(int8_path, out)
-            finally:
-                int8_path.unlink(missing_ok=True)
-        else:
+        if int8 is None:
             publish(fp32_path, out)
+            return report
+        int8_path = temporary_name(out, "int8")
+        try:
+            say(f"calibrating on {int8.images} images of {int8.calibrate} ({int8.method}, "
+                f"reduce_range={int8.reduce_range})")
+            quantize_int8(fp32_path, int8_path, calibration, int8.method, int8.reduce_range)
+            _record_int8(record, int8_path)
+            if int8.val_split is not None:
+                report.accuracy = compare_accuracy(OnnxRuntime(fp32_path), OnnxRuntime(int8_path, precision="int8"),
+                                                   loaded, int8, say)
+            report.precision = "int8"
+            if inputs is not None:
+                report.parity = _checked_parity(loaded.model, OnnxRuntime(int8_path, precision="int8"), inputs,
+                                                "int8", say, int8.min_agreement)
+            publish(int8_path, out)
+        finally:
+            int8_path.unlink(missing_ok=True)
     finally:
         fp32_path.unlink(missing_ok=True)
     return report
@@ -410,9 +410,8 @@ def _int8_data(options: Int8Options, normalization: dict[str, list[float]]) -> l
     batches = calibration_batches(options, normalization)
     if options.val_split is not None:
         data = options.data(options.val_split)
-        extra = {"root": data["root"]} if data["root"] is not None else {}
-        if len(create_dataset(data["format"], split=data["split"], **extra)) == 0:
-            raise InputError(f"--val-split {data['split']!r} of the {data['format']} data set holds no images; pass "
+        if len(data.create_dataset()) == 0:
+            raise InputError(f"--val-split {data.split!r} of the {data.format} data set holds no images; pass "
                              f"another --val-split")
     return batches
 
@@ -430,15 +429,13 @@ def _checked_parity(model: nn.Module, runtime: OnnxRuntime, inputs: list[tuple[s
     return report
 
 
-def _recorded_images(state: dict[str, Any], say: Callable[[str], None]) -> list[np.ndarray]:
+def _recorded_images(source: ModelFile, say: Callable[[str], None]) -> list[np.ndarray]:
     """The first image of the checkpoint's recorded validation split, when it can be read."""
-    data = (state.get("config") or {}).get("data") or {}
+    data = source.recipe.get("data") or {}
     if "format" not in data:
         return []
-    extra = {"root": data["root"]} if data.get("root") is not None else {}
     try:
-        dataset = create_dataset(data["format"], split=data.get("val_split") or "val", **extra,
-                                 **(data.get("options") or {}))
+        dataset = RecordedData().resolve(data).create_dataset()
         image = dataset[0][0] if len(dataset) else None
     except (DataError, FileNotFoundError, ValueError) as error:
         say(f"parity on random images only: the recorded data set cannot be read ({error})")
@@ -450,7 +447,7 @@ def _recorded_images(state: dict[str, Any], say: Callable[[str], None]) -> list[
 
 # TorchScript -------------------------------------------------------------------------------------
 
-def _export_torchscript(loaded: LoadedModel, state: dict[str, Any], out: Path,
+def _export_torchscript(loaded: LoadedModel, record: ModelRecord, out: Path,
                         inputs: list[tuple[str, Tensor]] | None, say: Callable[[str], None]) -> ExportReport:
     """Trace the model to TorchScript with its metadata as extra files; parity as for ONNX."""
     model = loaded.model.eval()
@@ -461,7 +458,7 @@ def _export_torchscript(loaded: LoadedModel, state: dict[str, Any], out: Path,
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             traced = torch.jit.trace(model, example, check_trace=False, strict=False)
     except Exception as error:  # noqa: BLE001 - the tracer raises many types; all mean "cannot trace"
-        raise ExportError(f"model {state['model_spec']['name']!r} cannot be traced to TorchScript: "
+        raise ExportError(f"model {loaded.model_spec['name']!r} cannot be traced to TorchScript: "
                           f"{exporter_summary(error)}") from error
     report = ExportReport(out, "torchscript", "fp32")
     if inputs is not None:
@@ -471,7 +468,7 @@ def _export_torchscript(loaded: LoadedModel, state: dict[str, Any], out: Path,
         try:
             report.parity = check_parity(lambda batch: model(batch), run_traced, inputs, "fp32")
         except RuntimeError as error:
-            raise ExportError(f"the TorchScript trace of {state['model_spec']['name']!r} does not run at every "
+            raise ExportError(f"the TorchScript trace of {loaded.model_spec['name']!r} does not run at every "
                               f"size ({str(error).splitlines()[0]}); export to ONNX instead") from error
         say("parity, TorchScript against eager PyTorch fp32:")
         for line in report.parity.lines():
@@ -479,6 +476,5 @@ def _export_torchscript(loaded: LoadedModel, state: dict[str, Any], out: Path,
         if report.parity.failures():
             raise ExportError("the TorchScript trace does not compute what the model does ("
                               + "; ".join(report.parity.failures()) + "); export to ONNX instead; no file was written")
-    with atomic_path(out) as temporary:
-        torch.jit.save(traced, str(temporary), _extra_files=export_metadata(state, "fp32"))
+    write_torchscript(traced, record.replace(precision="fp32"), out)
     return report

@@ -15,6 +15,7 @@ from pixelwise.config import ConfigError, load_config
 from pixelwise.io.checkpoint import load_checkpoint
 from pixelwise.training.ema import WeightAverage, warmed_decay
 from pixelwise.inference.evaluation import evaluate_checkpoint
+from pixelwise.inference.logits import InferenceOptions
 from pixelwise.training.loop import train
 
 # On tiny_recipe's: a U-Net on resnet18, six steps, a moving average of the weights.
@@ -85,7 +86,7 @@ def test_a_run_validates_and_saves_the_average_and_resumes_exactly(tmp_path: Pat
     trained, averaged = last["training_model"], last["model"]
     assert any(not torch.equal(trained[name], averaged[name]) for name in trained if trained[name].is_floating_point())
     # validation scored the average: evaluating the checkpoint's predicting weights reproduces it
-    best = evaluate_checkpoint(straight.run_dir / "best.pt", scales=[1.0], flip=False)
+    best = evaluate_checkpoint(straight.run_dir / "best.pt", options=InferenceOptions.create(scales=[1.0], flip=False))
     assert best.summary()["mean_iou"] == pytest.approx(load_checkpoint(straight.run_dir / "best.pt")["best_miou"],
                                                        abs=1e-12)
 

@@ -9,13 +9,14 @@ import torch
 from PIL import Image
 
 from pixelwise.cli import main
-from pixelwise.data import create_dataset
+from pixelwise.data import RecordedData, create_dataset
 from pixelwise.data.synthetic import CLASS_NAMES
 from pixelwise.data.transforms import val_transform
 from pixelwise.io.checkpoint import save_checkpoint
 from pixelwise.inference.loading import load_model
-from pixelwise.inference.evaluation import evaluate_checkpoint, resolve_data, row_normalised
+from pixelwise.inference.evaluation import evaluate_checkpoint, row_normalised
 from pixelwise.inference.logits import InferenceOptions
+from pixelwise.inference.predict import RecordedViews
 from pixelwise.training.loop import evaluate
 from pixelwise.metrics import BoundaryMetric
 
@@ -37,7 +38,7 @@ def test_api_writes_metrics_equal_to_training_evaluation(tiny_checkpoint: Path, 
     assert result.files == [tmp_path / "metrics.json", tmp_path / "confusion_matrix.png"]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
 
-    model, classes, normalization, _ = load_model(tiny_checkpoint)
+    model, classes, normalization, *_ = load_model(tiny_checkpoint)
     val_set = create_dataset("synthetic", split="val", transform=val_transform(**normalization), **VAL_SET)
     expected = evaluate(model, val_set, torch.device("cpu")).summary()
     assert metrics["summary"]["mean_iou"] == expected["mean_iou"]
@@ -59,7 +60,7 @@ def test_boundary_metrics_equal_a_boundary_metric_on_the_same_predictions(tiny_c
     result = evaluate_checkpoint(tiny_checkpoint, out_dir=tmp_path, boundary_width=2)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
 
-    model, classes, normalization, _ = load_model(tiny_checkpoint)
+    model, classes, normalization, *_ = load_model(tiny_checkpoint)
     val_set = create_dataset("synthetic", split="val", transform=val_transform(**normalization), **VAL_SET)
     expected = BoundaryMetric.for_classes(classes, width=2)
     for image, mask in val_set:
@@ -93,16 +94,19 @@ def test_cli_boundary_width(tiny_checkpoint: Path, tmp_path: Path, capsys: pytes
 
 def test_slide_with_a_window_covering_the_image_equals_whole(tiny_checkpoint: Path) -> None:
     whole = evaluate_checkpoint(tiny_checkpoint)
-    one_window = evaluate_checkpoint(tiny_checkpoint, mode="slide", window=64)
+    one_window = evaluate_checkpoint(tiny_checkpoint, options=RecordedViews(InferenceOptions.create(mode="slide",
+                                                                                                    window=64)))
     assert torch.equal(one_window.matrix.matrix, whole.matrix.matrix)
     assert whole.files == []  # no out_dir, no files
-    several = evaluate_checkpoint(tiny_checkpoint, mode="slide", window=48, stride=16, blend="uniform")
+    several = evaluate_checkpoint(tiny_checkpoint, options=RecordedViews(InferenceOptions.create(
+        mode="slide", window=48, stride=16, blend="uniform")))
     assert several.matrix.num_pixels == whole.matrix.num_pixels
     assert several.to_dict()["inference"]["stride"] == [16, 16]
 
 
 def test_flip_and_scale_augmentation_runs(tiny_checkpoint: Path) -> None:
-    result = evaluate_checkpoint(tiny_checkpoint, scales=(0.75, 1.0), flip=True, data_options={"length": 2})
+    result = evaluate_checkpoint(tiny_checkpoint, RecordedData(options={"length": 2}),
+                                 InferenceOptions.create(scales=(0.75, 1.0), flip=True))
     assert result.matrix.num_pixels == 2 * 64 * 64
     assert 0.0 <= result.summary()["mean_iou"] <= 1.0
     assert result.to_dict()["inference"] | {"scales": [0.75, 1.0], "flip": True} == result.to_dict()["inference"]
@@ -162,13 +166,13 @@ def test_data_that_does_not_match_the_model_is_a_clear_error(tiny_checkpoint: Pa
 
 def test_resolve_data_keeps_the_recording_unless_the_format_changes() -> None:
     recorded = {"format": "folder", "root": "/data/a", "options": {"num_classes": 3}, "val_split": "valid"}
-    assert resolve_data(recorded) == {"format": "folder", "root": "/data/a", "split": "valid",
-                                      "options": {"num_classes": 3}}
-    assert resolve_data(recorded, root="/data/b", split="test")["root"] == "/data/b"
-    assert resolve_data(recorded, data_format="voc", root="/voc") == {"format": "voc", "root": "/voc", "split": "valid",
-                                                                     "options": {}}
+    assert RecordedData().resolve(recorded).to_dict() == {"format": "folder", "root": "/data/a", "split": "valid",
+                                                          "options": {"num_classes": 3}}
+    assert RecordedData(root="/data/b", split="test").resolve(recorded).root == "/data/b"
+    assert RecordedData("voc", root="/voc").resolve(recorded).to_dict() == {"format": "voc", "root": "/voc",
+                                                                            "split": "valid", "options": {}}
     with pytest.raises(ValueError, match="records no data set"):
-        resolve_data(None)
+        RecordedData().resolve(None)
 
 
 def test_row_normalised_matrix_marks_absent_classes() -> None:

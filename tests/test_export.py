@@ -232,7 +232,7 @@ def _no_work(monkeypatch: pytest.MonkeyPatch) -> None:
     def started(*args, **kwargs):
         raise AssertionError("the export started before its target was checked")
 
-    monkeypatch.setattr("pixelwise.export.load_checkpoint", started)
+    monkeypatch.setattr("pixelwise.export.read_model_file", started)
     monkeypatch.setattr("pixelwise.export.onnx_proto", started)
 
 

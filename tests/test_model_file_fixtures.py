@@ -1,7 +1,8 @@
 """Model files written by an earlier pixelwise keep opening, and predict what they predicted
 then. The files under ``fixtures/model_files`` were written once by ``make_fixtures.py`` and are
 never regenerated here; ``expected.npz`` holds the logits each gave for ``image.png`` when it
-was written."""
+was written (``model_folder``, written later from ``checkpoint.pt`` by ``pixelwise export
+--format folder``, holds the checkpoint's weights, so it must give the checkpoint's logits)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -24,9 +25,9 @@ def _logits(path: Path) -> np.ndarray:
     return predict_logits(loaded.model, normalize_image(PIXELS, loaded.normalization)[None])[0].numpy()
 
 
-@pytest.mark.parametrize("name", ["checkpoint.pt", "model.safetensors", "model.onnx"])
+@pytest.mark.parametrize("name", ["checkpoint.pt", "model.safetensors", "model.onnx", "model_folder"])
 def test_an_old_model_file_predicts_what_it_did_when_written(name: str) -> None:
-    expected = EXPECTED[name.replace(".", "_")]
+    expected = EXPECTED[name.replace(".", "_") if "." in name else "checkpoint_pt"]  # a folder holds its weights
     logits = _logits(FIXTURES / name)
     assert logits.shape == expected.shape == (6, 20, 24)
     np.testing.assert_allclose(logits, expected, atol=1e-4 * float(np.abs(expected).max()))

@@ -251,10 +251,10 @@ def test_edited_safetensors_metadata_is_called_edited(tiny_checkpoint: Path, tmp
 
     save_safetensors(load_checkpoint(tiny_checkpoint), tmp_path / "model.safetensors")
     tensors, metadata = read_safetensors(tmp_path / "model.safetensors")
-    assert metadata["checksum"]
+    assert metadata["pixelwise.checksum"]
     load_model(tmp_path / "model.safetensors")
-    classes = json.loads(metadata["classes"])
-    metadata["classes"] = json.dumps({**classes, "names": ["sky", *classes["names"][1:]]})
+    classes = json.loads(metadata["pixelwise.classes"])
+    metadata["pixelwise.classes"] = json.dumps({**classes, "names": ["sky", *classes["names"][1:]]})
     save_file(tensors, str(tmp_path / "edited.safetensors"), metadata=metadata)
     with pytest.raises(ValueError, match=r"edited\.safetensors' is damaged or was edited"):
         load_checkpoint(tmp_path / "edited.safetensors")

@@ -13,8 +13,8 @@ from pixelwise.data import DataError, read_image
 from pixelwise.data.synthetic import SyntheticShapes
 from pixelwise.data.transforms import val_transform
 from pixelwise.inference.loading import LoadedModel, load_model
-from pixelwise.inference.logits import predict_logits
-from pixelwise.inference.predict import colour_table, expand_inputs, predict_files
+from pixelwise.inference.logits import InferenceOptions, predict_logits
+from pixelwise.inference.predict import RecordedViews, colour_table, expand_inputs, predict_files
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +84,8 @@ def test_overlay_blends_the_image_with_the_class_colours(tiny_checkpoint: Path, 
 def test_test_time_augmentation_matches_predict_logits(tiny_checkpoint: Path, loaded: LoadedModel,
                                                        tmp_path: Path) -> None:
     source = _save_scene(tmp_path / "scene.png", (48, 64))
-    [result] = predict_files(tiny_checkpoint, [source], tmp_path / "out", scales=(0.75, 1.0), flip=True,
-                             save_probabilities=True).images
+    [result] = predict_files(tiny_checkpoint, [source], tmp_path / "out",
+                             InferenceOptions.create(scales=(0.75, 1.0), flip=True), save_probabilities=True).images
     reference = _logits(loaded, source, scales=(0.75, 1.0), flip=True)
     assert np.array_equal(_indices(result.mask), reference.argmax(0).numpy())
     probs = np.load(result.probabilities)
@@ -182,12 +182,13 @@ def test_large_image_is_tiled_and_agrees_with_whole_and_sliding_prediction(tiny_
     source = _save_scene(tmp_path / "large.png", (300, 400))
     whole = _logits(loaded, source).argmax(0).numpy()
 
-    [single] = predict_files(loaded, [source], tmp_path / "one", tile_threshold_pixels=10_000, flip=True).images
+    [single] = predict_files(loaded, [source], tmp_path / "one", RecordedViews(flip=True),
+                             tile_threshold_pixels=10_000).images
     assert single.tiled and any("not applied" in note for note in single.notes)
     assert np.array_equal(_indices(single.mask), whole)
 
-    [tiled] = predict_files(loaded, [source], tmp_path / "tiles", tile_threshold_pixels=10_000, window=128,
-                            stride=96, save_probabilities=True).images
+    [tiled] = predict_files(loaded, [source], tmp_path / "tiles", RecordedViews(InferenceOptions.create(
+        window=128, stride=96)), tile_threshold_pixels=10_000, save_probabilities=True).images
     sliding = _logits(loaded, source, mode="slide", window=128, stride=96).argmax(0).numpy()
     labels = _indices(tiled.mask)
     assert np.array_equal(labels, sliding)

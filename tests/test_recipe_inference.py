@@ -16,7 +16,8 @@ from pixelwise.cli import main
 from pixelwise.config import ConfigError, load_config
 from pixelwise.io.checkpoint import load_checkpoint
 from pixelwise.inference.evaluation import evaluate_checkpoint
-from pixelwise.inference.logits import recorded_augmentation
+from pixelwise.inference.logits import InferenceOptions, recorded_augmentation
+from pixelwise.inference.predict import RecordedViews
 
 SCALES = [0.75, 1.0]
 # On tiny_recipe's: a U-Net on resnet18, 64×64 scenes of two to four shapes, lr 0.003.
@@ -47,13 +48,13 @@ def test_evaluate_uses_the_recorded_views_unless_told_otherwise(tta_checkpoint: 
     state = load_checkpoint(tta_checkpoint)
     default = evaluate_checkpoint(tta_checkpoint)
     assert default.inference.scales == (0.75, 1.0) and default.inference.flip
-    explicit = evaluate_checkpoint(tta_checkpoint, scales=SCALES, flip=True)
+    explicit = evaluate_checkpoint(tta_checkpoint, options=InferenceOptions.create(scales=SCALES, flip=True))
     assert torch.equal(default.matrix.matrix, explicit.matrix.matrix)
     # one unflipped scale is what validation during training computed
-    single = evaluate_checkpoint(tta_checkpoint, scales=[1.0], flip=False)
+    single = evaluate_checkpoint(tta_checkpoint, options=InferenceOptions.create(scales=[1.0], flip=False))
     assert single.summary()["mean_iou"] == pytest.approx(state["best_miou"], abs=1e-12)
     assert not torch.equal(single.matrix.matrix, default.matrix.matrix)
-    flipped_only = evaluate_checkpoint(tta_checkpoint, scales=[1.0])  # flip still as recorded
+    flipped_only = evaluate_checkpoint(tta_checkpoint, options=RecordedViews(scales=[1.0]))  # flip still as recorded
     assert flipped_only.inference.flip and flipped_only.inference.scales == (1.0,)
 
 
@@ -74,20 +75,20 @@ def test_predict_uses_the_recorded_views(tta_checkpoint: Path, tmp_path: Path) -
     image = tmp_path / "scene.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 52, 3), dtype=np.uint8)).save(image)
     probabilities = {}
-    for name, views in {"default": {}, "explicit": {"scales": SCALES, "flip": True},
-                        "single": {"scales": [1.0], "flip": False}}.items():
-        predict_files(tta_checkpoint, [image], tmp_path / name, save_probabilities=True,
-                      probability_dtype="float32", **views)
+    for name, views in {"default": RecordedViews(), "explicit": InferenceOptions.create(scales=SCALES, flip=True),
+                        "single": InferenceOptions.create(scales=[1.0], flip=False)}.items():
+        predict_files(tta_checkpoint, [image], tmp_path / name, views, save_probabilities=True,
+                      probability_dtype="float32")
         probabilities[name] = np.load(tmp_path / name / "scene_probs.npy")
     assert np.array_equal(probabilities["default"], probabilities["explicit"])
     assert not np.allclose(probabilities["default"], probabilities["single"])
 
 
 def test_serve_and_an_exported_file_keep_the_recorded_views(tta_checkpoint: Path) -> None:
-    from pixelwise.export import export_metadata
+    from pixelwise.io.record import ModelRecord
     from pixelwise.serve import app_for_file
 
-    metadata = export_metadata(load_checkpoint(tta_checkpoint), "fp32")  # what an ONNX file carries
+    metadata = ModelRecord.from_state(load_checkpoint(tta_checkpoint), "").to_metadata()  # what an ONNX file carries
     assert recorded_augmentation(json.loads(metadata["pixelwise.inference"])) == {"scales": (0.75, 1.0), "flip": True}
     for settings, expected in [(None, (SCALES, True)), ({"batch_size": 2}, (SCALES, True)),
                                ({"scales": None, "flip": False}, (SCALES, False)),

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_recipe
 from PIL import Image
 
 from pixelwise.cli import main
-from pixelwise.config import ConfigError
+from pixelwise.config import ConfigError, load_config
 from pixelwise.data.io import DataError
 from pixelwise.layers.upsample import UPSAMPLE_KINDS
 from pixelwise.superres.compare import compare_methods, save_comparison_figure, upscale_file
@@ -23,6 +24,8 @@ from pixelwise.superres.models import create_sr_model
 from pixelwise.superres.quality import PeriodicError, psnr, shave, ssim
 from pixelwise.superres.train import (SuperResFrames, load_superres_config, load_superres_model,
                                       train_superres)
+from pixelwise.training import run_loop
+from pixelwise.training.loop import train
 
 
 def _smooth_image(generator: torch.Generator, height: int, width: int) -> np.ndarray:
@@ -238,6 +241,26 @@ def test_time_budget_sizes_the_run(image_folders, tmp_path):
     plans = [r for r in records if "time_budget" in r]
     assert len(plans) == 1 and result.iterations >= plans[0]["time_budget"]["decided_at"]
     assert torch.load(result.run_dir / "last.pt", weights_only=True)["iteration"] == result.iterations
+
+
+def test_segmentation_and_superres_drive_the_one_training_loop(image_folders, tmp_path, monkeypatch):
+    """Both tasks train through :class:`TrainingLoop`, each deciding best.pt by its own metric."""
+    tasks = []
+    real_run = run_loop.TrainingLoop.run
+
+    def spy(loop, batches, log):
+        tasks.append(loop.task.best)
+        return real_run(loop, batches, log)
+
+    monkeypatch.setattr(run_loop.TrainingLoop, "run", spy)
+    segmentation = train(load_config(None, tiny_recipe(tmp_path / "segmentation")))
+    superres = train_superres(load_superres_config(None, _overrides(image_folders, tmp_path / "superres",
+                                                                    "train.iterations=2")))
+    assert [(best.summary_key, best.checkpoint_key) for best in tasks] == [("mean_iou", "best_miou"),
+                                                                           ("psnr", "best_psnr")]
+    for result, best in zip((segmentation, superres), tasks):
+        state = torch.load(result.run_dir / "best.pt", weights_only=True)
+        assert state["iteration"] == result.iterations == 2 and best.checkpoint_key in state
 
 
 def test_bad_inputs_are_named(image_folders, tmp_path):

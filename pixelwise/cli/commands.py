@@ -12,6 +12,7 @@ from pixelwise.analysis import trace, valid_input_sizes
 from pixelwise.analysis.convolutionalize import convolutionalize_report, torchvision_classifier
 from pixelwise.analysis.overlap import compare_upsamplers, overlap_map
 from pixelwise.config import load_config
+from pixelwise.data import RecordedData
 from pixelwise.data.checks import check_dataset, print_report
 from pixelwise.data.io import decode_image
 from pixelwise.demo import run_demo
@@ -19,7 +20,8 @@ from pixelwise.encoders import create_encoder, list_encoders
 from pixelwise.errors import InputError
 from pixelwise.export import Int8Options, export_checkpoint
 from pixelwise.inference.evaluation import evaluate_checkpoint, print_evaluation
-from pixelwise.inference.predict import predict_files
+from pixelwise.inference.logits import InferenceOptions
+from pixelwise.inference.predict import RecordedViews, predict_files
 from pixelwise.models import list_models, model_info
 from pixelwise.models.build import build_model
 from pixelwise.models.zoo import count_parameters, run_zoo, smooth_test_image
@@ -226,6 +228,18 @@ def _inference_options(args: argparse.Namespace) -> dict[str, object]:
             "runtime": args.runtime, "precision": args.precision}
 
 
+def _recorded_views(args: argparse.Namespace) -> RecordedViews:
+    """The inference flags; test-time scales and flip left out are the model's recorded ones."""
+    stride = None if args.stride is None else tuple(args.stride)
+    options = InferenceOptions.create(args.mode, tuple(args.window), stride, args.blend, batch_size=args.batch_size)
+    return RecordedViews(options, None if args.scales is None else tuple(args.scales), args.flip)
+
+
+def _loading(args: argparse.Namespace) -> dict[str, object]:
+    """Where and how the model file is loaded."""
+    return {"device": args.device, "runtime": args.runtime, "precision": args.precision}
+
+
 def _model_source(args: argparse.Namespace) -> str:
     """``--checkpoint`` or ``--model`` (an exported ONNX file), exactly one of them."""
     if (args.checkpoint is None) == (args.model is None):
@@ -241,10 +255,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     out_dir = args.out if args.out is not None else Path(source).parent / "evaluation"
     progress, on_image = _progress("evaluate")
     with progress:
-        result = evaluate_checkpoint(source, data_format=args.format, root=args.root, split=args.split,
-                                     data_options=_parse_model_args(args.data_options), out_dir=out_dir,
-                                     on_image=on_image, boundary_width=args.boundary_width,
-                                     **_inference_options(args))
+        data = RecordedData(args.format, args.root, args.split, _parse_model_args(args.data_options))
+        result = evaluate_checkpoint(source, data, _recorded_views(args), out_dir=out_dir, on_image=on_image,
+                                     boundary_width=args.boundary_width, **_loading(args))
     print_evaluation(result, console)
     return 0
 
@@ -253,10 +266,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     progress, on_image = _progress("predict")
     with progress:
         threshold = {} if args.tile_threshold is None else {"tile_threshold_pixels": args.tile_threshold}
-        report = predict_files(_model_source(args), args.inputs, args.out, save_probabilities=args.probabilities,
-                               skip_unreadable=args.skip_unreadable, on_image=on_image,
-                               overwrite=args.overwrite, **threshold,
-                               **_inference_options(args))
+        report = predict_files(_model_source(args), args.inputs, args.out, _recorded_views(args),
+                               save_probabilities=args.probabilities, skip_unreadable=args.skip_unreadable,
+                               on_image=on_image, overwrite=args.overwrite, **threshold, **_loading(args))
     for image in report.images:
         for note in image.notes:
             console.print(f"{image.source}: {note}", markup=False, highlight=False)

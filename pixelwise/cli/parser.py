@@ -6,6 +6,7 @@ import argparse
 from pixelwise.cli.commands import (cmd_check_data, cmd_convolutionalize, cmd_demo, cmd_encoders, cmd_evaluate,
                                     cmd_export, cmd_models, cmd_overlap, cmd_predict, cmd_serve, cmd_shapes,
                                     cmd_superres_compare, cmd_superres_train, cmd_superres_upscale, cmd_train)
+from pixelwise.export import FORMATS as EXPORT_FORMATS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -170,11 +171,17 @@ def _add_predict(commands: argparse._SubParsersAction) -> None:
 
 def _add_export(commands: argparse._SubParsersAction) -> None:
     """``pixelwise export``."""
-    export = commands.add_parser("export", help="export a checkpoint to ONNX (fp32 or int8), TorchScript or "
-                                                "safetensors, checked against PyTorch")
-    export.add_argument("--checkpoint", required=True, help="a run's best.pt or last.pt")
-    export.add_argument("--format", choices=("onnx", "torchscript", "safetensors"), default="onnx")
-    export.add_argument("--out", required=True, help="the file to write, e.g. model.onnx (never the checkpoint)")
+    export = commands.add_parser("export", help="export a checkpoint to ONNX (fp32 or int8), TorchScript, "
+                                                "safetensors or a model folder, checked against PyTorch")
+    export.add_argument("--checkpoint", required=True,
+                        help="a run's best.pt or last.pt (or a safetensors export or a model folder)")
+    export.add_argument("--format", choices=EXPORT_FORMATS, default="onnx",
+                        help="onnx, torchscript, safetensors (weights and record in one file) or folder "
+                             "(config.json + model.safetensors, as Hugging Face and segmentation_models.pytorch "
+                             "save models)")
+    export.add_argument("--out", required=True,
+                        help="the file (for --format folder, the folder) to write, e.g. model.onnx (never the "
+                             "checkpoint)")
     export.add_argument("--overwrite", action="store_true", help="replace --out if it exists (refused by default)")
     export.add_argument("--no-parity", action="store_true", help="skip the parity check against eager PyTorch")
     export.add_argument("--parity-images", nargs="+", metavar="IMAGE",

@@ -1,203 +1,61 @@
-"""Data set formats on disk: a plain folder, Pascal VOC, Cityscapes, ADE20K and CamVid.
+"""Data set formats on disk: a plain folder (here), and Pascal VOC, Cityscapes, ADE20K and CamVid
+(:mod:`pixelwise.data.benchmark_formats`), all re-exported here.
 
-Every format is a :class:`PairedFileDataset`: it finds (image, mask) file pairs, and
-:meth:`~PairedFileDataset.load` reads one pair with :func:`pixelwise.data.io.read_pair`, which
-raises :class:`~pixelwise.data.io.DataError` on the first problem (the same problems that
-``pixelwise check-data`` lists in full). Construction checks the pairing: an image with no
-mask, a mask with no image or an empty split is an error unless ``strict=False`` (the data
-checker's mode, which keeps them in :attr:`PairedFileDataset.problems`).
+Every format is a :class:`~pixelwise.data.pairing.PairedFileDataset`: it finds (image, mask) file
+pairs, and :meth:`~pixelwise.data.pairing.PairedFileDataset.load` reads one pair with
+:func:`pixelwise.data.io.read_pair`, which raises :class:`~pixelwise.data.io.DataError` on the
+first problem (the same problems that ``pixelwise check-data`` lists in full). Construction checks
+the pairing: an image with no mask, a mask with no image or an empty split is an error unless
+``strict=False`` (the data checker's mode, which keeps them in ``problems``).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Mapping, Sequence
 
-import numpy as np
-from torchvision import tv_tensors
-
-from pixelwise.data.base import JointTransform, SegmentationDataset
+from pixelwise.data.base import JointTransform
+from pixelwise.data.benchmark_formats import (
+    ADE20K_CLASSES,
+    ADE20K_PALETTE,
+    ADE20K_SPLITS,
+    CAMVID_CLASSES,
+    CAMVID_PALETTE,
+    CAMVID_VOID,
+    CITYSCAPES_TRAIN_CLASSES,
+    VOC_CLASSES,
+    ADE20KDataset,
+    CamVidDataset,
+    CityscapesDataset,
+    VOCDataset,
+    cityscapes_label_map,
+    reduce_zero_label_map,
+)
 from pixelwise.data.classes import IGNORE_INDEX, ClassInfo, class_info
-from pixelwise.data.io import Color, DataError, parse_color_table, read_pair
+from pixelwise.data.io import DataError, parse_color_table
+from pixelwise.data.pairing import (
+    IMAGE_EXTENSIONS,
+    LOSSY_EXTENSIONS,
+    MASK_EXTENSIONS,
+    SPLIT_NAMES,
+    PairedFileDataset,
+    Pairing,
+    existing_dirs,
+    index_files,
+    pair_by_key,
+    pair_listed,
+    read_split_list,
+    require_dir,
+)
 from pixelwise.data.registry import register_dataset
 from pixelwise.errors import InputError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-MASK_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff")
-LOSSY_EXTENSIONS = (".jpg", ".jpeg", ".webp")
-SPLIT_NAMES = ("train", "val", "test", "trainval")
-
-
-@dataclass
-class Pairing:
-    """The result of matching images with masks.
-
-    Attributes:
-        pairs: (image file, mask file), sorted.
-        problems: unpaired files, duplicates and other layout problems found on the way.
-    """
-
-    pairs: list[tuple[Path, Path]] = field(default_factory=list)
-    problems: list[DataError] = field(default_factory=list)
-
-
-# ---------------------------------------------------------------------------- finding files
-
-def index_files(folder: Path, extensions: Sequence[str], suffix: str = "") -> tuple[dict[str, Path], list[DataError]]:
-    """Files under ``folder`` (recursively) keyed by relative path without extension (or ``suffix``).
-
-    Hidden files (``.DS_Store``, macOS ``._x.jpg``) are skipped. Two files with one key (``a.jpg``
-    and ``a.png``) are a problem: which one is meant is unknowable.
-    """
-    files: dict[str, Path] = {}
-    problems: list[DataError] = []
-    for path in sorted(folder.rglob("*")):
-        name = path.name
-        if name.startswith(".") or not path.is_file():
-            continue
-        if suffix:
-            if not name.endswith(suffix):
-                continue
-            key = path.relative_to(folder).as_posix()[: -len(suffix)]
-        elif path.suffix.lower() in extensions:
-            key = path.relative_to(folder).with_suffix("").as_posix()
-        else:
-            continue
-        if key in files:
-            problems.append(DataError(f"{path}: another file has the same name stem ({files[key].name}); "
-                                      "keep one of them, or rename one.", path, "duplicate"))
-            continue
-        files[key] = path
-    return files, problems
-
-
-def pair_by_key(images: Mapping[str, Path], masks: Mapping[str, Path], mask_place: str,
-                image_place: str) -> Pairing:
-    """Pair images and masks that share a key; the rest become problems.
-
-    Args:
-        images: key → image file.
-        masks: key → mask file.
-        mask_place: where a mask was looked for, for the message (``"masks/train/"``).
-        image_place: where an image was looked for.
-    """
-    pairing = Pairing(pairs=[(images[key], masks[key]) for key in sorted(images.keys() & masks.keys())])
-    for key in sorted(images.keys() - masks.keys()):
-        pairing.problems.append(DataError(f"{images[key]}: image with no mask (looked in {mask_place} for "
-                                          f"{key!r}). Add its mask, or remove the image.", images[key],
-                                          "unpaired-image"))
-    for key in sorted(masks.keys() - images.keys()):
-        pairing.problems.append(DataError(f"{masks[key]}: mask with no image (looked in {image_place} for "
-                                          f"{key!r}). Add its image, or remove the mask.", masks[key],
-                                          "unpaired-mask"))
-    return pairing
-
-
-def read_split_list(path: Path) -> list[str]:
-    """Stems listed in a split file, one per line (blank lines and ``#`` comments skipped).
-
-    A line may hold a path or an extension (``images/a.jpg``): only its stem counts.
-    """
-    stems = []
-    for line in path.read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
-        if line:
-            stems.append(Path(line.split()[0]).stem if "." in line or "/" in line else line.split()[0])
-    return stems
-
-
-def pair_listed(stems: Iterable[str], image_for: Callable[[str], Path], mask_for: Callable[[str], Path],
-                list_path: Path) -> Pairing:
-    """Pair the files of the stems that a split list names; missing files become problems."""
-    pairing = Pairing()
-    for stem in stems:
-        image, mask = image_for(stem), mask_for(stem)
-        if not image.is_file():
-            pairing.problems.append(DataError(f"{image}: listed in {list_path} but the image is missing. "
-                                              "Restore it, or remove the line.", image, "missing-file"))
-        elif not mask.is_file():
-            pairing.problems.append(DataError(f"{image}: image with no mask ({mask} is missing). Add the mask, "
-                                              f"or remove the line from {list_path}.", image, "unpaired-image"))
-        else:
-            pairing.pairs.append((image, mask))
-    return pairing
-
-
-def _require_dir(path: Path, what: str) -> Path:
-    if not path.is_dir():
-        raise DataError(f"{path}: folder not found ({what}). Check the data set root and the format.", path, "layout")
-    return path
-
-
-# ---------------------------------------------------------------------------- the common base
-
-class PairedFileDataset(SegmentationDataset):
-    """A data set of image files paired with mask files; formats only differ in finding them.
-
-    Subclasses set their own attributes, then call ``super().__init__``, and implement
-    :meth:`find_pairs` and :meth:`available_splits`.
-
-    Attributes:
-        root: the data set folder.
-        split: the split read.
-        pairs: (image file, mask file) of every sample.
-        problems: pairing problems (kept only with ``strict=False``).
-        label_map: look-up table raw mask value → class index, or ``None`` (values as stored).
-        colors: colour → raw value table for colour masks, or ``None`` (index masks).
-    """
-
-    label_map: np.ndarray | None = None
-    colors: dict[Color, int] | None = None
-    format_name = "paired files"
-
-    def __init__(self, root: str | Path, split: str, transform: JointTransform | None, classes: ClassInfo,
-                 strict: bool = True) -> None:
-        self.root = _require_dir(Path(root), f"root of the {self.format_name} data set")
-        self.split = split
-        self.transform = transform
-        self.classes = classes
-        pairing = self.find_pairs()
-        self.pairs, self.problems = pairing.pairs, pairing.problems
-        if not self.pairs and not any(p.kind == "empty" for p in self.problems):
-            self.problems.append(DataError(f"{self.root}: split {split!r} of the {self.format_name} data set has "
-                                           "no image/mask pairs. Check the root, the split name and the "
-                                           "layout (see the format's docstring).", self.root, "empty"))
-        if strict and self.problems:
-            raise self._summary()
-
-    def _summary(self) -> DataError:
-        if len(self.problems) == 1:
-            return self.problems[0]
-        shown = "\n  - ".join(str(p) for p in self.problems[:5])
-        more = f"\n  ... and {len(self.problems) - 5} more" if len(self.problems) > 5 else ""
-        return DataError(f"{self.root}: {len(self.problems)} problems in split {self.split!r}:\n  - {shown}{more}\n"
-                         "Run `pixelwise check-data` on this root for the full report.",
-                         self.root, self.problems[0].kind)
-
-    def find_pairs(self) -> Pairing:
-        """Find the (image, mask) pairs of ``self.split``."""
-        raise NotImplementedError
-
-    @classmethod
-    def available_splits(cls, root: str | Path, **options) -> list[str]:
-        """Names of the splits found under ``root`` (what the data checker scans)."""
-        raise NotImplementedError
-
-    def __len__(self) -> int:
-        return len(self.pairs)
-
-    def name(self, index: int) -> str:
-        image = self.pairs[index][0]
-        return image.relative_to(self.root).as_posix() if image.is_relative_to(self.root) else str(image)
-
-    def load(self, index: int) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
-        image_path, mask_path = self.pairs[index]
-        return read_pair(image_path, mask_path, self.classes.num_classes, self.classes.ignore_index,
-                         self.colors, self.label_map)
-
-
-def _existing(root: Path, names: Iterable[str]) -> list[str]:
-    return [name for name in names if (root / name).is_dir()]
+__all__ = [
+    "ADE20K_CLASSES", "ADE20K_PALETTE", "ADE20K_SPLITS", "ADE20KDataset", "CAMVID_CLASSES", "CAMVID_PALETTE",
+    "CAMVID_VOID", "CITYSCAPES_TRAIN_CLASSES", "CamVidDataset", "CityscapesDataset", "FolderDataset",
+    "IMAGE_EXTENSIONS", "LOSSY_EXTENSIONS", "MASK_EXTENSIONS", "PairedFileDataset", "Pairing", "SPLIT_NAMES",
+    "VOC_CLASSES", "VOCDataset", "cityscapes_label_map", "index_files", "pair_by_key", "pair_listed",
+    "read_split_list", "reduce_zero_label_map",
+]
 
 
 # ---------------------------------------------------------------------------- folder
@@ -261,18 +119,18 @@ class FolderDataset(PairedFileDataset):
         lists = [name for name in SPLIT_NAMES if (root / f"{name}.txt").is_file()]
         if lists:
             return lists
-        if _existing(root / "images", SPLIT_NAMES):
+        if existing_dirs(root / "images", SPLIT_NAMES):
             return sorted(p.name for p in (root / "images").iterdir() if p.is_dir() and not p.name.startswith("."))
         return ["all"]
 
     def find_pairs(self) -> Pairing:
-        image_dir = _require_dir(self.root / "images", "images/ holds the images")
-        mask_dir = _require_dir(self.root / "masks", "masks/ holds the masks")
+        image_dir = require_dir(self.root / "images", "images/ holds the images")
+        mask_dir = require_dir(self.root / "masks", "masks/ holds the masks")
         list_path = self.root / f"{self.split}.txt"
         if list_path.is_file():
             return self._pairs_from_list(image_dir, mask_dir, list_path)
         if self.split != "all" and (image_dir / self.split).is_dir():
-            return self._pairs_in(image_dir / self.split, _require_dir(mask_dir / self.split, "the split's masks"))
+            return self._pairs_in(image_dir / self.split, require_dir(mask_dir / self.split, "the split's masks"))
         splits = self.available_splits(self.root)
         if self.split == "all" or (self.split == "train" and splits == ["all"]):
             return self._pairs_in(image_dir, mask_dir)
@@ -296,316 +154,3 @@ class FolderDataset(PairedFileDataset):
                               lambda s: masks.get(s, mask_dir / f"{s}.png"), list_path)
         pairing.problems[:0] = problems + mask_problems
         return pairing
-
-
-# ---------------------------------------------------------------------------- Pascal VOC
-
-VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
-               "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
-               "train", "tvmonitor")
-
-
-def _voc_root(root: Path) -> Path:
-    """The VOC2012 folder, given it, its VOCdevkit parent, or the folder holding VOCdevkit."""
-    for candidate in (root, root / "VOC2012", root / "VOCdevkit" / "VOC2012"):
-        if (candidate / "JPEGImages").is_dir():
-            return candidate
-    return root
-
-
-@register_dataset("voc")
-class VOCDataset(PairedFileDataset):
-    """Pascal VOC 2012 segmentation: 21 classes (background included); 255 marks the object
-    boundaries, which are ignored.
-
-    Layout: ``JPEGImages/{id}.jpg``, palette PNGs ``SegmentationClass/{id}.png``, split lists
-    ``ImageSets/Segmentation/{train,val,trainval}.txt``. The SBD-augmented training set is
-    ``split="train_aug"``: the list ``ImageSets/Segmentation/train_aug.txt`` with grayscale
-    masks from ``SegmentationClassAug/`` (when that folder exists).
-
-    Args:
-        root: the VOC2012 folder (or VOCdevkit, or the folder holding VOCdevkit).
-        split: ``"train"``, ``"val"``, ``"trainval"`` or ``"train_aug"``.
-        transform: joint image+mask transform.
-        strict: raise on pairing problems (``False`` keeps them in :attr:`problems`).
-    """
-
-    format_name = "Pascal VOC"
-
-    def __init__(self, root: str | Path, split: str = "train", transform: JointTransform | None = None,
-                 strict: bool = True) -> None:
-        super().__init__(_voc_root(Path(root)), split, transform, class_info(VOC_CLASSES), strict)
-
-    @classmethod
-    def available_splits(cls, root: str | Path, **options) -> list[str]:
-        lists = _voc_root(Path(root)) / "ImageSets" / "Segmentation"
-        return [name for name in ("train", "val", "train_aug") if (lists / f"{name}.txt").is_file()]
-
-    def find_pairs(self) -> Pairing:
-        image_dir = _require_dir(self.root / "JPEGImages", "JPEGImages/ holds the VOC images")
-        list_path = self.root / "ImageSets" / "Segmentation" / f"{self.split}.txt"
-        if not list_path.is_file():
-            raise DataError(f"{list_path}: split list not found. VOC splits here: "
-                            f"{self.available_splits(self.root)}.", list_path, "layout")
-        mask_dir = self.root / "SegmentationClass"
-        if self.split == "train_aug" and (self.root / "SegmentationClassAug").is_dir():
-            mask_dir = self.root / "SegmentationClassAug"
-        _require_dir(mask_dir, "the VOC masks")
-        return pair_listed(read_split_list(list_path), lambda s: image_dir / f"{s}.jpg",
-                           lambda s: mask_dir / f"{s}.png", list_path)
-
-
-# ---------------------------------------------------------------------------- Cityscapes
-
-# The 19 evaluated classes of the cityscapesScripts label table: (label id, name, colour);
-# their train ids are their positions. Every other id maps to the ignore index.
-CITYSCAPES_TRAIN_CLASSES = (
-    (7, "road", (128, 64, 128)), (8, "sidewalk", (244, 35, 232)), (11, "building", (70, 70, 70)),
-    (12, "wall", (102, 102, 156)), (13, "fence", (190, 153, 153)), (17, "pole", (153, 153, 153)),
-    (19, "traffic light", (250, 170, 30)), (20, "traffic sign", (220, 220, 0)),
-    (21, "vegetation", (107, 142, 35)), (22, "terrain", (152, 251, 152)), (23, "sky", (70, 130, 180)),
-    (24, "person", (220, 20, 60)), (25, "rider", (255, 0, 0)), (26, "car", (0, 0, 142)),
-    (27, "truck", (0, 0, 70)), (28, "bus", (0, 60, 100)), (31, "train", (0, 80, 100)),
-    (32, "motorcycle", (0, 0, 230)), (33, "bicycle", (119, 11, 32)),
-)
-
-
-def cityscapes_label_map() -> np.ndarray:
-    """Look-up table label id → train id (255 for the ids that are not evaluated)."""
-    table = np.full(256, IGNORE_INDEX, dtype=np.int64)
-    for train_id, (label_id, _, _) in enumerate(CITYSCAPES_TRAIN_CLASSES):
-        table[label_id] = train_id
-    return table
-
-
-@register_dataset("cityscapes")
-class CityscapesDataset(PairedFileDataset):
-    """Cityscapes fine annotations, as the 19 evaluated classes (train ids; all else ignored).
-
-    Layout: ``leftImg8bit/{split}/{city}/{frame}_leftImg8bit.png`` with
-    ``gtFine/{split}/{city}/{frame}_gtFine_labelIds.png``.
-
-    Args:
-        root: the folder holding ``leftImg8bit/`` and ``gtFine/``.
-        split: ``"train"``, ``"val"`` or ``"test"`` (the test masks hold no labels).
-        transform: joint image+mask transform.
-        labels: ``"labelIds"`` (mapped to train ids here) or ``"labelTrainIds"`` (masks made by
-            cityscapesScripts' createTrainIdLabelImgs, used as they are).
-        strict: raise on pairing problems (``False`` keeps them in :attr:`problems`).
-    """
-
-    format_name = "Cityscapes"
-
-    def __init__(self, root: str | Path, split: str = "train", transform: JointTransform | None = None,
-                 labels: str = "labelIds", strict: bool = True) -> None:
-        if labels not in ("labelIds", "labelTrainIds"):
-            raise InputError(f"labels must be 'labelIds' or 'labelTrainIds', not {labels!r}")
-        self.labels = labels
-        self.label_map = cityscapes_label_map() if labels == "labelIds" else None
-        names = [name for _, name, _ in CITYSCAPES_TRAIN_CLASSES]
-        palette = [colour for _, _, colour in CITYSCAPES_TRAIN_CLASSES]
-        super().__init__(root, split, transform, class_info(names, palette), strict)
-
-    @classmethod
-    def available_splits(cls, root: str | Path, **options) -> list[str]:
-        return _existing(Path(root) / "leftImg8bit", ("train", "val", "test"))
-
-    def find_pairs(self) -> Pairing:
-        image_dir = _require_dir(self.root / "leftImg8bit" / self.split, "the Cityscapes images of this split")
-        mask_dir = _require_dir(self.root / "gtFine" / self.split, "the Cityscapes fine masks of this split")
-        images, problems = index_files(image_dir, (), suffix="_leftImg8bit.png")
-        masks, mask_problems = index_files(mask_dir, (), suffix=f"_gtFine_{self.labels}.png")
-        pairing = pair_by_key(images, masks, f"{mask_dir}/", f"{image_dir}/")
-        pairing.problems[:0] = problems + mask_problems
-        return pairing
-
-
-# ---------------------------------------------------------------------------- ADE20K
-
-# The 150 classes of the ADE20K SceneParsing benchmark (objectInfo150, first name of each).
-ADE20K_CLASSES = (
-    "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass",
-    "cabinet", "sidewalk", "person", "earth", "door", "table", "mountain", "plant", "curtain", "chair",
-    "car", "water", "painting", "sofa", "shelf", "house", "sea", "mirror", "rug", "field",
-    "armchair", "seat", "fence", "desk", "rock", "wardrobe", "lamp", "bathtub", "railing", "cushion",
-    "base", "box", "column", "signboard", "chest of drawers", "counter", "sand", "sink", "skyscraper",
-    "fireplace", "refrigerator", "grandstand", "path", "stairs", "runway", "case", "pool table", "pillow",
-    "screen door", "stairway", "river", "bridge", "bookcase", "blind", "coffee table", "toilet", "flower",
-    "book", "hill", "bench", "countertop", "stove", "palm", "kitchen island", "computer", "swivel chair",
-    "boat", "bar", "arcade machine", "hovel", "bus", "towel", "light", "truck", "tower", "chandelier",
-    "awning", "streetlight", "booth", "television receiver", "airplane", "dirt track", "apparel", "pole",
-    "land", "bannister", "escalator", "ottoman", "bottle", "buffet", "poster", "stage", "van", "ship",
-    "fountain", "conveyer belt", "canopy", "washer", "plaything", "swimming pool", "stool", "barrel",
-    "basket", "waterfall", "tent", "bag", "minibike", "cradle", "oven", "ball", "food", "step", "tank",
-    "trade name", "microwave", "pot", "animal", "bicycle", "lake", "dishwasher", "screen", "blanket",
-    "sculpture", "hood", "sconce", "vase", "traffic light", "tray", "ashcan", "fan", "pier", "crt screen",
-    "plate", "monitor", "bulletin board", "shower", "radiator", "glass", "clock", "flag",
-)
-
-# The benchmark's colours (as in the SceneParsing toolkit and mmsegmentation).
-ADE20K_PALETTE = (
-    (120, 120, 120), (180, 120, 120), (6, 230, 230), (80, 50, 50), (4, 200, 3), (120, 120, 80),
-    (140, 140, 140), (204, 5, 255), (230, 230, 230), (4, 250, 7), (224, 5, 255), (235, 255, 7),
-    (150, 5, 61), (120, 120, 70), (8, 255, 51), (255, 6, 82), (143, 255, 140), (204, 255, 4),
-    (255, 51, 7), (204, 70, 3), (0, 102, 200), (61, 230, 250), (255, 6, 51), (11, 102, 255),
-    (255, 7, 71), (255, 9, 224), (9, 7, 230), (220, 220, 220), (255, 9, 92), (112, 9, 255),
-    (8, 255, 214), (7, 255, 224), (255, 184, 6), (10, 255, 71), (255, 41, 10), (7, 255, 255),
-    (224, 255, 8), (102, 8, 255), (255, 61, 6), (255, 194, 7), (255, 122, 8), (0, 255, 20),
-    (255, 8, 41), (255, 5, 153), (6, 51, 255), (235, 12, 255), (160, 150, 20), (0, 163, 255),
-    (140, 140, 140), (250, 10, 15), (20, 255, 0), (31, 255, 0), (255, 31, 0), (255, 224, 0),
-    (153, 255, 0), (0, 0, 255), (255, 71, 0), (0, 235, 255), (0, 173, 255), (31, 0, 255),
-    (11, 200, 200), (255, 82, 0), (0, 255, 245), (0, 61, 255), (0, 255, 112), (0, 255, 133),
-    (255, 0, 0), (255, 163, 0), (255, 102, 0), (194, 255, 0), (0, 143, 255), (51, 255, 0),
-    (0, 82, 255), (0, 255, 41), (0, 255, 173), (10, 0, 255), (173, 255, 0), (0, 255, 153),
-    (255, 92, 0), (255, 0, 255), (255, 0, 245), (255, 0, 102), (255, 173, 0), (255, 0, 20),
-    (255, 184, 184), (0, 31, 255), (0, 255, 61), (0, 71, 255), (255, 0, 204), (0, 255, 194),
-    (0, 255, 82), (0, 10, 255), (0, 112, 255), (51, 0, 255), (0, 194, 255), (0, 122, 255),
-    (0, 255, 163), (255, 153, 0), (0, 255, 10), (255, 112, 0), (143, 255, 0), (82, 0, 255),
-    (163, 255, 0), (255, 235, 0), (8, 184, 170), (133, 0, 255), (0, 255, 92), (184, 0, 255),
-    (255, 0, 31), (0, 184, 255), (0, 214, 255), (255, 0, 112), (92, 255, 0), (0, 224, 255),
-    (112, 224, 255), (70, 184, 160), (163, 0, 255), (153, 0, 255), (71, 255, 0), (255, 0, 163),
-    (255, 204, 0), (255, 0, 143), (0, 255, 235), (133, 255, 0), (255, 0, 235), (245, 0, 255),
-    (255, 0, 122), (255, 245, 0), (10, 190, 212), (214, 255, 0), (0, 204, 255), (20, 0, 255),
-    (255, 255, 0), (0, 153, 255), (0, 41, 255), (0, 255, 204), (41, 0, 255), (41, 255, 0),
-    (173, 0, 255), (0, 245, 255), (71, 0, 255), (122, 0, 255), (0, 255, 184), (0, 92, 255),
-    (184, 255, 0), (0, 133, 255), (255, 214, 0), (25, 194, 194), (102, 255, 0), (92, 0, 255),
-)
-
-ADE20K_SPLITS = {"train": "training", "val": "validation", "training": "training", "validation": "validation"}
-
-
-def reduce_zero_label_map() -> np.ndarray:
-    """Look-up table v → v − 1, with 0 ("other", no class) → the ignore index."""
-    table = np.arange(-1, 255, dtype=np.int64)
-    table[0] = IGNORE_INDEX
-    return table
-
-
-@register_dataset("ade20k")
-class ADE20KDataset(PairedFileDataset):
-    """ADE20K SceneParsing (ADEChallengeData2016): 150 classes; mask value 0 ("other") is
-    ignored and the rest shift down by one ("reduce zero label").
-
-    Layout: ``images/{training,validation}/*.jpg`` with ``annotations/{training,validation}/*.png``.
-
-    Args:
-        root: the ADEChallengeData2016 folder (or its parent).
-        split: ``"train"`` or ``"val"`` (``"training"``, ``"validation"`` too).
-        transform: joint image+mask transform.
-        strict: raise on pairing problems (``False`` keeps them in :attr:`problems`).
-    """
-
-    format_name = "ADE20K"
-
-    def __init__(self, root: str | Path, split: str = "train", transform: JointTransform | None = None,
-                 strict: bool = True) -> None:
-        if split not in ADE20K_SPLITS:
-            raise InputError(f"ADE20K split {split!r} does not exist; use 'train' or 'val'")
-        root = Path(root)
-        if not (root / "images").is_dir() and (root / "ADEChallengeData2016").is_dir():
-            root = root / "ADEChallengeData2016"
-        self.label_map = reduce_zero_label_map()
-        super().__init__(root, split, transform, class_info(ADE20K_CLASSES, ADE20K_PALETTE), strict)
-
-    @classmethod
-    def available_splits(cls, root: str | Path, **options) -> list[str]:
-        root = Path(root)
-        if not (root / "images").is_dir():
-            root = root / "ADEChallengeData2016"
-        return [split for split in ("train", "val") if (root / "images" / ADE20K_SPLITS[split]).is_dir()]
-
-    def find_pairs(self) -> Pairing:
-        folder = ADE20K_SPLITS[self.split]
-        image_dir = _require_dir(self.root / "images" / folder, "the ADE20K images of this split")
-        mask_dir = _require_dir(self.root / "annotations" / folder, "the ADE20K annotations of this split")
-        images, problems = index_files(image_dir, IMAGE_EXTENSIONS)
-        masks, mask_problems = index_files(mask_dir, (".png",))
-        pairing = pair_by_key(images, masks, f"{mask_dir}/", f"{image_dir}/")
-        pairing.problems[:0] = problems + mask_problems
-        return pairing
-
-
-# ---------------------------------------------------------------------------- CamVid
-
-CAMVID_CLASSES = ("Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car",
-                  "Pedestrian", "Bicyclist")
-CAMVID_PALETTE = ((128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (60, 40, 222), (128, 128, 0),
-                  (192, 128, 128), (64, 64, 128), (64, 0, 128), (64, 64, 0), (0, 128, 192))
-CAMVID_VOID = 11
-
-
-@register_dataset("camvid")
-class CamVidDataset(PairedFileDataset):
-    """CamVid as released with SegNet: 11 classes at 480×360; value 11 (Unlabelled) is ignored.
-
-    Layout: ``{train,val,test}/*.png`` with the same names in ``{train,val,test}annot/``. File
-    names start with the video sequence the frame comes from (``0016E5_08640.png``).
-
-    **Cross-sequence validation.** The released val split is 101 frames of 0016E5, the sequence
-    of 204 of the 367 training frames, so it rewards remembering that sequence; the test split's
-    frames come from later in 0001TP and from Seq05VD, which training never sees. With
-    ``holdout="0006R0"`` (or a list of sequences) the ``"train"`` split is every train and val
-    frame of the other sequences and the ``"val"`` split every train and val frame of the
-    held-out ones: a validation on a sequence training never saw. In a recipe:
-    ``data.options: {holdout: 0006R0}``.
-
-    **Train and val together.** Split ``"trainval"`` is the 468 frames of both, for a final
-    model measured on the test split (``data.train_split: trainval``, ``data.val_split: test``).
-
-    Args:
-        root: the folder holding ``train/``, ``trainannot/``, ...
-        split: ``"train"``, ``"val"``, ``"trainval"`` or ``"test"``.
-        transform: joint image+mask transform.
-        strict: raise on pairing problems (``False`` keeps them in :attr:`problems`).
-        holdout: sequences (file-name prefixes such as ``"0006R0"``) to validate on instead of
-            the released val split; see above.
-    """
-
-    format_name = "CamVid"
-
-    def __init__(self, root: str | Path, split: str = "train", transform: JointTransform | None = None,
-                 strict: bool = True, holdout: str | Sequence[str] | None = None) -> None:
-        self.label_map = np.arange(256, dtype=np.int64)
-        self.label_map[CAMVID_VOID] = IGNORE_INDEX
-        self.holdout = (holdout,) if isinstance(holdout, str) else tuple(holdout or ())
-        if self.holdout and split not in ("train", "val"):
-            raise InputError(f"CamVid holdout={list(self.holdout)} redraws the train and val splits; split "
-                             f"{split!r} is not one of them (the test split is never redrawn)")
-        super().__init__(root, split, transform, class_info(CAMVID_CLASSES, CAMVID_PALETTE), strict)
-
-    @classmethod
-    def available_splits(cls, root: str | Path, **options) -> list[str]:
-        root = Path(root)
-        return [split for split in ("train", "val", "test")
-                if (root / split).is_dir() or (root / f"{split}annot").is_dir()]
-
-    def find_pairs(self) -> Pairing:
-        if not self.holdout and self.split != "trainval":
-            return self._released_pairs(self.split)
-        both = [self._released_pairs(split) for split in ("train", "val")]
-        pairs = sorted(pair for pairing in both for pair in pairing.pairs)
-        problems = [problem for pairing in both for problem in pairing.problems]
-        if not self.holdout:
-            return Pairing(pairs, problems)
-        present = {_camvid_sequence(image) for image, _ in pairs}
-        unknown = sorted(set(self.holdout) - present)
-        if unknown:
-            raise InputError(f"{self.root}: CamVid holdout {unknown} names no sequence of the train and val frames; "
-                             f"the sequences there are {sorted(present)}")
-        keep = (lambda image: _camvid_sequence(image) in self.holdout) if self.split == "val" else (
-            lambda image: _camvid_sequence(image) not in self.holdout)
-        return Pairing([pair for pair in pairs if keep(pair[0])], problems)
-
-    def _released_pairs(self, split: str) -> Pairing:
-        image_dir = _require_dir(self.root / split, f"the CamVid {split} images")
-        mask_dir = _require_dir(self.root / f"{split}annot", f"the CamVid {split} masks")
-        images, problems = index_files(image_dir, IMAGE_EXTENSIONS)
-        masks, mask_problems = index_files(mask_dir, MASK_EXTENSIONS)
-        pairing = pair_by_key(images, masks, f"{mask_dir}/", f"{image_dir}/")
-        pairing.problems[:0] = problems + mask_problems
-        return pairing
-
-
-def _camvid_sequence(image: Path) -> str:
-    """The video sequence of a CamVid frame: its file name up to the first underscore."""
-    return image.stem.split("_", 1)[0]

@@ -10,10 +10,11 @@ from pixelwise.inference.logits import (
     predict_logits,
     predict_tiled,
 )
-from pixelwise.inference.predict import PredictedImage, PredictionReport, predict_files
+from pixelwise.inference.predict import PredictedImage, PredictionReport, RecordedViews, predict_files
 from pixelwise.inference.windows import TiledStats
 
 __all__ = [
-    "EvaluationResult", "InferenceOptions", "PredictedImage", "PredictionReport", "TiledStats", "evaluate_checkpoint",
+    "EvaluationResult", "InferenceOptions", "PredictedImage", "PredictionReport", "RecordedViews", "TiledStats",
+    "evaluate_checkpoint",
     "load_predictor", "normalize_image", "predict_files", "predict_large_image", "predict_logits", "predict_tiled",
 ]

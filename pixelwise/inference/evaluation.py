@@ -2,8 +2,9 @@
 
 ``evaluate_checkpoint(checkpoint)`` needs nothing but the checkpoint: the data set (format,
 root, options, validation split) comes from the recipe recorded in it, and any of these can be
-overridden (another format drops the recorded root and options: they belong to the recorded
-format). Inference runs whole-image, sliding-window and/or with test-time augmentation through
+overridden (:class:`~pixelwise.data.RecordedData`; another format drops the recorded root and
+options: they belong to the recorded format), or another :class:`~pixelwise.data.DataSpec`
+given. Inference runs whole-image, sliding-window and/or with test-time augmentation through
 :func:`~pixelwise.inference.logits.predict_logits`, the path training's validation takes too.
 Validation runs whole images, without augmentation, in eager PyTorch at the run's training
 precision (``train.amp``, recorded in the checkpoint), on the recorded validation split. So on
@@ -28,21 +29,21 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 from rich.console import Console
 from rich.table import Table
 
-from pixelwise.data import ClassInfo, SegmentationDataset, create_dataset
+from pixelwise.data import ClassInfo, DataSpec, RecordedData, SegmentationDataset
 from pixelwise.data.transforms import val_transform
 from pixelwise.errors import InputError
-from pixelwise.io.checkpoint import load_checkpoint
+from pixelwise.io.model_file import read_model_file
 from pixelwise.inference.loading import LoadedModel
-from pixelwise.inference.logits import Blend, InferenceOptions, Mode, Size
-from pixelwise.inference.loading import is_onnx, load_predictor
-from pixelwise.inference.predict import ProgressCallback
+from pixelwise.inference.logits import InferenceOptions
+from pixelwise.inference.loading import load_predictor
+from pixelwise.inference.predict import ProgressCallback, RecordedViews, resolve_options
 from pixelwise.metrics import BoundaryMetric, ConfusionMatrix, format_percent, metrics_table
 
 
@@ -54,7 +55,8 @@ class EvaluationResult:
         matrix: the confusion matrix (rows: ground truth, columns: prediction).
         classes: the model's classes (names for the metrics).
         checkpoint: the checkpoint evaluated.
-        data: the data set used: ``format``, ``root``, ``split``, ``options``, ``num_images``.
+        data: the data set split used.
+        num_images: how many of its images were evaluated.
         inference: how logits were computed.
         runtime: what ran the network: ``runtime`` and ``precision``.
         iteration: the training iteration the checkpoint was saved at, when recorded.
@@ -65,7 +67,8 @@ class EvaluationResult:
     matrix: ConfusionMatrix
     classes: ClassInfo
     checkpoint: str
-    data: dict[str, Any]
+    data: DataSpec
+    num_images: int
     inference: InferenceOptions
     iteration: int | None = None
     files: list[Path] = field(default_factory=list)
@@ -99,78 +102,40 @@ class EvaluationResult:
         """The contents of ``metrics.json``."""
         stats = self.summary()
         means = {key: value for key, value in stats.items() if not isinstance(value, list)}
-        return {"checkpoint": self.checkpoint, "iteration": self.iteration, "data": self.data,
+        return {"checkpoint": self.checkpoint, "iteration": self.iteration,
+                "data": {**self.data.to_dict(), "num_images": self.num_images},
                 "inference": {**self.inference.to_dict(), **self.runtime}, "summary": means,
                 "per_class": self.per_class(),
                 "confusion_matrix": {**self.matrix.to_dict(), "class_names": list(self.classes.names),
                                      "rows": "ground truth", "columns": "prediction"}}
 
 
-def resolve_data(recorded: dict[str, Any] | None, data_format: str | None = None, root: str | Path | None = None,
-                 split: str | None = None, data_options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The data set to evaluate on: the checkpoint's recorded one, with overrides.
-
-    Args:
-        recorded: the checkpoint's ``config["data"]`` (``None`` when it has none).
-        data_format: another format; the recorded root and options are then dropped.
-        root: another data set folder.
-        split: the split (default: the recorded validation split, else ``"val"``).
-        data_options: format options, added over the recorded ones.
-
-    Returns:
-        ``format``, ``root``, ``split`` and ``options``.
-    """
-    recorded = recorded or {}
-    if data_format is None and "format" not in recorded:
-        raise InputError("the checkpoint records no data set; pass the format and root (--format, --root)")
-    same_format = data_format is None or data_format == recorded.get("format")
-    data_format = data_format or recorded["format"]
-    if root is None and same_format:
-        root = recorded.get("root")
-    options = {**((recorded.get("options") or {}) if same_format else {}), **(data_options or {})}
-    split = split or recorded.get("val_split") or "val"
-    return {"format": data_format, "root": None if root is None else str(root), "split": split, "options": options}
-
-
-def _open_dataset(data: dict[str, Any], loaded: LoadedModel) -> SegmentationDataset:
+def _open_dataset(data: DataSpec, loaded: LoadedModel) -> SegmentationDataset:
     """The data set, normalised as the model was trained, checked against the model's classes."""
-    normalization = loaded.normalization
-    extra = {"root": data["root"]} if data["root"] is not None else {}
-    dataset = create_dataset(data["format"], split=data["split"], transform=val_transform(**normalization),
-                             **extra, **data["options"])
+    dataset = data.create_dataset(val_transform(**loaded.normalization))
     if dataset.classes.num_classes != loaded.classes.num_classes:
-        raise InputError(f"the data set ({data['format']}, split {data['split']!r}) has {dataset.classes.num_classes} "
+        raise InputError(f"the data set ({data.format}, split {data.split!r}) has {dataset.classes.num_classes} "
                          f"classes but the model predicts {loaded.classes.num_classes}")
     if len(dataset) == 0:
-        raise InputError(f"split {data['split']!r} of the {data['format']} data set holds no images")
+        raise InputError(f"split {data.split!r} of the {data.format} data set holds no images")
     return dataset
 
 
-def evaluate_checkpoint(checkpoint: str | Path, data_format: str | None = None, root: str | Path | None = None,
-                        split: str | None = None, data_options: dict[str, Any] | None = None,
-                        mode: Mode = "whole", window: Size = 512, stride: Size | None = None,
-                        blend: Blend = "gaussian", scales: Sequence[float] | None = None,
-                        flip: bool | None = None, batch_size: int = 4, device: str | torch.device = "cpu",
-                        runtime: str | None = None, precision: str | None = None, out_dir: str | Path | None = None,
-                        on_image: ProgressCallback | None = None, boundary_width: int = 3) -> EvaluationResult:
+def evaluate_checkpoint(checkpoint: str | Path, data: DataSpec | RecordedData = RecordedData(),
+                        options: InferenceOptions | RecordedViews = RecordedViews(), *,
+                        device: str | torch.device = "cpu", runtime: str | None = None, precision: str | None = None,
+                        out_dir: str | Path | None = None, on_image: ProgressCallback | None = None,
+                        boundary_width: int = 3) -> EvaluationResult:
     """Measure a checkpoint (or an exported ONNX file) on a data set split; optionally write
     ``metrics.json`` and a plot.
 
     Args:
         checkpoint: a checkpoint written by ``pixelwise train``, or an ``.onnx`` file written by
-            ``pixelwise export`` (then ``data_format`` and ``root`` are needed).
-        data_format: data set format (default: the recorded one); see :func:`resolve_data`.
-        root: data set folder (default: the recorded one, for the recorded format).
-        split: split to evaluate (default: the recorded validation split).
-        data_options: format options over the recorded ones.
-        mode: ``"whole"`` or ``"slide"``.
-        window: sliding-window size.
-        stride: largest step between windows (default: two thirds of the window).
-        blend: ``"gaussian"`` or ``"uniform"`` weighting of overlapping windows.
-        scales: test-time augmentation: factors each image is resized by (default: the
-            recorded ones, those of the recipe's ``inference`` section; else ``(1.0,)``).
-        flip: test-time augmentation: also predict the flipped image (default: as recorded).
-        batch_size: windows per forward pass.
+            ``pixelwise export`` (it records no data set: pass a :class:`~pixelwise.data.DataSpec`,
+            or a :class:`~pixelwise.data.RecordedData` naming the format and root).
+        data: the data set split; by default the recorded validation split.
+        options: how logits are computed; by default whole images with the test-time views the
+            model records (:class:`~pixelwise.inference.predict.RecordedViews`).
         device: where the model runs.
         runtime: ``"torch"``, ``"torch-optimized"`` or ``"onnxruntime"``
             (see :func:`~pixelwise.inference.loading.load_predictor`).
@@ -184,25 +149,23 @@ def evaluate_checkpoint(checkpoint: str | Path, data_format: str | None = None, 
             measured).
     """
     _check_boundary_width(boundary_width)
-    settings = {"mode": mode, "window": window, "stride": stride, "blend": blend, "scales": scales, "flip": flip,
-                "batch_size": batch_size}
-    InferenceOptions.following(None, **settings)  # checks every value before the model loads
-    state = None if is_onnx(checkpoint) else load_checkpoint(checkpoint)
-    loaded = load_predictor(checkpoint, runtime, precision, device, state=state)
-    options = InferenceOptions.following(loaded.inference, **settings)
-    recorded = (state.get("config") or {}).get("data") if state is not None else None
-    data = resolve_data(recorded, data_format, root, split, data_options)
-    result = evaluate_loaded(loaded, data, options, device, on_image, boundary_width=boundary_width)
+    model_file = read_model_file(checkpoint)
+    loaded = load_predictor(model_file, runtime, precision, device)
+    state = model_file.state
+    if isinstance(data, RecordedData):
+        data = data.resolve((state.get("config") or {}).get("data") if state is not None else None)
+    result = evaluate_loaded(loaded, data, resolve_options(options, loaded.inference), device, on_image,
+                             boundary_width=boundary_width)
     result.checkpoint, result.iteration = str(checkpoint), None if state is None else state.get("iteration")
     if out_dir is not None:
         result.files = write_evaluation(result, out_dir)
     return result
 
 
-def evaluate_loaded(loaded: LoadedModel, data: dict[str, Any], options: InferenceOptions,
+def evaluate_loaded(loaded: LoadedModel, data: DataSpec, options: InferenceOptions,
                     device: str | torch.device = "cpu", on_image: ProgressCallback | None = None,
                     limit: int | None = None, boundary_width: int = 3) -> EvaluationResult:
-    """Measure a loaded model (any runtime) on a data set split (see :func:`resolve_data`).
+    """Measure a loaded model (any runtime) on a data set split.
 
     Args:
         limit: evaluate only the first ``limit`` images.
@@ -212,7 +175,6 @@ def evaluate_loaded(loaded: LoadedModel, data: dict[str, Any], options: Inferenc
     _check_boundary_width(boundary_width)
     dataset = _open_dataset(data, loaded)
     count = len(dataset) if limit is None else min(limit, len(dataset))
-    data = {**data, "num_images": count}
     num_classes, ignore_index = loaded.classes.num_classes, dataset.classes.ignore_index
     matrix = ConfusionMatrix(num_classes, ignore_index, device=device)
     boundary = BoundaryMetric(num_classes, ignore_index, boundary_width, device) if boundary_width else None
@@ -227,7 +189,7 @@ def evaluate_loaded(loaded: LoadedModel, data: dict[str, Any], options: Inferenc
             on_image(index + 1, count)
     runtime = {"runtime": getattr(loaded.model, "name", "torch"),
                "precision": getattr(loaded.model, "precision", options.precision or "fp32")}
-    return EvaluationResult(matrix, loaded.classes, "", data, options, None, runtime=runtime, boundary=boundary)
+    return EvaluationResult(matrix, loaded.classes, "", data, count, options, runtime=runtime, boundary=boundary)
 
 
 def _check_boundary_width(boundary_width: int) -> None:
@@ -247,8 +209,8 @@ def write_evaluation(result: EvaluationResult, out_dir: str | Path) -> list[Path
     # default=str: data options come from YAML and are JSON-able, but a path object must not crash the write
     metrics.write_text(json.dumps(result.to_dict(), indent=2, default=str) + "\n")
     figure = plot_confusion_matrix(result.matrix, result.classes.names, out_dir / "confusion_matrix.png",
-                                   title=f"{Path(result.checkpoint).name} on {result.data['format']} "
-                                         f"{result.data['split']} ({result.summary()['mean_iou']:.1%} mIoU)")
+                                   title=f"{Path(result.checkpoint).name} on {result.data.format} "
+                                         f"{result.data.split} ({result.summary()['mean_iou']:.1%} mIoU)")
     return [metrics, figure]
 
 
@@ -301,8 +263,8 @@ def evaluation_table(result: EvaluationResult) -> Table:
     data, inference = result.data, result.inference
     views = "" if not inference.augmented else (
         f"scales {' '.join(f'{scale:g}' for scale in inference.scales)}{' + flip' if inference.flip else ''}, ")
-    table = Table(title=f"{Path(result.checkpoint).name} on {data['format']} {data['split']} "
-                        f"({data['num_images']} images, {inference.mode}, {views}"
+    table = Table(title=f"{Path(result.checkpoint).name} on {data.format} {data.split} "
+                        f"({result.num_images} images, {inference.mode}, {views}"
                         f"{' '.join(result.runtime.values())})")
     cells = metrics_table(result.summary(), result.classes.names)
     for column in cells.header(unit=" %"):

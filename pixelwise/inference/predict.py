@@ -36,9 +36,9 @@ from __future__ import annotations
 import glob
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -52,13 +52,11 @@ from pixelwise.data.png import write_png_bands
 from pixelwise.errors import InputError, MissingFileError
 from pixelwise.inference.loading import LoadedModel
 from pixelwise.inference.logits import (
-    Blend,
     InferenceOptions,
-    Mode,
-    Size,
     label_dtype,
     normalize_image,
     predict_large_image,
+    recorded_augmentation,
 )
 from pixelwise.inference.loading import load_predictor
 from pixelwise.io.atomic import atomic_file
@@ -69,6 +67,42 @@ holds 1.4 GB of float32 logits for 21 classes alone, and several times that in a
 
 ProgressCallback = Callable[[int, int], None]
 """``on_image(done, total)``, called after each image."""
+
+
+# Options ----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RecordedViews:
+    """Inference options whose test-time views are the ones a model records unless given here:
+    what prediction and evaluation use by default, so that a recipe's ``inference`` section
+    applies (see :func:`~pixelwise.inference.logits.recorded_augmentation`).
+
+    Attributes:
+        options: mode, window, stride, blend, batch size and precision (its scales and flip
+            give way to the views below).
+        scales: factors each image is resized by (``None``: the recorded ones, else ``(1.0,)``).
+        flip: also predict the flipped image (``None``: as recorded, else no).
+    """
+
+    options: InferenceOptions = field(default_factory=InferenceOptions.create)
+    scales: tuple[float, ...] | None = None
+    flip: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.scales is not None:  # checked now, before any model loads
+            object.__setattr__(self, "scales", InferenceOptions.create(scales=self.scales).scales)
+        if self.flip is not None:
+            object.__setattr__(self, "flip", bool(self.flip))
+
+    def resolve(self, recorded: Mapping[str, Any] | None) -> InferenceOptions:
+        """The options for a model whose record holds the inference options ``recorded``."""
+        settings = {name.name: getattr(self.options, name.name) for name in fields(InferenceOptions)}
+        return InferenceOptions.create(**settings | recorded_augmentation(recorded, self.scales, self.flip))
+
+
+def resolve_options(options: InferenceOptions | RecordedViews, recorded: Mapping[str, Any] | None) -> InferenceOptions:
+    """``options`` as they are, or resolved against a model's record (:meth:`RecordedViews.resolve`)."""
+    return options.resolve(recorded) if isinstance(options, RecordedViews) else options
 
 
 # Inputs ----------------------------------------------------------------------------------------
@@ -322,10 +356,8 @@ def _predict_one(loaded: LoadedModel, source: Path, out_dir: Path, options: Infe
 
 
 def predict_files(checkpoint: str | Path | LoadedModel, inputs: Sequence[str | Path], out_dir: str | Path,
-                  mode: Mode = "whole", window: Size = 512, stride: Size | None = None, blend: Blend = "gaussian",
-                  scales: Sequence[float] | None = None, flip: bool | None = None, batch_size: int = 4,
-                  device: str | torch.device = "cpu", runtime: str | None = None, precision: str | None = None,
-                  save_probabilities: bool = False,
+                  options: InferenceOptions | RecordedViews = RecordedViews(), *, device: str | torch.device = "cpu",
+                  runtime: str | None = None, precision: str | None = None, save_probabilities: bool = False,
                   probability_dtype: str = "float16", tile_threshold_pixels: int = DEFAULT_TILE_THRESHOLD,
                   overlay_alpha: float = 0.5, skip_unreadable: bool = False,
                   on_image: ProgressCallback | None = None, overwrite: bool = False) -> PredictionReport:
@@ -338,21 +370,14 @@ def predict_files(checkpoint: str | Path | LoadedModel, inputs: Sequence[str | P
             ``pixelwise export``, or a model already loaded (:func:`~pixelwise.inference.loading.load_predictor`).
         inputs: image files, folders and glob patterns.
         out_dir: the output folder (created).
-        mode: ``"whole"`` (one forward pass per image) or ``"slide"`` (overlapping windows).
-        window: window size for ``"slide"`` and for tiled images.
-        stride: largest step between windows (default: two thirds of the window).
-        blend: ``"gaussian"`` or ``"uniform"`` weighting of overlapping windows.
-        scales: test-time augmentation: factors the image is resized by (default: the recorded
-            ones, those of the recipe's ``inference`` section; else ``(1.0,)``).
-        flip: test-time augmentation: also predict the horizontally flipped image (default: as
-            recorded).
-        batch_size: windows per forward pass.
+        options: how logits are computed (window, stride and blend also serve tiled images); by
+            default whole images with the test-time views the model records (:class:`RecordedViews`).
         device: where the model runs (ignored when ``checkpoint`` is a loaded model).
-        runtime: ``"torch"``, ``"torch-optimized"`` or ``"onnxruntime"`` (see
-            :func:`~pixelwise.inference.loading.load_predictor`).
-        precision: ``"fp32"``, ``"bf16"``, ``"fp16"`` (default: what the run validated with).
-        save_probabilities: also write ``<stem>_probs.npy``.
-        probability_dtype: ``"float16"`` (half the disk) or ``"float32"``.
+        runtime: ``"torch"``, ``"torch-optimized"`` or ``"onnxruntime"``, and ``precision``:
+            ``"fp32"``, ``"bf16"``, ``"fp16"`` (default: what the run validated with); see
+            :func:`~pixelwise.inference.loading.load_predictor`.
+        save_probabilities: also write ``<stem>_probs.npy``, as ``probability_dtype``:
+            ``"float16"`` (half the disk) or ``"float32"``.
         tile_threshold_pixels: images with more pixels than this are predicted tile by tile.
         overlay_alpha: weight of the class colours in the overlay.
         skip_unreadable: list unreadable images in the report and go on, instead of raising.
@@ -366,26 +391,37 @@ def predict_files(checkpoint: str | Path | LoadedModel, inputs: Sequence[str | P
         ValueError: bad options, or outputs that would collide, overwrite an input, or (unless
             ``overwrite``) replace a file pixelwise did not write.
     """
-    settings = {"mode": mode, "window": window, "stride": stride, "blend": blend, "scales": scales, "flip": flip,
-                "batch_size": batch_size}
-    InferenceOptions.following(None, **settings)  # checks every value before the model loads
     if probability_dtype not in ("float16", "float32"):
         raise InputError(f"probability_dtype must be 'float16' or 'float32', got {probability_dtype!r}")
     images = expand_inputs(inputs)
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(f"output folder {str(out_dir)!r} is a file; choose a folder with --out")
+    out_dir = _output_folder(out_dir)
     outputs = planned_outputs(images, out_dir, save_probabilities, overwrite)
     loaded = checkpoint if isinstance(checkpoint, LoadedModel) else load_predictor(checkpoint, runtime, precision,
                                                                                      device)
-    options = InferenceOptions.following(loaded.inference, **settings)
+    resolved = resolve_options(options, loaded.inference)
     out_dir.mkdir(parents=True, exist_ok=True)
     _record_outputs(out_dir, outputs)
-    report = PredictionReport(out_dir)
+
+    def predict(source: Path) -> PredictedImage:
+        return _predict_one(loaded, source, out_dir, resolved, save_probabilities, probability_dtype,
+                            tile_threshold_pixels, overlay_alpha)
+    return _predict_each(images, predict, PredictionReport(out_dir), skip_unreadable, on_image)
+
+
+def _output_folder(out_dir: str | Path) -> Path:
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"output folder {str(out_dir)!r} is a file; choose a folder with --out")
+    return out_dir
+
+
+def _predict_each(images: Sequence[Path], predict: Callable[[Path], PredictedImage], report: PredictionReport,
+                  skip_unreadable: bool, on_image: ProgressCallback | None) -> PredictionReport:
+    """``predict`` each image into the report; an unreadable one raises, or with
+    ``skip_unreadable`` is listed in the report's failures."""
     for done, source in enumerate(images, start=1):
         try:
-            report.images.append(_predict_one(loaded, source, out_dir, options, save_probabilities,
-                                              probability_dtype, tile_threshold_pixels, overlay_alpha))
+            report.images.append(predict(source))
         except DataError as error:
             if not skip_unreadable:
                 raise

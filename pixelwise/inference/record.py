@@ -2,10 +2,10 @@
 checked whenever a model file is opened.
 
 Model files are shared, so a record may be damaged, edited by hand or written to mislead. Every
-reader (``.pt`` and safetensors checkpoints through
-:func:`~pixelwise.inference.loading.model_from_checkpoint`, ONNX exports through
-:func:`~pixelwise.inference.loading.read_metadata`) passes it through :func:`check_record`,
-which refuses, naming the file and the field, what would make prediction wrong or costly:
+file opened to predict (read by :func:`~pixelwise.io.model_file.read_model_file`, then made a
+model or a runtime by :mod:`pixelwise.inference.loading`) passes its record through
+:func:`check_record`, which refuses, naming the file and the field, what would make prediction
+wrong or costly:
 
 - ``model_spec``: a registered model name, ``num_classes`` an integer from 1 to
   :data:`MAX_CLASSES` equal to the outputs of the graph or weights, ``options`` a mapping. Its

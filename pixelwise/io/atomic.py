@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Iterator
@@ -60,6 +61,28 @@ def atomic_file(path: str | Path, mode: str = "wb", durable: bool = False) -> It
             os.fsync(handle.fileno())
 
 
+@contextmanager
+def atomic_folder(path: str | Path) -> Iterator[Path]:
+    """A temporary folder to write ``path``'s files into; when the block ends it takes the place
+    of ``path`` (an existing folder there is moved aside first, then deleted), and it is deleted
+    if the block raises. A reader sees the old folder or the new one, each complete."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary, previous = temporary_name(path), temporary_name(path, "previous")
+    temporary.mkdir()
+    try:
+        yield temporary
+        for file in temporary.iterdir():
+            publish(file, file)  # the mode of a new file
+        if path.exists():
+            os.replace(path, previous)
+        os.replace(temporary, path)
+        _fsync_folder(path.parent)
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+        shutil.rmtree(previous, ignore_errors=True)
+
+
 def remove_orphan_temporaries(folder: str | Path, name: str | None = None) -> list[Path]:
     """Delete the temporary files of writes that were interrupted (``.NAME.PID.tmp``, see
     :func:`temporary_name`, whose writing process is gone); returns what was deleted.
@@ -75,7 +98,10 @@ def remove_orphan_temporaries(folder: str | Path, name: str | None = None) -> li
             continue
         if name is not None and not (match.group(1) == name or match.group(1).startswith(f"{name}.")):
             continue
-        candidate.unlink(missing_ok=True)
+        if candidate.is_dir() and not candidate.is_symlink():
+            shutil.rmtree(candidate, ignore_errors=True)  # a model folder's (see atomic_folder)
+        else:
+            candidate.unlink(missing_ok=True)
         removed.append(candidate)
     if removed:
         logger.info("removed %d temporary file(s) of interrupted writes in %s", len(removed), folder)

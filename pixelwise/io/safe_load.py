@@ -64,10 +64,7 @@ def load_torch_file(path: str | Path, what: str = "file") -> Any:
         ValueError: the file is truncated or not a PyTorch file.
     """
     if is_torchscript(path):
-        raise TorchScriptFileError(
-            f"{what} {str(path)!r} is a TorchScript program (what pixelwise export --format torchscript writes), "
-            f"which pixelwise does not load: run it with torch.jit.load or LibTorch; to predict with pixelwise "
-            f"pass the run's checkpoint (--checkpoint best.pt) or an ONNX export (--model model.onnx)")
+        raise torchscript_error(path, what)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -86,6 +83,14 @@ def load_torch_file(path: str | Path, what: str = "file") -> Any:
             reason = "torch refused it as anything but tensors and plain values"
         raise InputError(f"{what} {str(path)!r} is unreadable ({reason}); it may be truncated or not a PyTorch "
                          f"file") from error
+
+
+def torchscript_error(path: str | Path, what: str) -> TorchScriptFileError:
+    """The error for a TorchScript program given where tensors were expected, with what to do."""
+    return TorchScriptFileError(
+        f"{what} {str(path)!r} is a TorchScript program (what pixelwise export --format torchscript writes), "
+        f"which pixelwise does not load: run it with torch.jit.load or LibTorch; to predict with pixelwise "
+        f"pass the run's checkpoint (--checkpoint best.pt) or an ONNX export (--model model.onnx)")
 
 
 def is_torchscript(path: str | Path) -> bool:

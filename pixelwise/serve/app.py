@@ -62,10 +62,9 @@ from torch import nn
 from pixelwise.data.io import DataError, upload_size
 from pixelwise.errors import InputError
 from pixelwise.geometry import trace
-from pixelwise.inference.loading import LoadedModel, is_onnx, load_predictor, read_metadata
+from pixelwise.inference.loading import LoadedModel, architecture, load_predictor
 from pixelwise.inference.logits import InferenceOptions, predict_large_image
 from pixelwise.inference.predict import label_image, overlay as overlay_image, predict_whole
-from pixelwise.models import create_model, saved_options
 from pixelwise.serve.http import (LOOPBACK_HOSTS, Guard, ServiceError, ServiceMetrics, Upload, answer_errors_in_json,
                                   check_connected, read_upload, refusal)
 
@@ -213,11 +212,11 @@ def app_for_file(source: str, runtime: str | None = None, precision: str | None 
     loaded = load_predictor(source, runtime, precision, device)
     if isinstance(options, Mapping):
         options = InferenceOptions.following(loaded.inference, **options)
-    geometry = None
-    if is_onnx(source):  # the receptive fields of /explain need the architecture, not the weights
-        spec = read_metadata(source)["model_spec"]
-        geometry = create_model(spec["name"], num_classes=spec["num_classes"],
-                                **saved_options(spec["name"], spec["options"]))
+    # The receptive fields of /explain need the architecture, not the weights: where an ONNX
+    # graph runs it, the network is rebuilt from the file's record.
+    geometry = getattr(loaded.model, "model", None)
+    if geometry is None:
+        geometry = architecture(loaded.model_spec, repr(source))
     return create_app(loaded, options, limits, source, geometry, allowed_hosts)
 
 

@@ -1,4 +1,5 @@
-"""Training super-resolution networks with the segmentation engine's conventions.
+"""Training super-resolution networks through the training loop segmentation uses
+(:class:`~pixelwise.training.run_loop.TrainingLoop`).
 
 ``pixelwise superres train --config configs/superres_espcn_x3.yaml [key=value ...]``: a YAML
 recipe checked key by key (:class:`SuperResConfig`), a wall-clock budget
@@ -22,20 +23,20 @@ from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from pixelwise.config import RANGES, ConfigError, OptimConfig, ScheduleConfig, check_ranges, config_to_dict, \
-    load_recipe, save_config
+from pixelwise.config import RANGES, ConfigError, OptimConfig, ScheduleConfig, check_ranges, load_recipe, save_config
 from pixelwise.data.io import DataError, decode_image
 from pixelwise.errors import InputError
-from pixelwise.training.budget import EVAL_PROBE_IMAGES, BudgetClock, BudgetPlan, iterations_for_budget
-from pixelwise.io.checkpoint import load_checkpoint, non_finite_tensors, save_checkpoint
+from pixelwise.training.budget import BudgetPlan
+from pixelwise.io.checkpoint import load_checkpoint
 from pixelwise.inference.predict import expand_inputs
+from pixelwise.training.distributed import DistributedContext
 from pixelwise.training.run_log import RunLog, plot_curves
-from pixelwise.training.sampling import ResumableBatchSampler, SeededSamples
-from pixelwise.training.loop import OPEN_ENDED, TrainingDiverged
-from pixelwise.training.recipe import build_optimizer, learning_rate
-from pixelwise.training.run_folder import check_resume_config, prepare_run_folder
+from pixelwise.training.run_loop import (BestMetric, TrainingDiverged, TrainingLoop, TrainingTask, restore_progress,
+                                         resumable_batches)
+from pixelwise.training.recipe import build_optimizer
+from pixelwise.training.run_folder import prepare_run_folder
 from pixelwise.superres.images import downscale, luminance, modcrop, to_tensor, upscale_fixed
 from pixelwise.superres.models import create_sr_model
 from pixelwise.superres.quality import PEAK, QualityScores
@@ -48,6 +49,8 @@ RESUMABLE_CHANGES = ("train.iterations", "train.eval_every", "train.checkpoint_e
 SUMMARY_TAGS = {"psnr": "val/PSNR", "ssim": "val/SSIM", "periodic_db": "val/periodic_error_dB"}
 PSNR_CURVE = ("psnr", "psnr.png", "validation PSNR (luminance)", "PSNR (dB)", None)
 TASK = "superres"  # checkpoints say what they hold
+# best.pt holds the model of the highest validation PSNR.
+PSNR = BestMetric("psnr", "best_psnr", initial=-float("inf"))
 
 
 @dataclass
@@ -226,175 +229,56 @@ def train_superres(config: SuperResConfig, resume: bool = False, overwrite: bool
         raise InputError("resume continues the run in the folder and overwrite replaces it: pass one of the two")
     session_start = time.perf_counter()
     run_dir = Path(config.train.output_dir)
+    context = DistributedContext()  # one process, on the CPU
     prepare_run_folder(run_dir, resume, overwrite, RUN_FILES)
     torch.manual_seed(config.train.seed)
-    scale = config.model.scale
-    train_frames = SuperResFrames(config.data.train, scale, config.data.patch_size)
-    val_frames = SuperResFrames(config.data.val, scale, limit=config.data.val_images)
-    model = create_sr_model(config.model.name, scale, **config.model.options)
+    train_frames = SuperResFrames(config.data.train, config.model.scale, config.data.patch_size)
+    val_frames = SuperResFrames(config.data.val, config.model.scale, limit=config.data.val_images)
+    model = create_sr_model(config.model.name, config.model.scale, **config.model.options)
     optimizer = build_optimizer(config, model)
     state = load_checkpoint(run_dir / "last.pt") if resume else None
-    run = _SuperResRun(config, model, optimizer, val_frames, run_dir, session_start, on_step, on_total)
-    run.restore(state)
-    save_config(config, run_dir / "config.yaml")
-    sampler = ResumableBatchSampler(len(train_frames), config.data.batch_size, config.train.seed, run.iteration,
-                                    OPEN_ENDED if config.train.time_budget_min is not None else run.total)
-    batches = iter(DataLoader(SeededSamples(train_frames), batch_sampler=sampler, num_workers=config.data.workers))
     if state is not None:
-        torch.set_rng_state(state["rng"])  # after the loader drew its seed, as segmentation training does
-    with RunLog(run_dir, resume_from=run.iteration if state is not None else None,
+        _check_task(state, run_dir / "last.pt")
+    progress = restore_progress(state, model, optimizer, config, PSNR, RESUMABLE_CHANGES)
+    bicubic = evaluate_interpolation("bicubic", val_frames) if state is None else state["bicubic"]
+    save_config(config, run_dir / "config.yaml")
+    batches = resumable_batches(train_frames, config, progress, state, context)
+    task = _superres_task(config, model, optimizer, val_frames, bicubic)
+    run = TrainingLoop(task, config, context, model, optimizer, None, progress, run_dir, session_start, on_step,
+                       on_total)
+    with RunLog(run_dir, resume_from=progress.iteration if state is not None else None,
                 summary_tags=SUMMARY_TAGS) as log:
         if state is None:
-            log.record({"iteration": 0, "baseline": {"bicubic": run.bicubic}})
-        run.loop(batches, log)
+            log.record({"iteration": 0, "baseline": {"bicubic": bicubic}})
+        last_metrics = run.run(batches, log)
     plots = plot_curves(run_dir / "metrics.jsonl", run_dir, PSNR_CURVE)
-    return SuperResResult(run_dir, run.iteration, run.best_psnr, run.bicubic, run.last_metrics, plots)
+    return SuperResResult(run_dir, progress.iteration, progress.best, bicubic, last_metrics, plots)
 
 
-@dataclass
-class _SuperResRun:
-    """The loop's state: iteration, total, best PSNR, budget."""
+def _superres_task(config: SuperResConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
+                   val_frames: SuperResFrames, bicubic: dict) -> TrainingTask:
+    """Super-resolution for the training loop: a step on patch pairs, validation by PSNR, and
+    checkpoints that say what they hold (``task``, the network's spec, the bicubic baseline)."""
+    loss_fn = nn.MSELoss() if config.loss == "mse" else nn.L1Loss()
 
-    config: SuperResConfig
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    val_frames: SuperResFrames
-    run_dir: Path
-    session_start: float
-    on_step: Callable[[int, float], None] | None
-    on_total: Callable[[int, BudgetPlan | None], None] | None
-    iteration: int = 0
-    total: int | None = None
-    best_psnr: float = -float("inf")
-    train_seconds: float = 0.0
-    budget: dict | None = None
-    bicubic: dict = field(default_factory=dict)
-    last_metrics: dict | None = None
-    clock: BudgetClock | None = None
-    recent_steps: list[float] = field(default_factory=list)
+    def step(batch: tuple[Tensor, Tensor]) -> float:
+        low, high = batch
+        model.train()
+        loss = loss_fn(model(low), high)
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(f"the loss became {loss.item()}; lower optim.lr. The last good checkpoint is "
+                                   f"kept.")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.item()
 
-    def restore(self, state: dict | None) -> None:
-        """Start afresh, or continue from a checkpoint of this run."""
-        config = self.config
-        if state is None:
-            self.total = None if config.train.time_budget_min is not None else config.train.iterations
-            self.bicubic = evaluate_interpolation("bicubic", self.val_frames)
-        else:
-            _check_task(state, self.run_dir / "last.pt")
-            check_resume_config(config, state.get("config") or {}, RESUMABLE_CHANGES)
-            diverged = non_finite_tensors(state["model"])
-            if diverged:
-                raise TrainingDiverged(f"last.pt holds NaN or infinite values ({', '.join(diverged[:3])}); train "
-                                       f"again with --overwrite and a lower optim.lr")
-            self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.iteration, self.best_psnr = state["iteration"], state["best_psnr"]
-            self.train_seconds, self.budget, self.bicubic = state["train_seconds"], state["time_budget"], state["bicubic"]
-            self.total = state["total_iterations"] if config.train.time_budget_min is not None \
-                else config.train.iterations
-        if self.total is None:
-            # the budget counts from the start of the session: reading the frames is part of it
-            spent = self.train_seconds + time.perf_counter() - self.session_start
-            self.clock = BudgetClock(config.train.time_budget_min, spent_s=spent)
-        elif self.on_total is not None:
-            self.on_total(self.total, None)
-
-    def loop(self, batches, log: RunLog) -> None:
-        """Train until the total."""
-        loss_fn = nn.MSELoss() if self.config.loss == "mse" else nn.L1Loss()
-        tick = time.perf_counter()
-        for low, high in batches:
-            if self.total is not None and self.iteration >= self.total:
-                break
-            lr = learning_rate(self.iteration, self.total, self.config)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-            self.model.train()
-            loss = loss_fn(self.model(low), high)
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(f"the loss became {loss.item()} at iteration {self.iteration + 1}; lower "
-                                       f"optim.lr. The last good checkpoint is kept.")
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            self.iteration += 1
-            step_s = time.perf_counter() - tick
-            log.step(self.iteration, loss.item(), lr, step_s)
-            if self.on_step is not None:
-                self.on_step(self.iteration, loss.item())
-            self._time(step_s, log)
-            self._evaluate_and_save(log)
-            if self.total is not None and self.iteration >= self.total:
-                break
-            tick = time.perf_counter()
-
-    def _time(self, step_s: float, log: RunLog) -> None:
-        """Feed the budget clock until it fixes the total; then keep recent step times."""
-        if self.clock is None:
-            self.recent_steps = [*self.recent_steps[-49:], step_s]
-            return
-        self.clock.observe(step_s)
-        if self.clock.ready:
-            probe = range(min(EVAL_PROBE_IMAGES, len(self.val_frames)))
-            start = time.perf_counter()
-            evaluate_network(self.model, self.val_frames, probe)
-            eval_s = (time.perf_counter() - start) * len(self.val_frames) / len(probe)
-            plan = self.clock.plan(self.iteration, eval_s, self.config.train.eval_every)
-            self._set_plan(plan, log, "time_budget")
-            self.clock = None
-
-    def _set_plan(self, plan: BudgetPlan, log: RunLog, record: str) -> None:
-        if plan.total_iterations != self.total:
-            logger.info(plan.describe())
-            log.record({"iteration": self.iteration, record: plan.to_dict()})
-            if self.on_total is not None:
-                self.on_total(plan.total_iterations, plan)
-        self.total, self.budget = plan.total_iterations, plan.to_dict()
-
-    def _evaluate_and_save(self, log: RunLog) -> None:
-        train = self.config.train
-        final = self.total is not None and self.iteration >= self.total
-        saves = []
-        if self.iteration % train.eval_every == 0 or final:
-            start = time.perf_counter()
-            self.last_metrics = evaluate_network(self.model, self.val_frames)
-            log.evaluation(self.iteration, self.last_metrics)
-            if self.last_metrics["psnr"] > self.best_psnr:
-                self.best_psnr = self.last_metrics["psnr"]
-                saves.append("best.pt")
-            if self.budget is not None and not final and self.recent_steps:
-                self._revise(time.perf_counter() - start, log)
-                final = self.iteration >= self.total
-        if self.iteration % train.checkpoint_every == 0 or final:
-            saves.append("last.pt")
-        if saves:
-            self._save(saves)
-
-    def _revise(self, eval_s: float, log: RunLog) -> None:
-        """Re-fit the total to the speed measured since the plan (the machine's speed drifts)."""
-        elapsed = self.train_seconds + time.perf_counter() - self.session_start
-        step_s = sum(self.recent_steps) / len(self.recent_steps)
-        minutes = self.config.train.time_budget_min or self.budget["minutes"]
-        total = iterations_for_budget(minutes * 60.0, elapsed, self.iteration, step_s, eval_s,
-                                      self.config.train.eval_every)
-        self._set_plan(BudgetPlan(minutes, step_s, eval_s, elapsed, self.iteration, total), log,
-                       "time_budget_revised")
-
-    def _save(self, names: list[str]) -> None:
-        diverged = non_finite_tensors(self.model.state_dict())
-        if diverged:
-            raise TrainingDiverged(f"at iteration {self.iteration} the model's {', '.join(diverged[:3])} became NaN "
-                                   f"or infinite; lower optim.lr. The last checkpoint is kept.")
-        self.train_seconds += time.perf_counter() - self.session_start
-        self.session_start = time.perf_counter()
-        state = {"task": TASK, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                 "iteration": self.iteration, "total_iterations": self.total, "best_psnr": self.best_psnr,
-                 "train_seconds": self.train_seconds, "time_budget": self.budget, "rng": torch.get_rng_state(),
-                 "config": config_to_dict(self.config), "bicubic": self.bicubic,
-                 "model_spec": {"name": self.config.model.name, "scale": self.config.model.scale,
-                                "options": dict(self.config.model.options)}}
-        for name in names:
-            save_checkpoint(state, self.run_dir / name)
+    extras = {"task": TASK, "bicubic": bicubic,
+              "model_spec": {"name": config.model.name, "scale": config.model.scale,
+                             "options": dict(config.model.options)}}
+    return TrainingTask(step, lambda network: evaluate_network(network, val_frames),
+                        lambda network, indices: evaluate_network(network, val_frames, indices), len(val_frames),
+                        PSNR, extras, divergence_advice="lower optim.lr")
 
 
 def _check_task(state: dict, path: Path) -> None:

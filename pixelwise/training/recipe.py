@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from pixelwise.config import Config
-from pixelwise.data import ClassInfo, SegmentationDataset, create_dataset
+from pixelwise.data import ClassInfo, DataSpec, SegmentationDataset
 from pixelwise.data.transforms import CutMix, RareClassSampling, train_transform, val_transform
 from pixelwise.errors import InputError
 from pixelwise.inference.logits import InferenceOptions
@@ -20,26 +20,24 @@ from pixelwise.models import SegmentationModel, create_model, spec_options
 def build_datasets(config: Config) -> tuple[SegmentationDataset, SegmentationDataset]:
     """The training set (with the training augmentation) and the validation set (full images)."""
     data = config.data
-    options = _data_options(config)
-    probe = create_dataset(data.format, split=data.train_split, **options)
-    ignore_index = probe.classes.ignore_index
+    train_split = data_spec(config, data.train_split)
+    ignore_index = train_split.create_dataset().classes.ignore_index
     jitter = tuple(data.color_jitter) if isinstance(data.color_jitter, list) else data.color_jitter
     augment = train_transform(tuple(data.crop_size), tuple(data.scale_range), hflip=data.hflip,
                               color_jitter=jitter, ignore_index=ignore_index, random_conv=data.random_conv)
-    train_set = create_dataset(data.format, split=data.train_split, transform=augment, **options)
-    val_set = create_dataset(data.format, split=data.val_split, transform=val_transform(), **options)
+    train_set = train_split.create_dataset(augment)
+    val_set = data_spec(config, data.val_split).create_dataset(val_transform())
     return train_set, val_set
 
 
-def _data_options(config: Config) -> dict:
-    """The data set's keyword arguments: its folder and the format's options."""
-    data = config.data
-    return {"root": data.root, **data.options} if data.root is not None else dict(data.options)
+def data_spec(config: Config, split: str) -> DataSpec:
+    """A split of the recipe's data set: its format, folder and the format's options."""
+    return DataSpec(config.data.format, config.data.root, split, config.data.options)
 
 
 def _unaugmented_train_set(config: Config) -> SegmentationDataset:
     """The training split as stored: what class statistics are counted on (crops change them)."""
-    return create_dataset(config.data.format, split=config.data.train_split, **_data_options(config))
+    return data_spec(config, config.data.train_split).create_dataset()
 
 
 def train_class_pixels(config: Config, classes: ClassInfo) -> Tensor:

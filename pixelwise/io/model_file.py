@@ -1,0 +1,187 @@
+"""Every model file pixelwise reads or writes, through one door.
+
+:func:`read_model_file` tells the format from the file itself and returns a :class:`ModelFile`:
+the record (:class:`~pixelwise.io.record.ModelRecord`), the weights or graph, and for a training
+checkpoint its whole dictionary. One reader and one writer per format:
+
+============  ===============================  ==========================================
+format        written by                       read by
+============  ===============================  ==========================================
+checkpoint    ``pixelwise train`` (``.pt``)    :func:`~pixelwise.io.checkpoint.load_checkpoint`
+safetensors   ``export --format safetensors``  :func:`~pixelwise.io.safetensors_file.read_safetensors_model`
+folder        ``export --format folder``       :func:`~pixelwise.io.safetensors_file.read_folder`
+onnx          ``export --format onnx``         :func:`read_onnx`
+torchscript   ``export --format torchscript``  refused by name: run it with ``torch.jit.load``
+============  ===============================  ==========================================
+
+Nothing here runs code from a file, downloads anything, or builds a model: the record's values
+are checked, and the model rebuilt, by :mod:`pixelwise.inference.loading`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pixelwise.errors import InputError, MissingFileError
+from pixelwise.io.atomic import atomic_path
+from pixelwise.io.checkpoint import load_checkpoint
+from pixelwise.io.record import CHECKSUM_KEY, ModelRecord, check_precision_field, metadata_digest
+from pixelwise.io.safe_load import file_format, is_torchscript, torchscript_error
+from pixelwise.io.safetensors_file import (CONFIG_NAME, WEIGHTS_NAME, is_model_folder, read_folder, write_folder,
+                                          write_safetensors)
+
+FORMATS = ("checkpoint", "safetensors", "folder", "onnx", "torchscript")
+_ONNX_REMEDY = "export it again with pixelwise export"
+
+__all__ = ["FORMATS", "ModelFile", "model_file_format", "read_model_file", "read_onnx", "write_folder", "write_onnx",
+           "write_safetensors", "write_torchscript"]
+
+
+@dataclass
+class ModelFile:
+    """A model file as read, before its record is checked.
+
+    Attributes:
+        path: where it was read from.
+        format: one of :data:`FORMATS`.
+        record: what it says about its model.
+        weights: the model's state dict (``None`` for an ONNX graph).
+        state: a training checkpoint's whole dictionary (its recipe, optimiser, progress);
+            ``None`` for exports.
+        graph: an ONNX file's ``ModelProto`` (``None`` otherwise), parsed once.
+        label: how messages name the file, where not by its path.
+    """
+
+    path: Path
+    format: str
+    record: ModelRecord
+    weights: dict[str, torch.Tensor] | None = None
+    state: dict[str, Any] | None = None
+    graph: Any = None
+    label: str | None = None
+
+    @property
+    def source(self) -> str:
+        """How messages name the file: ``label``, else its quoted path."""
+        return self.label or repr(str(self.path))
+
+    @property
+    def recipe(self) -> dict[str, Any]:
+        """The training recipe recorded with a checkpoint (empty for exports)."""
+        return dict((self.state or {}).get("config") or {})
+
+
+def model_file_format(path: str | Path) -> str:
+    """What a model file is, told from the file itself (its name only for ONNX).
+
+    Raises:
+        FileNotFoundError: nothing there, or a folder that is neither a model folder nor
+            holds a run's checkpoint (the message says what to pass).
+    """
+    path = Path(path)
+    if path.is_dir():
+        if is_model_folder(path):
+            return "folder"
+        inside = [name for name in ("best.pt", "last.pt") if (path / name).is_file()]
+        hint = f"pass {path / inside[0]}" if inside else (
+            f"pass a checkpoint file (a run's best.pt or last.pt) or a model folder (one holding {CONFIG_NAME} "
+            f"and {WEIGHTS_NAME}, as pixelwise export --format folder writes it)")
+        raise MissingFileError(f"checkpoint {str(path)!r} is a folder, not a file; {hint}")
+    if path.suffix.lower() == ".onnx":
+        return "onnx"  # read_onnx says if it is missing
+    if not path.is_file():
+        raise MissingFileError(f"checkpoint {str(path)!r} does not exist; train first, or check the run folder")
+    if is_torchscript(path):
+        return "torchscript"
+    return "safetensors" if path.suffix == ".safetensors" or file_format(path) == "safetensors" else "checkpoint"
+
+
+def read_model_file(path: str | Path) -> ModelFile:
+    """Read any model file pixelwise writes (see the table above), verifying its checksum.
+
+    Raises:
+        FileNotFoundError: no such file or model folder.
+        TorchScriptFileError: a TorchScript program, which pixelwise does not load.
+        UntrustedFileError: a pickle that would run code; nothing ran.
+        ValueError: not a model file, damaged, edited, or lacking its record.
+    """
+    path = Path(path)
+    kind = model_file_format(path)
+    if kind == "onnx":
+        record, graph = read_onnx(path)
+        return ModelFile(path, kind, record, graph=graph)
+    if kind == "folder":
+        record, weights = read_folder(path)
+        return ModelFile(path, kind, record, weights)
+    if kind == "torchscript":
+        raise torchscript_error(path, "model file")
+    state = load_checkpoint(path)
+    record = ModelRecord.from_state(state, repr(str(path)))
+    return ModelFile(path, kind, record, state["model"], state if kind == "checkpoint" else None)
+
+
+# ONNX ------------------------------------------------------------------------------------------
+
+def write_onnx(proto: Any, record: ModelRecord, path: str | Path) -> None:
+    """Save an ONNX graph with the record in its ``metadata_props`` (checksummed)."""
+    import onnx  # optional at import: only ONNX users need it
+
+    del proto.metadata_props[:]
+    metadata = record.to_metadata()
+    for key, value in {**metadata, CHECKSUM_KEY: metadata_digest(metadata)}.items():
+        proto.metadata_props.add(key=key, value=value)
+    onnx.save(proto, str(path))
+
+
+def read_onnx(path: str | Path) -> tuple[ModelRecord, Any]:
+    """The record (its checksum verified, its precision one an export computes in) and the
+    parsed graph of an ONNX file.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file is not ONNX, carries no pixelwise metadata, or metadata that was
+            edited.
+    """
+    import onnx  # optional at import: only ONNX users need it
+    from google.protobuf.message import DecodeError
+
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"ONNX model {str(path)!r} does not exist; export one with pixelwise export")
+    try:
+        graph = onnx.load(str(path), load_external_data=False)
+    except DecodeError as error:
+        raise InputError(f"{str(path)!r} is not an ONNX model (it does not parse: {error}); "
+                         f"export one with pixelwise export --format onnx") from error
+    props = {prop.key: prop.value for prop in graph.metadata_props}
+    if CHECKSUM_KEY in props and metadata_digest(props) != props[CHECKSUM_KEY]:
+        raise InputError(f"{str(path)!r} is damaged or was edited: its pixelwise metadata (model spec, class names, "
+                         f"normalisation, inference options) no longer matches the checksum written with it; "
+                         f"{_ONNX_REMEDY}")
+    record = ModelRecord.from_metadata(props, repr(str(path)), "an ONNX model", "export it with pixelwise export, "
+                                       "which records classes, palette and normalisation")
+    check_precision_field(record, repr(str(path)), _ONNX_REMEDY)
+    return record, graph
+
+
+def onnx_output_channels(graph: Any) -> int | None:
+    """The channels of an ONNX graph's logits ``(N, C, H, W)``; ``None`` if the graph does not
+    output one such tensor with a fixed channel count."""
+    outputs = graph.graph.output
+    dims = outputs[0].type.tensor_type.shape.dim if len(outputs) == 1 else []
+    if len(dims) != 4 or not dims[1].HasField("dim_value"):
+        return None
+    return dims[1].dim_value
+
+
+# TorchScript -----------------------------------------------------------------------------------
+
+def write_torchscript(program: torch.jit.ScriptModule, record: ModelRecord, path: str | Path) -> None:
+    """Save a TorchScript program atomically with the record as extra files (for LibTorch and
+    ``torch.jit.load`` users; pixelwise itself does not load programs)."""
+    metadata = record.to_metadata()
+    with atomic_path(path) as temporary:
+        torch.jit.save(program, str(temporary), _extra_files={**metadata, CHECKSUM_KEY: metadata_digest(metadata)})
