@@ -25,6 +25,11 @@ are folded in the same order either way, so :func:`predict_logits` (whose sink f
 tensor) and :func:`predict_tiled` (whose sink writes class indices) agree exactly (with bands,
 as exactly as the model's convolutions agree with themselves when windows are batched
 differently).
+
+**Context.** A PyTorch model that declares a context margin (the valid-convolution U-Net, see
+:attr:`~pixelwise.models.base.SegmentationModel.context_margin`) has each window read with the
+real image around it that the model asks for, mirrored only past the image's borders, and its
+logits cropped back to the window: the paper's overlap-tile, window by window.
 """
 from __future__ import annotations
 
@@ -37,6 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from pixelwise.errors import InputError
+from pixelwise.models.base import SegmentationModel
 from pixelwise.runtimes.base import Runtime
 from pixelwise.runtimes.torch_runtime import TorchRuntime
 
@@ -265,12 +271,98 @@ def as_runtime(model: Predictor, precision: str | None = None) -> Runtime:
     return model
 
 
-def forward_logits(runtime: Runtime, batch: Tensor, num_classes: int | None) -> Tensor:
+def forward_logits(runtime: Runtime, batch: Tensor, num_classes: int | None, margin: int = 0) -> Tensor:
+    """The runtime's logits of ``batch``, float32, checked: at the input's size less ``margin`` on
+    every side (a model's context margin, see :class:`_WindowReader`), with ``num_classes``."""
     logits = runtime(batch).float()  # blend in float32 whatever the network computes in
-    if logits.shape[-2:] != batch.shape[-2:] or (num_classes is not None and logits.shape[1] != num_classes):
+    size = tuple(side - 2 * margin for side in batch.shape[-2:])
+    if tuple(logits.shape[-2:]) != size or (num_classes is not None and logits.shape[1] != num_classes):
+        where = "at the input size" if not margin else f"at the input size less {margin} pixels on each side"
         raise InputError(f"model returned logits of shape {tuple(logits.shape)} for input {tuple(batch.shape)}; "
-                         f"expected (N, {num_classes or 'classes'}, H, W) at the input size")
+                         f"expected (N, {num_classes or 'classes'}, H, W) {where}")
     return logits
+
+
+# Windows with context ---------------------------------------------------------------------------
+
+def mirror_indices(start: int, length: int, side: int) -> Tensor:
+    """Image rows (or columns) for positions ``start .. start + length - 1`` of a side ``side``
+    long, mirrored outside it as :func:`~pixelwise.layers.mirror_pad` mirrors (reflection
+    without repeating the edge pixel, again and again; a side of one pixel is repeated)."""
+    positions = torch.arange(start, start + length)
+    if side == 1:
+        return torch.zeros_like(positions)
+    period = 2 * (side - 1)
+    positions = positions.remainder(period)
+    return torch.where(positions < side, positions, period - positions)
+
+
+def read_mirrored(read_region: RegionReader, image_size: tuple[int, int], region: Sequence[int]) -> Tensor:
+    """The image over ``region`` ``(top, left, height, width)``, which may reach outside the image:
+    one read of the pixels it needs, mirrored outwards (``read_region`` itself when inside)."""
+    top, left, height, width = region
+    if top >= 0 and left >= 0 and top + height <= image_size[0] and left + width <= image_size[1]:
+        return read_region(top, left, height, width)
+    rows, cols = mirror_indices(top, height, image_size[0]), mirror_indices(left, width, image_size[1])
+    first_row, first_col = int(rows.min()), int(cols.min())
+    block = read_region(first_row, first_col, int(rows.max()) - first_row + 1, int(cols.max()) - first_col + 1)
+    return block[:, (rows - first_row).to(block.device)][:, :, (cols - first_col).to(block.device)]
+
+
+class _ContextForward(nn.Module):
+    """A model's :meth:`~pixelwise.models.base.SegmentationModel.forward_context` as a module, for a
+    :class:`~pixelwise.runtimes.TorchRuntime` to run (eval mode, autocast) like the model itself."""
+
+    def __init__(self, model: SegmentationModel) -> None:
+        super().__init__()
+        self.model = model
+        self.training = model.training  # the runtime restores this flag after each call
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model.forward_context(x)
+
+
+@dataclass
+class _WindowReader:
+    """What the network sees of each window: the window itself, or, for a PyTorch model with a
+    context margin (:attr:`~pixelwise.models.base.SegmentationModel.context_margin`), the region
+    around it the model asks for (mirrored past the image's borders), whose logits are cropped
+    back to the window."""
+
+    read_region: RegionReader
+    image_size: tuple[int, int]
+    model: SegmentationModel | None = None
+
+    @classmethod
+    def build(cls, runtime: Runtime, read_region: RegionReader, image_size: tuple[int, int]
+              ) -> tuple[_WindowReader, Runtime]:
+        """The reader for ``runtime``'s model, and the runtime that runs the windows it reads."""
+        model = runtime.model if isinstance(runtime, TorchRuntime) else None
+        if not (isinstance(model, SegmentationModel) and model.context_margin > 0):
+            return cls(read_region, image_size), runtime
+        return cls(read_region, image_size, model), TorchRuntime(_ContextForward(model), runtime.precision)
+
+    @property
+    def margin(self) -> int:
+        return self.model.context_margin if self.model is not None else 0
+
+    def region(self, window: Sequence[int]) -> tuple[int, int, int, int]:
+        """The region read for ``window`` ``(top, left, height, width)``."""
+        return tuple(window) if self.model is None else self.model.context_region(window, self.image_size)
+
+    def read(self, window: Sequence[int]) -> Tensor:
+        if self.model is None:
+            return self.read_region(*window)
+        return read_mirrored(self.read_region, self.image_size, self.region(window))
+
+    def crop(self, window: Sequence[int], logits: Tensor) -> Tensor:
+        """The window's own logits out of the logits of its region."""
+        if self.model is None:
+            return logits
+        top, left, height, width = window
+        region_top, region_left = self.region(window)[:2]
+        rows, cols = top - region_top - self.margin, left - region_left - self.margin
+        return logits[:, rows:rows + height, cols:cols + width]
 
 
 @torch.inference_mode()
@@ -282,7 +374,10 @@ def run_windows(model: Predictor, read_region: RegionReader, image_size: Size, e
     Args:
         model: a runtime, or a module (run in fp32), mapping ``(N, channels, h, w)`` to logits
             ``(N, classes, h, w)``.
-        read_region: the image, a region at a time (only window-sized regions are asked for).
+        read_region: the image, a region at a time, always inside the image: window-sized, or
+            for a PyTorch model with a context margin (the valid-convolution U-Net) the window
+            with the real context around it the model asks for, mirrored past the image's
+            borders (overlap-tile: the window's logits are then those of the whole image).
         image_size: ``(height, width)`` of the image.
         emit: receives each finished block of blended logits (float32, on the runtime's device),
             every pixel exactly once.
@@ -297,29 +392,29 @@ def run_windows(model: Predictor, read_region: RegionReader, image_size: Size, e
     """
     if batch_size < 1 or (band is not None and band < 1):
         raise InputError(f"batch_size and band must be positive, got {batch_size} and {band}")
-    runtime = as_runtime(model)
     height, width = as_pair(image_size)
+    reader, runtime = _WindowReader.build(as_runtime(model), read_region, (height, width))
     (window_h, window_w), (stride_h, stride_w) = as_pair(window), as_pair(stride)
     rows, cols = _Axis.build(height, window_h, stride_h), _Axis.build(width, window_w, stride_w)
     weights = importance_map((rows.window, cols.window), blend).to(runtime.device)
     windows = sliding_windows((height, width), window, stride)
-    stats = TiledStats(largest_read=windows[0][2:])
+    stats = TiledStats(largest_read=reader.region(windows[0])[2:])
     for cells in _bands(rows, cols, band):
         blender = _CellBlender(rows, cols, cells, weights, emit)
-        _run_band(runtime, read_region, [w for w in windows if blender.touches(*w[:2])], blender, batch_size,
+        _run_band(runtime, reader, [w for w in windows if blender.touches(*w[:2])], blender, batch_size,
                   num_classes, stats)
         stats.bands += 1
         stats.peak_blend_bytes = max(stats.peak_blend_bytes, blender.peak_bytes)
     return stats
 
 
-def _run_band(runtime: Runtime, read_region: RegionReader, windows: list[tuple[int, int, int, int]],
+def _run_band(runtime: Runtime, reader: _WindowReader, windows: list[tuple[int, int, int, int]],
               blender: _CellBlender, batch_size: int, num_classes: int | None, stats: TiledStats) -> None:
     """Run the windows touching one band through the network, a batch at a time, and blend them."""
     for start in range(0, len(windows), batch_size):
         chunk = windows[start:start + batch_size]
-        batch = torch.stack([read_region(*region) for region in chunk]).to(runtime.device)
-        for (top, left, _, _), logits in zip(chunk, forward_logits(runtime, batch, num_classes)):
-            blender.add(top, left, logits)
+        batch = torch.stack([reader.read(window) for window in chunk]).to(runtime.device)
+        for window, logits in zip(chunk, forward_logits(runtime, batch, num_classes, reader.margin)):
+            blender.add(window[0], window[1], reader.crop(window, logits))
         stats.windows += len(chunk)
         stats.forwards += 1

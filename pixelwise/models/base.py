@@ -152,6 +152,25 @@ class SegmentationModel(nn.Module):
         """Logits (and auxiliary logits when asked, else ``None``) at the padded input size."""
         raise NotImplementedError
 
+    @property
+    def context_margin(self) -> int:
+        """How far inside its input :meth:`forward_context` starts its logits, in pixels: a model
+        that needs real image context around a region it predicts (the valid-convolution U-Net)
+        says so here and windowed inference reads that context; 0 (every other model): a window
+        is predicted from its own pixels, with :meth:`forward`."""
+        return 0
+
+    def context_region(self, region: Sequence[int], image_size: Sequence[int]) -> tuple[int, int, int, int]:
+        """The region ``(top, left, height, width)`` to read, and give :meth:`forward_context`, to
+        predict ``region`` (the same form) of an image of ``image_size``; it may reach outside the
+        image, where the image is mirrored as :func:`~pixelwise.layers.mirror_pad` mirrors it."""
+        return tuple(int(value) for value in region)
+
+    def forward_context(self, x: Tensor) -> Tensor:
+        """Logits of the input read for :meth:`context_region`: their pixel ``(0, 0)`` is the
+        input's pixel ``(context_margin, context_margin)``, and they cover the region asked for."""
+        return self(x)
+
     def designed_sizes(self, min_size: int, max_size: int) -> DesignedSizes | None:
         """The input sizes from ``min_size`` to ``max_size`` that need no padding, by design;
         ``None`` when the design does not say (the layers decide, see

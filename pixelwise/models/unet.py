@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from pixelwise.encoders import Encoder, EncoderWeights, create_encoder
 from pixelwise.errors import InputError
 from pixelwise.layers import IMAGE_GRID, ConvNormAct, Grid, LayerSpec, make_upsampler, mirror_pad, upsampler_between
+from pixelwise.layers.conv import standardize_per_image
 from pixelwise.models.base import DesignedSizes, SegmentationModel, size_listing
 from pixelwise.models.registry import register_model
 
@@ -289,6 +290,56 @@ class UNet(SegmentationModel):
         right = unet_input_size(width, self.depth) - width - margin
         logits = self.forward_core(mirror_pad(x, margin, bottom, margin, right))
         return logits[..., :height, :width], None
+
+    @property
+    def context_margin(self) -> int:
+        """The valid network's margin (:func:`unet_margin`): windowed inference reads real image
+        context around each window (:meth:`context_region`). 0 when same-padded, or at an
+        ``input_scale`` other than 1 (each window is then predicted on its own, by :meth:`forward`)."""
+        if self.padding == "same" or self.input_scale != 1.0:
+            return 0
+        return unet_margin(self.depth)
+
+    def context_region(self, region: Sequence[int], image_size: Sequence[int]) -> tuple[int, int, int, int]:
+        """Overlap-tile for one window of a larger image.
+
+        Along each side, :meth:`forward` runs the core on the image mirrored onto
+        ``[-margin, unet_input_size(side) - margin)``. The region read here is a stretch of that
+        same mirrored input which starts on one of its multiples of ``2^depth`` (so every
+        max-pooling pairs the same pixels as the whole image's), gives logits ``2^(depth+1)``
+        pixels past the window on each side (the upsamplers pad their input's borders, which
+        changes a band of up to ``2·(2^depth - 1)`` logits along every edge of a stretch that the
+        whole input does not share), and is equally long for every window of one size (so
+        windows batch). The window's logits are then those of :meth:`forward` on the whole
+        image, to rounding, wherever the window lies.
+        """
+        if not self.context_margin:
+            return super().context_region(region, image_size)
+        top, left, height, width = (int(value) for value in region)
+        first_row, rows = self._context_span(top, height, int(image_size[0]))
+        first_col, cols = self._context_span(left, width, int(image_size[1]))
+        return first_row, first_col, rows, cols
+
+    def _context_span(self, start: int, length: int, side: int) -> tuple[int, int]:
+        """First pixel and length of the stretch :meth:`context_region` reads along one side."""
+        grid = 2**self.depth
+        margin, reach = unet_margin(self.depth), 2 * grid
+        whole = unet_input_size(side, self.depth)
+        span = min(whole, unet_input_size(length + grid - 1 + 2 * reach, self.depth))
+        first = (start - reach) // grid * grid - margin
+        return min(max(first, -margin), whole - margin - span), span
+
+    def forward_context(self, x: Tensor) -> Tensor:
+        """The core on a region read for :meth:`context_region` (after the input norm and layout
+        :meth:`forward` applies): logits starting ``context_margin`` pixels inside it."""
+        if not self.context_margin:
+            return super().forward_context(x)
+        self._check_input(x)
+        if self.input_norm == "instance":
+            x = standardize_per_image(x)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.forward_core(x)
 
     def designed_sizes(self, min_size: int, max_size: int) -> DesignedSizes:
         """Overlap-tile mirrors the margin onto every side; the sizes whose mirrored image is a
