@@ -18,12 +18,20 @@ Two measurements on CamVid train (367 frames, 480×360), with the training prese
    (``--threads``, default ``cpu_count``); where the worker load is high, pass
    ``--threads`` = cores minus workers.
 
+3. **Elastic deformation** (U-Net's, :class:`pixelwise.data.elastic.ElasticDeformation`: 3×3
+   grid, σ = 10 px): milliseconds per sample on a 512×512 grayscale-as-RGB uint8 slice (the
+   ISBI 2012 EM slice size) and its mask, on one thread as a loader worker runs it; and, with
+   the training measurement, a batch's worth of it as a share of a training step's time (worker
+   time, which overlaps the step while the workers keep up). ``--elastic`` also puts it in the
+   CamVid loader (before the crop, as ``data.elastic`` does), so the data wait is measured with it.
+
 Target: data wait under 10% of a step. CamVid is read in place (``--root``, default
-``../shared/datasets/camvid`` next to the repository); without it the benchmark says so and
-exits cleanly.
+``../shared/datasets/camvid`` next to the repository); without it (or with ``--elastic-only``)
+only the elastic deformation is measured.
 
 Usage:
-    python benchmarks/data.py [--steps 10] [--workers 2] [--batch-size 4] [--root PATH]
+    python benchmarks/data.py [--steps 10] [--workers 2] [--batch-size 4] [--root PATH] [--elastic]
+    python benchmarks/data.py --elastic-only
 
 Prints a table and writes ``benchmarks/results/data.json``.
 """
@@ -41,10 +49,12 @@ import torch
 import torchvision
 from torch import nn
 from torch.utils.data import DataLoader
+from torchvision import tv_tensors
 
 import pixelwise
 from pixelwise.data import create_dataset
 from pixelwise.data.classes import IGNORE_INDEX
+from pixelwise.data.elastic import ElasticDeformation
 from pixelwise.data.transforms import train_transform
 from report import write_report  # benchmarks/report.py: run as scripts, this folder is on sys.path
 
@@ -52,12 +62,15 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_ROOT = REPO.parent / "shared" / "datasets" / "camvid"
 RESULTS = REPO / "benchmarks" / "results" / "data.json"
 CROP = (360, 480)
+ELASTIC_SIZE = 512  # an ISBI 2012 EM slice
 
 
-def make_loader(root: Path, workers: int, batch_size: int) -> DataLoader:
-    """CamVid train with the training preset, shuffled, seeded, workers kept between epochs."""
+def make_loader(root: Path, workers: int, batch_size: int, elastic: bool = False) -> DataLoader:
+    """CamVid train with the training preset (with U-Net's elastic deformation if asked), shuffled,
+    seeded, workers kept between epochs."""
+    deform = ElasticDeformation(grid=3, sigma=10.0) if elastic else None
     dataset = create_dataset("camvid", root=root, split="train",
-                             transform=train_transform(CROP, scale_range=(0.5, 2.0), hflip=0.5))
+                             transform=train_transform(CROP, scale_range=(0.5, 2.0), hflip=0.5, elastic=deform))
     return DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers, drop_last=True,
                       persistent_workers=workers > 0, generator=torch.Generator().manual_seed(0))
 
@@ -74,6 +87,44 @@ def measure_throughput(loader: DataLoader, batches: int) -> dict:
         count += images.shape[0]
     elapsed = time.perf_counter() - start
     return {"batches": batches, "samples": count, "seconds": elapsed, "samples_per_s": count / elapsed}
+
+
+def measure_elastic(samples: int, size: int = ELASTIC_SIZE) -> dict:
+    """Milliseconds per sample of the elastic deformation (3×3 grid, σ = 10 px) of a ``size``²
+    grayscale slice stored as RGB uint8 and its int64 mask, on one thread as in a loader worker;
+    the first call is not timed."""
+    gray = torch.randint(0, 256, (1, size, size), dtype=torch.uint8)
+    image, mask = tv_tensors.Image(gray.expand(3, size, size).clone()), tv_tensors.Mask((gray[0] > 127).long())
+    deform = ElasticDeformation(grid=3, sigma=10.0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    times = []
+    try:
+        deform(image, mask)
+        for _ in range(samples):
+            start = time.perf_counter()
+            deform(image, mask)
+            times.append((time.perf_counter() - start) * 1e3)
+    finally:
+        torch.set_num_threads(threads)
+    return {"size": [size, size], "grid": 3, "sigma": 10.0, "threads": 1, "samples": samples,
+            "ms_per_sample": statistics.mean(times), "median_ms_per_sample": statistics.median(times),
+            "ms": times}
+
+
+def print_elastic(elastic: dict, batch_size: int, training: dict | None) -> float | None:
+    """The elastic deformation's cost per sample and, given a training measurement, a batch's worth
+    of it as a share of a step's time; returns that share."""
+    height, width = elastic["size"]
+    print(f"elastic deformation (3×3 grid, σ = 10 px), {height}×{width} RGB uint8 + mask, one thread: "
+          f"{elastic['ms_per_sample']:.1f} ms per sample (median {elastic['median_ms_per_sample']:.1f})")
+    if training is None:
+        return None
+    step_ms = training["wait_ms_per_step"] + training["compute_ms_per_step"]
+    share = batch_size * elastic["ms_per_sample"] / step_ms
+    print(f"  a batch of {batch_size}: {batch_size * elastic['ms_per_sample']:.0f} ms of worker time per "
+          f"{step_ms:.0f} ms training step = {100 * share:.2f}% of the step")
+    return share
 
 
 def endless(loader: DataLoader):
@@ -130,26 +181,36 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads of the main process (default: cpu_count)")
     parser.add_argument("--upsample", default="transposed", help="decoder upsampler of the U-Net")
+    parser.add_argument("--elastic", action="store_true", help="add U-Net's elastic deformation to the loader")
+    parser.add_argument("--elastic-only", action="store_true", help="measure only the elastic deformation")
+    parser.add_argument("--elastic-samples", type=int, default=20, help="timed elastic deformations")
     parser.add_argument("--output", type=Path, default=RESULTS, help="where to write the JSON")
     return parser.parse_args()
 
 
 def main() -> int:
     args = parse_args()
-    if not (args.root / "train").is_dir() or not (args.root / "trainannot").is_dir():
-        print(f"CamVid not found at {args.root} (needs train/ and trainannot/); skipping the data benchmark. "
-              "Pass --root to point at a copy.")
-        return 0
     threads = args.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    loader = make_loader(args.root, args.workers, args.batch_size)
+    elastic = measure_elastic(args.elastic_samples)
+    if args.elastic_only or not (args.root / "train").is_dir() or not (args.root / "trainannot").is_dir():
+        if not args.elastic_only:
+            print(f"CamVid not found at {args.root} (needs train/ and trainannot/); skipping the loading "
+                  "benchmark. Pass --root to point at a copy.")
+        print_elastic(elastic, args.batch_size, None)
+        write_report({"question": "milliseconds per sample of elastic deformation", "cpus": os.cpu_count(),
+                      "processor": platform.processor() or platform.machine(), "torch": torch.__version__,
+                      "elastic": elastic}, args.output)
+        return 0
+    loader = make_loader(args.root, args.workers, args.batch_size, args.elastic)
     print(f"CamVid train: {len(loader.dataset)} frames, crop {CROP[0]}×{CROP[1]}, batch {args.batch_size}, "
           f"{args.workers} workers, {threads} main thread(s), {os.cpu_count()} CPUs")
     throughput = measure_throughput(loader, min(args.read_batches or len(loader), len(loader)) - 1)
     model = pixelwise.create_model("unet", num_classes=11, encoder="resnet18", upsample=args.upsample)
     training = measure_training(loader, model, args.steps, args.warmup)
     print_table(throughput, training)
+    elastic_share = print_elastic(elastic, args.batch_size, training)
     # Seconds of worker time a step needs (at the idle-main-process rate), per second of step.
     worker_load = args.batch_size / throughput["samples_per_s"] / (training["compute_ms_per_step"] / 1e3)
     if args.workers:
@@ -159,6 +220,7 @@ def main() -> int:
         "device": "cpu", "processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
         "torch": torch.__version__, "torchvision": torchvision.__version__,
         "dataset": "camvid train", "crop": list(CROP), "scale_range": [0.5, 2.0], "hflip": 0.5,
+        "loader_elastic": args.elastic, "elastic": elastic, "elastic_share_of_step": elastic_share,
         "workers": args.workers, "batch_size": args.batch_size, "main_threads": threads,
         "model": {"name": "unet", "encoder": "resnet18", "upsample": args.upsample, "num_classes": 11},
         "throughput": throughput, "training": training, "worker_load": worker_load, "target_wait_share": 0.10,

@@ -50,6 +50,27 @@ class RareClassConfig:
 
 
 @dataclass
+class ElasticConfig:
+    """Elastic deformation (``data.elastic``), U-Net's augmentation: displacements drawn on a coarse
+    grid, interpolated bicubically, image and mask warped alike (the mask by nearest neighbour);
+    see :class:`pixelwise.data.elastic.ElasticDeformation`."""
+
+    grid: int = 3  # coarse grid points per side (the paper: 3×3)
+    sigma: float = 10.0  # standard deviation of the displacements, in pixels (the paper: 10)
+    p: float = 1.0  # chance that a training sample is deformed
+
+
+@dataclass
+class WeightMapConfig:
+    """The U-Net paper's border weight map (``data.weight_map``) for binary membrane data, computed
+    once per training mask and used by ``loss: weighted_ce``; see
+    :func:`pixelwise.data.weight_map.border_weight_map`."""
+
+    w0: float = 10.0  # height of the border term w0 · exp(−(d1 + d2)² / 2σ²)
+    sigma: float = 5.0  # its width σ, in pixels
+
+
+@dataclass
 class DataConfig:
     """Where the images come from and how they are augmented."""
 
@@ -69,10 +90,16 @@ class DataConfig:
     # Probability that a training image is mixed with a random convolution of itself (texture
     # and colour randomised, shapes kept; Xu et al., 2021); 0 for never.
     random_conv: float = 0.0
+    # Elastic deformation of image and mask (U-Net, Ronneberger et al., 2015): null for none,
+    # {} for the paper's 3×3 grid and 10-pixel sigma, or some of {grid, sigma, p}.
+    elastic: ElasticConfig | None = None
     # Draw each training sample for a class, rare classes more often (DAFormer's rare-class
     # sampling): null for the data set's own order, {} for the defaults, or some of
     # {temperature, min_pixels, min_crop_ratio}.
     rare_classes: RareClassConfig | None = None
+    # Per-pixel loss weights of U-Net's border weight map (binary masks, loss: weighted_ce): null
+    # for none, {} for the paper's w0 = 10 and sigma = 5 pixels, or some of {w0, sigma}.
+    weight_map: WeightMapConfig | None = None
     batch_size: int = 8  # per process: under torchrun the global batch is batch_size × processes
     workers: int = 2
     options: dict = field(default_factory=dict)  # format-specific: num_classes, mask_colors, ...
@@ -159,7 +186,25 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     """
     config = load_recipe(Config, path, overrides)
     check_ranges(config)
+    check_weight_map(config)
     return config
+
+
+def check_weight_map(config: Config) -> None:
+    """Refuse ``data.weight_map`` with sampling that would drop it: CutMix pastes masks without
+    their weights, and rare-class sampling draws samples of its own.
+
+    Raises:
+        ConfigError: naming the setting that clashes.
+    """
+    data = config.data
+    if data.weight_map is None:
+        return
+    for key, clashes in (("data.cutmix", data.cutmix > 0), ("data.rare_classes", data.rare_classes is not None)):
+        if clashes:
+            raise ConfigError(f"data.weight_map cannot be combined with {key} (its samples would lose their weight "
+                              f"maps): set {key} to {0 if key == 'data.cutmix' else 'null'}, or data.weight_map "
+                              "to null")
 
 
 def load_recipe(recipe_type: type[R], path: str | Path | None = None, overrides: Sequence[str] = ()) -> R:
@@ -193,9 +238,13 @@ RANGES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
      "null, one strength >= 0, or [brightness, contrast, saturation, hue] with each >= 0 and hue <= 0.5"),
     ("data.cutmix", lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
     ("data.random_conv", lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
+    ("data.elastic", lambda v: v is None or (v.grid >= 2 and 0 <= v.sigma < math.inf and 0 <= v.p <= 1),
+     "null, or grid >= 2 points per side, sigma >= 0 pixels and p in [0, 1]"),
     ("data.rare_classes", lambda v: v is None or (0 < v.temperature < math.inf and v.min_pixels >= 1
                                                   and 0 <= v.min_crop_ratio < math.inf),
      "null, or temperature > 0, min_pixels >= 1 and min_crop_ratio >= 0"),
+    ("data.weight_map", lambda v: v is None or (0 <= v.w0 < math.inf and 0 < v.sigma < math.inf),
+     "null, or w0 >= 0 and sigma > 0 pixels"),
     ("optim.name", lambda v: v.lower() in ("sgd", "adamw"), "sgd or adamw"),
     ("optim.lr", lambda v: 0 < v < math.inf, "a positive number"),
     ("optim.weight_decay", lambda v: 0 <= v < math.inf, "0 or more"),

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pixelwise.losses import (
-    CombinedLoss, CrossEntropyLoss, DiceLoss, FocalLoss, LovaszSoftmaxLoss, OhemCrossEntropyLoss, class_pixel_counts,
-    create_loss,
+    CombinedLoss, CrossEntropyLoss, DiceLoss, FocalLoss, LovaszSoftmaxLoss, OhemCrossEntropyLoss,
+    WeightedCrossEntropyLoss, class_pixel_counts, create_loss,
     inverse_frequency_weights, list_losses, loss_with_aux, lovasz_grad, median_frequency_weights,
 )
 
@@ -49,7 +49,7 @@ def _every_loss() -> dict[str, nn.Module]:
         "lovasz": LovaszSoftmaxLoss(), "lovasz_all": LovaszSoftmaxLoss(classes="all"),
         "lovasz_per_image": LovaszSoftmaxLoss(per_image=True), "lovasz_binned": LovaszSoftmaxLoss(bins=256),
         "lovasz_binned_all_per_image": LovaszSoftmaxLoss(classes="all", per_image=True, bins=64),
-        "combined": create_loss({"ce": 1.0, "dice": 0.5}),
+        "combined": create_loss({"ce": 1.0, "dice": 0.5}), "weighted_ce": WeightedCrossEntropyLoss(),
     }
 
 
@@ -418,7 +418,7 @@ def test_combined_loss_is_the_weighted_sum() -> None:
 
 
 def test_create_loss_reads_names_mappings_and_lists() -> None:
-    assert set(list_losses()) == {"ce", "dice", "focal", "lovasz", "ohem"}
+    assert set(list_losses()) == {"ce", "dice", "focal", "lovasz", "ohem", "weighted_ce"}
     assert isinstance(create_loss("ce"), CrossEntropyLoss)
     assert isinstance(create_loss("Lovasz"), LovaszSoftmaxLoss)
     combined = create_loss({"ce": 1.0, "dice": 0.5})
@@ -439,7 +439,7 @@ def test_create_loss_passes_ignore_index_and_class_weights() -> None:
 
 
 def test_create_loss_errors_are_clear() -> None:
-    with pytest.raises(ValueError, match=r"unknown loss 'iou' \(known: ce, dice, focal, lovasz, ohem\)"):
+    with pytest.raises(ValueError, match=r"unknown loss 'iou' \(known: ce, dice, focal, lovasz, ohem, weighted_ce\)"):
         create_loss({"ce": 1.0, "iou": 1.0})
     with pytest.raises(ValueError, match="finite number"):
         create_loss({"ce": "heavy"})

@@ -44,7 +44,7 @@ def test_every_unknown_name_error_has_one_form_and_suggests_the_close_name(
 
 
 def test_a_name_with_nothing_close_lists_the_known_names_only() -> None:
-    with pytest.raises(UnknownNameError, match=r"^unknown loss 'xyzzy' \(known: ce, dice, focal, lovasz, ohem\)$"):
+    with pytest.raises(UnknownNameError, match=r"^unknown loss 'xyzzy' \(known: ce, dice, focal, lovasz, ohem, weighted_ce\)$"):
         create_loss("xyzzy")
 
 

@@ -15,6 +15,8 @@ from pixelwise.config import load_config
 from pixelwise.data import RecordedData
 from pixelwise.data.checks import check_dataset, print_report
 from pixelwise.data.io import decode_image
+from pixelwise.data.weight_map import (border_weight_map, read_binary_mask, save_weight_map_npy,
+                                       save_weight_map_png)
 from pixelwise.demo import run_demo
 from pixelwise.encoders import create_encoder, list_encoders
 from pixelwise.errors import InputError
@@ -164,6 +166,18 @@ def cmd_overlap(args: argparse.Namespace) -> int:
     if args.png:
         overlap.save_png(args.png)
         console.print(f"wrote {args.png}", markup=False, highlight=False)
+    return 0
+
+
+def cmd_weight_map(args: argparse.Namespace) -> int:
+    weights = border_weight_map(read_binary_mask(args.mask), w0=args.w0, sigma=args.sigma)
+    save_weight_map_png(weights, args.out, args.colormap)
+    written = [args.out]
+    if args.npy:
+        save_weight_map_npy(weights, args.npy)
+        written.append(args.npy)
+    console.print(f"wrote {' and '.join(written)}: weights {weights.min():.3g} to {weights.max():.3g} "
+                  f"(mean {weights.mean():.3g}), colour scale 0 to {weights.max():.3g}", markup=False, highlight=False)
     return 0
 
 

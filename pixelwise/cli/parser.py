@@ -5,7 +5,8 @@ import argparse
 
 from pixelwise.cli.commands import (cmd_check_data, cmd_convolutionalize, cmd_demo, cmd_encoders, cmd_evaluate,
                                     cmd_export, cmd_models, cmd_overlap, cmd_predict, cmd_serve, cmd_shapes,
-                                    cmd_superres_compare, cmd_superres_train, cmd_superres_upscale, cmd_train)
+                                    cmd_superres_compare, cmd_superres_train, cmd_superres_upscale, cmd_train,
+                                    cmd_weight_map)
 from pixelwise.export import FORMATS as EXPORT_FORMATS
 
 
@@ -20,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(commands)
     _add_convolutionalize(commands)
     _add_check_data(commands)
+    _add_weight_map(commands)
     _add_overlap(commands)
     _add_shapes(commands)
     _add_evaluate(commands)
@@ -97,6 +99,19 @@ def _add_check_data(commands: argparse._SubParsersAction) -> None:
     check.add_argument("--ignore-index", type=int, help="folder format: the ignore value (default 255)")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
     check.set_defaults(run=cmd_check_data)
+
+
+def _add_weight_map(commands: argparse._SubParsersAction) -> None:
+    """``pixelwise weight-map``."""
+    weight_map = commands.add_parser("weight-map", help="draw U-Net's border weight map of a binary membrane mask "
+                                                        "(0 membrane, 255 or 1 cell) as a colour-mapped PNG")
+    weight_map.add_argument("mask", help="the label image, e.g. isbi2012/label/0.png")
+    weight_map.add_argument("--out", required=True, help="the PNG to write")
+    weight_map.add_argument("--npy", help="also write the raw float32 map to this .npy file")
+    weight_map.add_argument("--w0", type=float, default=10.0, help="height of the border term (default 10)")
+    weight_map.add_argument("--sigma", type=float, default=5.0, help="width of the border term, pixels (default 5)")
+    weight_map.add_argument("--colormap", default="magma", help="matplotlib colour map (default magma)")
+    weight_map.set_defaults(run=cmd_weight_map)
 
 
 def _add_overlap(commands: argparse._SubParsersAction) -> None:

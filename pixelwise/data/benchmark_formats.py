@@ -1,5 +1,5 @@
-"""The public benchmark formats: Pascal VOC, Cityscapes, ADE20K and CamVid, each read from its
-released layout (see each class) as a :class:`~pixelwise.data.pairing.PairedFileDataset`."""
+"""The public benchmark formats: Pascal VOC, Cityscapes, ADE20K, CamVid and the ISBI 2012 EM
+membranes, each read from its released layout (see each class) as a :class:`~pixelwise.data.pairing.PairedFileDataset`."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -337,3 +337,54 @@ class CamVidDataset(PairedFileDataset):
 def _camvid_sequence(image: Path) -> str:
     """The video sequence of a CamVid frame: its file name up to the first underscore."""
     return image.stem.split("_", 1)[0]
+
+
+# ---------------------------------------------------------------------------- ISBI 2012
+
+ISBI2012_CLASSES = ("membrane", "cell")
+ISBI2012_PALETTE = ((0, 0, 0), (255, 255, 255))
+ISBI2012_SPLITS = {"train": range(0, 20), "val": range(20, 25), "all": range(0, 25)}
+"""The documented split of the 25 released slices: the first 20 to train on, the last 5 (a
+contiguous stretch of the volume, so neighbouring training slices are as close as any) to
+validate on; ``all`` for a final model."""
+
+
+@register_dataset("isbi2012")
+class ISBI2012Dataset(PairedFileDataset):
+    """The ISBI 2012 EM segmentation challenge's training volume (Drosophila ventral nerve cord,
+    serial-section TEM, 512×512 grayscale), the U-Net paper's data set.
+
+    Layout: ``image/N.png`` and ``label/N.png`` (N = 0, 1, …), labels 255 for cell interior and
+    0 for membrane, read as class 1 (``cell``) and class 0 (``membrane``); any other label
+    value is an error naming the file. Images are grayscale, given to models as three equal
+    channels. Splits: slices 0–19 ``train``, 20–24 ``val``, 0–24 ``all``
+    (:data:`ISBI2012_SPLITS`); slices beyond those are not in any split.
+
+    Args:
+        root: the folder holding ``image/`` and ``label/``.
+        split: ``"train"``, ``"val"`` or ``"all"``.
+        transform: joint image+mask transform.
+        strict: raise on pairing problems (``False`` keeps them in :attr:`problems`).
+    """
+
+    format_name = "ISBI 2012"
+
+    def __init__(self, root: str | Path, split: str = "train", transform: JointTransform | None = None,
+                 strict: bool = True) -> None:
+        if split not in ISBI2012_SPLITS:
+            raise InputError(f"the ISBI 2012 split must be one of {', '.join(ISBI2012_SPLITS)}, got {split!r}")
+        self.label_map = np.arange(256, dtype=np.int64)
+        self.label_map[255] = 1
+        self.label_map[1] = 2  # neither membrane nor cell: refused as out of range
+        super().__init__(root, split, transform, class_info(ISBI2012_CLASSES, ISBI2012_PALETTE), strict)
+
+    @classmethod
+    def available_splits(cls, root: str | Path, **options) -> list[str]:
+        return list(ISBI2012_SPLITS) if (Path(root) / "image").is_dir() else []
+
+    def find_pairs(self) -> Pairing:
+        image_dir = require_dir(self.root / "image", "the ISBI 2012 slices")
+        mask_dir = require_dir(self.root / "label", "the ISBI 2012 labels")
+        stems = [str(index) for index in ISBI2012_SPLITS[self.split]]
+        return pair_listed(stems, lambda stem: image_dir / f"{stem}.png", lambda stem: mask_dir / f"{stem}.png",
+                           image_dir)

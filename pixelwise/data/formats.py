@@ -1,5 +1,5 @@
-"""Data set formats on disk: a plain folder (here), and Pascal VOC, Cityscapes, ADE20K and CamVid
-(:mod:`pixelwise.data.benchmark_formats`), all re-exported here.
+"""Data set formats on disk: a plain folder (here), and Pascal VOC, Cityscapes, ADE20K, CamVid and
+ISBI 2012 (:mod:`pixelwise.data.benchmark_formats`).
 
 Every format is a :class:`~pixelwise.data.pairing.PairedFileDataset`: it finds (image, mask) file
 pairs, and :meth:`~pixelwise.data.pairing.PairedFileDataset.load` reads one pair with

@@ -4,7 +4,8 @@ v2 transforms dispatch on the input's type: a ``tv_tensors.Mask`` is resized wit
 neighbour, padded with its own fill value, flipped and cropped with the image, and left alone
 by colour jitter, ``ToDtype`` and ``Normalize``. So the train preset is the torchvision
 references' one (random scale, crop padded with the ignore index, flip) plus colour jitter,
-with a single custom step, :class:`RandomScale`.
+with a single custom step, :class:`RandomScale`; optionally U-Net's elastic deformation
+(:class:`~pixelwise.data.elastic.ElasticDeformation`) and a random convolution.
 
 Reproducibility: v2 draws every random parameter from torch's global generator. One call is
 reproduced by ``torch.manual_seed(seed)`` before it; in a ``DataLoader``, torch seeds each
@@ -32,6 +33,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from pixelwise.data.base import SegmentationDataset
 from pixelwise.data.classes import IGNORE_INDEX
+from pixelwise.data.elastic import ElasticDeformation
 from pixelwise.errors import InputError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -159,9 +161,9 @@ def train_transform(crop_size: int | tuple[int, int], scale_range: tuple[float, 
                     hflip: float = 0.5, color_jitter: ColorJitterSpec = 0.3,
                     mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                     ignore_index: int = IGNORE_INDEX, base_size: int | None = None,
-                    random_conv: float = 0.0) -> SegmentationTransform:
-    """The training preset: random scale, random crop, flip, colour jitter, normalisation, and
-    optionally a random convolution.
+                    random_conv: float = 0.0, elastic: ElasticDeformation | None = None) -> SegmentationTransform:
+    """The training preset: random scale, optionally an elastic deformation, random crop, flip,
+    colour jitter, normalisation, and optionally a random convolution.
 
     Args:
         crop_size: output height and width (an int for a square). Smaller (scaled) images are
@@ -178,15 +180,18 @@ def train_transform(crop_size: int | tuple[int, int], scale_range: tuple[float, 
             ``RandomResize``); ``None`` scales each image relative to itself.
         random_conv: chance that the normalised image is mixed with a random convolution of
             itself (:class:`RandomConvolution`); 0 for never.
+        elastic: an elastic deformation applied to the scaled image and mask before the crop
+            (so the field spans the whole image, as in U-Net, and the crop's borders hold real
+            neighbours rather than mirrored ones); ``None`` for none.
 
     Returns:
         A callable on ``(image, mask)`` pairs; see :class:`SegmentationTransform`.
     """
     crop = (crop_size, crop_size) if isinstance(crop_size, int) else tuple(crop_size)
-    steps: list[v2.Transform] = [
-        RandomScale(scale_range, base_size),
-        v2.RandomCrop(crop, pad_if_needed=True, fill={tv_tensors.Image: 0, tv_tensors.Mask: ignore_index}),
-    ]
+    steps: list[v2.Transform] = [RandomScale(scale_range, base_size)]
+    if elastic is not None:
+        steps.append(elastic)
+    steps.append(v2.RandomCrop(crop, pad_if_needed=True, fill={tv_tensors.Image: 0, tv_tensors.Mask: ignore_index}))
     if hflip > 0:
         steps.append(v2.RandomHorizontalFlip(hflip))
     jitter = _color_jitter(color_jitter)

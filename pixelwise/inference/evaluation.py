@@ -19,8 +19,15 @@ Alongside the confusion matrix, a :class:`~pixelwise.metrics.BoundaryMetric` mea
 class edges are placed: per-class Boundary IoU and trimap accuracy within ``boundary_width``
 pixels (3 by default; 0 leaves them out) of the ground-truth edges.
 
+On a two-class data set, a :class:`~pixelwise.metrics.MembraneMetric` scores the ISBI 2012
+challenge's metrics from the softmax probability of class 1 (the cell interior; class 0 the
+membrane): foreground-restricted Rand error, V_info and pixel error, per image and averaged, at
+the prediction (threshold 0.5) and as the best over thresholds 0.05 ... 0.95. Ignore pixels count
+in none of them (see :mod:`pixelwise.metrics.membrane`).
+
 With ``out_dir``, writes ``metrics.json`` (the summary, per-class IoU / Dice / accuracy / Boundary
-IoU with class names, the confusion matrix, and the data and inference options used) and
+IoU with class names, the confusion matrix, the membrane metrics per threshold on two classes,
+and the data and inference options used) and
 ``confusion_matrix.png`` (rows normalised to sum to 1: row *i* shows where the ground-truth
 pixels of class *i* went).
 """
@@ -44,7 +51,8 @@ from pixelwise.inference.loading import LoadedModel
 from pixelwise.inference.logits import InferenceOptions
 from pixelwise.inference.loading import load_predictor
 from pixelwise.inference.predict import ProgressCallback, RecordedViews, resolve_options
-from pixelwise.metrics import BoundaryMetric, ConfusionMatrix, format_percent, metrics_table
+from pixelwise.metrics import (BoundaryMetric, ConfusionMatrix, MembraneMetric, format_percent, membrane_rows,
+                               metrics_table)
 
 
 @dataclass
@@ -62,6 +70,8 @@ class EvaluationResult:
         iteration: the training iteration the checkpoint was saved at, when recorded.
         files: the files written (empty without ``out_dir``).
         boundary: Boundary IoU and trimap accuracy; ``None`` when not measured.
+        membrane: the ISBI 2012 metrics (Rand error, V_info, pixel error); ``None`` unless the
+            data set has two classes.
     """
 
     matrix: ConfusionMatrix
@@ -74,15 +84,20 @@ class EvaluationResult:
     files: list[Path] = field(default_factory=list)
     runtime: dict[str, str] = field(default_factory=dict)
     boundary: BoundaryMetric | None = None
+    membrane: MembraneMetric | None = None
 
     def summary(self) -> dict:
-        """Every metric, JSON-able: :meth:`ConfusionMatrix.summary`, and with a boundary metric
+        """Every metric, JSON-able: :meth:`ConfusionMatrix.summary`; with a boundary metric
         ``boundary_iou`` (per class), ``mean_boundary_iou``, ``trimap_accuracy``,
-        ``trimap_pixels`` and ``boundary_width`` (see :meth:`BoundaryMetric.summary`)."""
+        ``trimap_pixels`` and ``boundary_width`` (see :meth:`BoundaryMetric.summary`); with a
+        membrane metric ``rand_error``, ``v_info``, ``pixel_error``, ``best_rand_error``,
+        ``best_rand_error_threshold``, ... (see :meth:`MembraneMetric.summary`)."""
         stats = self.matrix.summary()
         if self.boundary is not None:
             boundary = self.boundary.summary()
             stats |= {"boundary_width": boundary.pop("width"), **boundary}
+        if self.membrane is not None:
+            stats |= self.membrane.summary()
         return stats
 
     def per_class(self) -> list[dict]:
@@ -99,15 +114,17 @@ class EvaluationResult:
         return rows
 
     def to_dict(self) -> dict:
-        """The contents of ``metrics.json``."""
+        """The contents of ``metrics.json``; on two classes with ``membrane_curves``: per threshold,
+        the membrane metrics averaged over images."""
         stats = self.summary()
         means = {key: value for key, value in stats.items() if not isinstance(value, list)}
+        curves = {} if self.membrane is None else {"membrane_curves": self.membrane.curves()}
         return {"checkpoint": self.checkpoint, "iteration": self.iteration,
                 "data": {**self.data.to_dict(), "num_images": self.num_images},
                 "inference": {**self.inference.to_dict(), **self.runtime}, "summary": means,
                 "per_class": self.per_class(),
                 "confusion_matrix": {**self.matrix.to_dict(), "class_names": list(self.classes.names),
-                                     "rows": "ground truth", "columns": "prediction"}}
+                                     "rows": "ground truth", "columns": "prediction"}, **curves}
 
 
 def _open_dataset(data: DataSpec, loaded: LoadedModel) -> SegmentationDataset:
@@ -165,7 +182,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data: DataSpec | RecordedData = 
 def evaluate_loaded(loaded: LoadedModel, data: DataSpec, options: InferenceOptions,
                     device: str | torch.device = "cpu", on_image: ProgressCallback | None = None,
                     limit: int | None = None, boundary_width: int = 3) -> EvaluationResult:
-    """Measure a loaded model (any runtime) on a data set split.
+    """Measure a loaded model (any runtime) on a data set split; on two classes, with the ISBI 2012
+    metrics too (class 1 the cell interior).
 
     Args:
         limit: evaluate only the first ``limit`` images.
@@ -178,6 +196,7 @@ def evaluate_loaded(loaded: LoadedModel, data: DataSpec, options: InferenceOptio
     num_classes, ignore_index = loaded.classes.num_classes, dataset.classes.ignore_index
     matrix = ConfusionMatrix(num_classes, ignore_index, device=device)
     boundary = BoundaryMetric(num_classes, ignore_index, boundary_width, device) if boundary_width else None
+    membrane = MembraneMetric(ignore_index, device=device) if num_classes == 2 else None
     for index in range(count):
         image, mask = dataset[index]
         logits = options.logits(loaded.model, image[None])
@@ -185,11 +204,14 @@ def evaluate_loaded(loaded: LoadedModel, data: DataSpec, options: InferenceOptio
         matrix.update_logits(target, logits)
         if boundary is not None:
             boundary.update_logits(target, logits)
+        if membrane is not None:
+            membrane.update_logits(target, logits)
         if on_image is not None:
             on_image(index + 1, count)
     runtime = {"runtime": getattr(loaded.model, "name", "torch"),
                "precision": getattr(loaded.model, "precision", options.precision or "fp32")}
-    return EvaluationResult(matrix, loaded.classes, "", data, count, options, runtime=runtime, boundary=boundary)
+    return EvaluationResult(matrix, loaded.classes, "", data, count, options, runtime=runtime, boundary=boundary,
+                            membrane=membrane)
 
 
 def _check_boundary_width(boundary_width: int) -> None:
@@ -276,8 +298,22 @@ def evaluation_table(result: EvaluationResult) -> Table:
     return table
 
 
+def membrane_table(result: EvaluationResult) -> Table:
+    """The ISBI 2012 metrics as a rich table (the cells of
+    :func:`~pixelwise.metrics.membrane_rows`): each at the prediction and at its best threshold."""
+    stats = result.summary()
+    cell = result.classes.names[1]
+    table = Table(title=f"ISBI 2012 metrics ({cell!r} = class 1 as the cell interior), "
+                        f"mean over {stats['membrane_images']} images")
+    for heading in ("metric", "at p > 0.5", "best over thresholds", "threshold"):
+        table.add_column(heading, justify="left" if heading == "metric" else "right")
+    for row in membrane_rows(stats):
+        table.add_row(*row)
+    return table
+
+
 def print_evaluation(result: EvaluationResult, console: Console) -> None:
-    """Print the table, the summary and where the files went."""
+    """Print the table, the summary, the membrane metrics on two classes, and where the files went."""
     stats = result.summary()
     console.print(evaluation_table(result))
     console.print(f"mIoU {format_percent(stats['mean_iou'])}%, "
@@ -291,5 +327,7 @@ def print_evaluation(result: EvaluationResult, console: Console) -> None:
                       f"{format_percent(stats['mean_boundary_iou'])}%, trimap accuracy "
                       f"{format_percent(stats['trimap_accuracy'])}% over {stats['trimap_pixels']} pixels",
                       markup=False, highlight=False)
+    if result.membrane is not None:
+        console.print(membrane_table(result))
     for path in result.files:
         console.print(f"wrote {path}", markup=False, highlight=False)

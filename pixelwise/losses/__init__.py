@@ -1,9 +1,10 @@
-"""Segmentation losses: cross-entropy (also over hard pixels only, OHEM), Dice, focal, Lovász-Softmax,
-their weighted sums, class weights.
+"""Segmentation losses: cross-entropy (also over hard pixels only, OHEM, or weighted pixel by pixel),
+Dice, focal, Lovász-Softmax, their weighted sums, class weights.
 
 Every loss is an ``nn.Module`` called as ``loss(logits, target)`` with logits ``(N, C, H, W)``
 (any number of spatial dimensions works) and an int64 target ``(N, H, W)`` of class indices in
-which ``ignore_index`` marks pixels that no loss counts. It returns a scalar.
+which ``ignore_index`` marks pixels that no loss counts. It returns a scalar. ``weighted_ce`` also takes per-pixel weights, ``loss(logits, target, weights)``
+(:func:`takes_pixel_weights` says which losses do).
 
 A batch whose target is entirely ``ignore_index`` (a random crop of a void region, say) gives a
 loss of exactly 0.0 that is still connected to ``logits``, so ``.backward()`` works and leaves zero
@@ -29,12 +30,14 @@ from __future__ import annotations
 # Importing the loss modules registers their losses in LOSSES; combined.py builds from it.
 from pixelwise.losses.base import (LOSSES, ClassPixelCounts, class_pixel_counts, image_class_pixels,
                                    inverse_frequency_weights, median_frequency_weights)
-from pixelwise.losses.combined import CombinedLoss, create_loss, list_losses, loss_with_aux
+from pixelwise.losses.combined import CombinedLoss, create_loss, list_losses, loss_with_aux, takes_pixel_weights
 from pixelwise.losses.lovasz import LovaszSoftmaxLoss, lovasz_grad
-from pixelwise.losses.pixelwise_losses import CrossEntropyLoss, DiceLoss, FocalLoss, OhemCrossEntropyLoss
+from pixelwise.losses.pixelwise_losses import (CrossEntropyLoss, DiceLoss, FocalLoss, OhemCrossEntropyLoss,
+                                               WeightedCrossEntropyLoss)
 
 __all__ = [
     "ClassPixelCounts", "CombinedLoss", "CrossEntropyLoss", "DiceLoss", "FocalLoss", "LOSSES",
-    "LovaszSoftmaxLoss", "OhemCrossEntropyLoss", "class_pixel_counts", "create_loss", "image_class_pixels",
-    "inverse_frequency_weights", "list_losses", "loss_with_aux", "lovasz_grad", "median_frequency_weights",
+    "LovaszSoftmaxLoss", "OhemCrossEntropyLoss", "WeightedCrossEntropyLoss", "class_pixel_counts", "create_loss",
+    "image_class_pixels", "inverse_frequency_weights", "list_losses", "loss_with_aux", "lovasz_grad",
+    "median_frequency_weights", "takes_pixel_weights",
 ]

@@ -22,6 +22,9 @@ from pixelwise.losses.pixelwise_losses import CrossEntropyLoss, FocalLoss
 class CombinedLoss(nn.Module):
     """Weighted sum of losses, ``Σ weight_i · loss_i(logits, target)``.
 
+    Per-pixel weights, when given, go to the terms that take them (:func:`takes_pixel_weights`);
+    the other terms count every pixel alike.
+
     Args:
         terms: ``(weight, loss)`` pairs.
     """
@@ -33,14 +36,27 @@ class CombinedLoss(nn.Module):
         self.weights = [float(weight) for weight, _ in terms]
         self.losses = nn.ModuleList(loss for _, loss in terms)
 
-    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+    @property
+    def takes_pixel_weights(self) -> bool:
+        """Whether some term takes per-pixel weights."""
+        return any(takes_pixel_weights(loss) for loss in self.losses)
+
+    def forward(self, logits: Tensor, target: Tensor, weights: Tensor | None = None) -> Tensor:
         total = logits.new_zeros((), dtype=torch.float32)
         for weight, loss in zip(self.weights, self.losses):
-            total = total + weight * loss(logits, target)
+            value = loss(logits, target, weights) if weights is not None and takes_pixel_weights(loss) \
+                else loss(logits, target)
+            total = total + weight * value
         return total
 
     def extra_repr(self) -> str:
         return f"weights={self.weights}"
+
+
+def takes_pixel_weights(loss: nn.Module) -> bool:
+    """Whether ``loss`` is called as ``loss(logits, target, weights)`` with per-pixel weights
+    (``weighted_ce``, or a weighted sum holding it)."""
+    return bool(getattr(loss, "takes_pixel_weights", False))
 
 
 # --------------------------------------------------------------------------- factory and auxiliary heads
@@ -118,7 +134,7 @@ def create_loss(spec: str | Mapping | Sequence, ignore_index: int = IGNORE_INDEX
 
 
 def loss_with_aux(loss_fn: nn.Module, logits: Tensor, target: Tensor, aux_logits: Tensor | None = None,
-                  aux_weight: float = 0.4) -> Tensor:
+                  aux_weight: float = 0.4, weights: Tensor | None = None) -> Tensor:
     """Main loss plus a weighted auxiliary-head loss, ``loss(logits) + aux_weight · loss(aux_logits)``.
 
     The default weight 0.4 is PSPNet's (Zhao et al., 2017, also mmsegmentation's); torchvision's
@@ -131,11 +147,19 @@ def loss_with_aux(loss_fn: nn.Module, logits: Tensor, target: Tensor, aux_logits
         target: class indices ``(N, H, W)``.
         aux_logits: auxiliary-head logits, or ``None`` for the main loss alone.
         aux_weight: weight of the auxiliary loss.
+        weights: per-pixel weights ``(N, H, W)`` for both heads, or ``None``.
+
+    Raises:
+        InputError: ``weights`` given to a loss that does not take them.
     """
-    loss = loss_fn(logits, target)
+    if weights is not None and not takes_pixel_weights(loss_fn):
+        raise InputError(f"per-pixel weights given to {type(loss_fn).__name__}, which does not take them: "
+                         "use loss: weighted_ce")
+    pixel_weights = () if weights is None else (weights,)
+    loss = loss_fn(logits, target, *pixel_weights)
     if aux_logits is None:
         return loss
-    return loss + aux_weight * loss_fn(resize_bilinear(aux_logits, target.shape[1:]), target)
+    return loss + aux_weight * loss_fn(resize_bilinear(aux_logits, target.shape[1:]), target, *pixel_weights)
 
 
-__all__ = ["CombinedLoss", "create_loss", "list_losses", "loss_with_aux"]
+__all__ = ["CombinedLoss", "create_loss", "list_losses", "loss_with_aux", "takes_pixel_weights"]

@@ -62,6 +62,46 @@ class CrossEntropyLoss(nn.Module):
         return f"ignore_index={self.ignore_index}, label_smoothing={self.label_smoothing}"
 
 
+@LOSSES.register("weighted_ce")
+class WeightedCrossEntropyLoss(nn.Module):
+    """Cross-entropy weighted pixel by pixel: ``Σ w(x)·CE(x) / Σ w(x)`` over the pixels that are
+    not ``ignore_index`` (U-Net's weighted loss, its weights the border weight map of
+    :func:`pixelwise.data.weight_map.border_weight_map`).
+
+    The weighted mean, not the paper's plain sum, keeps the loss on cross-entropy's scale whatever
+    the batch and crop size. Without weights every pixel weighs 1 (plain cross-entropy). Pixels
+    of weight 0 count for nothing; a batch whose weights sum to 0 gives 0.
+
+    Args:
+        ignore_index: target value of pixels that do not count.
+        label_smoothing: as in ``F.cross_entropy``.
+    """
+
+    takes_pixel_weights = True
+
+    def __init__(self, ignore_index: int = IGNORE_INDEX, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        self.ignore_index = ignore_index
+        self.label_smoothing = label_smoothing
+
+    def forward(self, logits: Tensor, target: Tensor, weights: Tensor | None = None) -> Tensor:
+        target = check_inputs(logits, target)
+        logits = upcast(logits)
+        valid = target != self.ignore_index
+        if weights is None:
+            weights = torch.ones_like(target, dtype=logits.dtype)
+        elif weights.shape != target.shape:
+            raise InputError(f"pixel weights of shape {tuple(weights.shape)} for a target of shape "
+                             f"{tuple(target.shape)}: give one weight per pixel")
+        weights = torch.where(valid, weights.to(logits.dtype), torch.zeros_like(logits[:, 0]))
+        losses = F.cross_entropy(logits, target, ignore_index=self.ignore_index, reduction="none",
+                                 label_smoothing=self.label_smoothing)
+        return safe_divide((weights * losses).sum(), weights.sum())
+
+    def extra_repr(self) -> str:
+        return f"ignore_index={self.ignore_index}, label_smoothing={self.label_smoothing}"
+
+
 @LOSSES.register("ohem")
 class OhemCrossEntropyLoss(CrossEntropyLoss):
     """Cross-entropy over the hard pixels only: online hard example mining (OHEM).
@@ -191,4 +231,4 @@ class FocalLoss(nn.Module):
         return f"gamma={self.gamma}, ignore_index={self.ignore_index}"
 
 
-__all__ = ["CrossEntropyLoss", "DiceLoss", "FocalLoss", "OhemCrossEntropyLoss"]
+__all__ = ["CrossEntropyLoss", "DiceLoss", "FocalLoss", "OhemCrossEntropyLoss", "WeightedCrossEntropyLoss"]

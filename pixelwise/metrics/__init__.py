@@ -1,6 +1,8 @@
 """Streaming confusion matrix for semantic segmentation, every metric derived from it, and
 boundary metrics (:class:`BoundaryMetric`: Boundary IoU and trimap accuracy near class edges).
 Both are :class:`SummedCounts`: int64 counts that add up over batches, processes and runs.
+For binary membrane data, :class:`MembraneMetric` scores the ISBI 2012 challenge's metrics (Rand
+error, V_info, pixel error, per image and over thresholds; :mod:`pixelwise.metrics.membrane`).
 
 :class:`ConfusionMatrix` counts pixels: ``matrix[i, j]`` is the number of pixels whose ground
 truth is class ``i`` and whose prediction is class ``j`` (rows = ground truth, columns =
@@ -56,6 +58,8 @@ to be empty. See ``benchmarks/metrics.py``.
 from pixelwise.metrics.boundary import BoundaryMetric
 from pixelwise.metrics.confusion import ConfusionMatrix
 from pixelwise.metrics.counts import SummedCounts
+from pixelwise.metrics.membrane import (MembraneMetric, MembraneScores, cell_segments, membrane_rows, membrane_scores,
+                                        rand_error, v_info)
 from pixelwise.metrics.scores import (class_accuracy, dice, frequency_weighted_iou, intersection_over_union,
                                       mean_class_accuracy, mean_dice, mean_iou, pixel_accuracy, summarize)
 from pixelwise.metrics.table import MetricsTable, format_percent, format_table, metrics_table
@@ -63,5 +67,6 @@ from pixelwise.metrics.table import MetricsTable, format_percent, format_table, 
 __all__ = [
     "SummedCounts", "ConfusionMatrix", "intersection_over_union", "mean_iou", "pixel_accuracy", "class_accuracy",
     "mean_class_accuracy", "frequency_weighted_iou", "dice", "mean_dice", "summarize", "MetricsTable",
-    "metrics_table", "format_percent", "format_table", "BoundaryMetric",
+    "metrics_table", "format_percent", "format_table", "BoundaryMetric", "MembraneMetric", "MembraneScores",
+    "membrane_scores", "membrane_rows", "cell_segments", "rand_error", "v_info",
 ]

@@ -31,11 +31,11 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from pixelwise.config import Config, save_config
+from pixelwise.config import Config, ConfigError, check_weight_map, save_config
 from pixelwise.data import ClassInfo, SegmentationDataset
 from pixelwise.data.transforms import IMAGENET_MEAN, IMAGENET_STD, CutMix, RareClassSampling
 from pixelwise.errors import InputError
-from pixelwise.losses import create_loss, loss_with_aux
+from pixelwise.losses import WeightedCrossEntropyLoss, create_loss, loss_with_aux, takes_pixel_weights
 from pixelwise.metrics import ConfusionMatrix
 from pixelwise.runtimes import autocast_context
 from pixelwise.runtimes.torch_runtime import slow_precision_warning
@@ -108,22 +108,25 @@ def _evaluate_images(model: nn.Module, dataset: SegmentationDataset, indices: Se
     return matrix
 
 
-def train_one_step(model: nn.Module, batch: tuple[Tensor, Tensor], loss_fn: nn.Module,
+def train_one_step(model: nn.Module, batch: Sequence[Tensor], loss_fn: nn.Module,
                    optimizer: torch.optim.Optimizer, config: Config, device: torch.device,
                    context: DistributedContext | None = None) -> float:
     """One optimisation step; returns the loss (averaged over processes when distributed).
+
+    ``batch`` is ``(images, masks)``, or ``(images, masks, weights)`` with per-pixel loss weights
+    (``data.weight_map``), which go to the loss.
 
     Raises:
         TrainingDiverged: on a NaN or infinite loss, on every process at once (the check uses
             the averaged loss, so no process is left waiting for the others' gradients).
     """
-    images, masks = (t.to(device, non_blocking=True) for t in batch)
+    images, masks, *weights = (t.to(device, non_blocking=True) for t in batch)
     model.train()
     with autocast_context(config.train.amp, device):
         outputs = model(images, return_aux=unwrap(model).has_aux)
     logits, aux = outputs if isinstance(outputs, tuple) else (outputs, None)
     loss = loss_with_aux(loss_fn, logits.float(), masks, None if aux is None else aux.float(),
-                         config.train.aux_weight)
+                         config.train.aux_weight, weights[0] if weights else None)
     reported = mean_over_processes(loss.detach(), context or DistributedContext(device=device)).item()
     if not math.isfinite(reported):
         raise TrainingDiverged(f"the loss became {reported}; lower optim.lr, add optim.clip_grad_norm, "
@@ -187,6 +190,7 @@ def _train(config: Config, resume: bool, overwrite: bool, context: DistributedCo
     table = train_class_pixels(config, train_set.classes) if both else None
     loss_fn = create_loss(config.loss, ignore_index=train_set.classes.ignore_index,
                           class_weights=class_weights(config, train_set.classes, table)).to(context.device)
+    _check_pixel_weights(config, loss_fn)
     progress = restore_progress(state, model, optimizer, config, MEAN_IOU)
     average = _restore_average(state, model, config)
     model = wrap_model(model, context)
@@ -205,6 +209,26 @@ def _train(config: Config, resume: bool, overwrite: bool, context: DistributedCo
     return TrainResult(run_dir, progress.iteration, progress.best, last_metrics, plots)
 
 
+def _check_pixel_weights(config: Config, loss_fn: nn.Module) -> None:
+    """Refuse a recipe whose loss and ``data.weight_map`` do not go together: per-pixel weights
+    that no loss would use, ``weighted_ce`` with none to weigh by, or class weights it would not use.
+
+    Raises:
+        ConfigError: saying which setting to add or remove.
+    """
+    check_weight_map(config)
+    weighted = takes_pixel_weights(loss_fn)
+    if config.data.weight_map is not None and not weighted:
+        raise ConfigError(f"data.weight_map is set but loss {config.loss!r} takes no per-pixel weights: "
+                          "use loss: weighted_ce (alone or in a weighted sum), or set data.weight_map to null")
+    if weighted and config.data.weight_map is None:
+        raise ConfigError(f"loss {config.loss!r} weighs pixels by the border weight map, which this recipe does "
+                          "not compute: add data.weight_map: {} (binary membrane data), or use loss: ce")
+    if isinstance(loss_fn, WeightedCrossEntropyLoss) and config.class_weights is not None:
+        raise ConfigError("class_weights are not used by loss weighted_ce: its weight map already balances the "
+                          "classes (w_c); set class_weights to null")
+
+
 def _segmentation_task(config: Config, context: DistributedContext, model: nn.Module,
                        optimizer: torch.optim.Optimizer, loss_fn: nn.Module, classes: ClassInfo,
                        val_set: SegmentationDataset) -> TrainingTask:
@@ -213,7 +237,7 @@ def _segmentation_task(config: Config, context: DistributedContext, model: nn.Mo
     inference options)."""
     device, amp = context.device, config.train.amp
 
-    def step(batch: tuple[Tensor, Tensor]) -> float:
+    def step(batch: Sequence[Tensor]) -> float:
         return train_one_step(model, batch, loss_fn, optimizer, config, device, context)
 
     def evaluate_images(network: nn.Module, indices: Sequence[int]) -> ConfusionMatrix:

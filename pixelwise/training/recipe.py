@@ -10,7 +10,9 @@ from torch.utils.data import Dataset
 
 from pixelwise.config import Config
 from pixelwise.data import ClassInfo, DataSpec, SegmentationDataset
+from pixelwise.data.elastic import ElasticDeformation
 from pixelwise.data.transforms import CutMix, RareClassSampling, train_transform, val_transform
+from pixelwise.data.weight_map import WeightMapSamples
 from pixelwise.errors import InputError
 from pixelwise.inference.logits import InferenceOptions
 from pixelwise.losses import ClassPixelCounts, image_class_pixels, inverse_frequency_weights, median_frequency_weights
@@ -23,8 +25,11 @@ def build_datasets(config: Config) -> tuple[SegmentationDataset, SegmentationDat
     train_split = data_spec(config, data.train_split)
     ignore_index = train_split.create_dataset().classes.ignore_index
     jitter = tuple(data.color_jitter) if isinstance(data.color_jitter, list) else data.color_jitter
+    spec = data.elastic
+    elastic = None if spec is None else ElasticDeformation(spec.grid, spec.sigma, spec.p)
     augment = train_transform(tuple(data.crop_size), tuple(data.scale_range), hflip=data.hflip,
-                              color_jitter=jitter, ignore_index=ignore_index, random_conv=data.random_conv)
+                              color_jitter=jitter, ignore_index=ignore_index, random_conv=data.random_conv,
+                              elastic=elastic)
     train_set = train_split.create_dataset(augment)
     val_set = data_spec(config, data.val_split).create_dataset(val_transform())
     return train_set, val_set
@@ -49,8 +54,15 @@ def train_class_pixels(config: Config, classes: ClassInfo) -> Tensor:
 
 def training_samples(config: Config, train_set: SegmentationDataset, table: Tensor | None = None) -> Dataset:
     """What the loader draws from: the training set, drawn for rare classes (``data.rare_classes``)
-    and mixed by CutMix (``data.cutmix``) where the recipe asks. ``table``: the training split's
+    and mixed by CutMix (``data.cutmix``) where the recipe asks, or with each mask's border weight
+    map (``data.weight_map``: ``(image, mask, weights)`` samples; maps computed up front when
+    loader workers would otherwise each compute their own). ``table``: the training split's
     :func:`train_class_pixels`, when already counted."""
+    if config.data.weight_map is not None:
+        weighted = WeightMapSamples(train_set, config.data.weight_map.w0, config.data.weight_map.sigma)
+        if config.data.workers > 0:
+            weighted.fill_cache()
+        return weighted
     samples: Dataset = train_set
     spec = config.data.rare_classes
     if spec is not None:
