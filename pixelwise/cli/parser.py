@@ -7,6 +7,7 @@ from pixelwise.cli.commands import (cmd_check_data, cmd_convolutionalize, cmd_de
                                     cmd_export, cmd_models, cmd_overlap, cmd_predict, cmd_serve, cmd_shapes,
                                     cmd_superres_compare, cmd_superres_train, cmd_superres_upscale, cmd_train,
                                     cmd_weight_map)
+from pixelwise.data.weight_map import DEFAULT_SIGMA, DEFAULT_W0
 from pixelwise.export import FORMATS as EXPORT_FORMATS
 
 
@@ -92,7 +93,7 @@ def _add_check_data(commands: argparse._SubParsersAction) -> None:
     """``pixelwise check-data``."""
     check = commands.add_parser("check-data", help="scan a data set for problems (unreadable files, unpaired "
                                                    "files, size mismatches, bad labels); exit code 1 if any")
-    check.add_argument("--format", required=True, help="data set format: folder, voc, cityscapes, ade20k, camvid")
+    check.add_argument("--format", required=True, help="data set format: folder, voc, cityscapes, ade20k, camvid, isbi2012")
     check.add_argument("--root", required=True, help="the data set folder")
     check.add_argument("--split", help="scan only this split (default: every split found)")
     check.add_argument("--num-classes", type=int, help="folder format: number of classes (or a classes.txt)")
@@ -108,8 +109,9 @@ def _add_weight_map(commands: argparse._SubParsersAction) -> None:
     weight_map.add_argument("mask", help="the label image, e.g. isbi2012/label/0.png")
     weight_map.add_argument("--out", required=True, help="the PNG to write")
     weight_map.add_argument("--npy", help="also write the raw float32 map to this .npy file")
-    weight_map.add_argument("--w0", type=float, default=10.0, help="height of the border term (default 10)")
-    weight_map.add_argument("--sigma", type=float, default=5.0, help="width of the border term, pixels (default 5)")
+    weight_map.add_argument("--w0", type=float, default=DEFAULT_W0, help="height of the border term (default 10)")
+    weight_map.add_argument("--sigma", type=float, default=DEFAULT_SIGMA,
+                            help="width of the border term, pixels (default 5)")
     weight_map.add_argument("--colormap", default="magma", help="matplotlib colour map (default magma)")
     weight_map.set_defaults(run=cmd_weight_map)
 

@@ -249,9 +249,9 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         ValueError: the file is not ONNX, carries no pixelwise metadata, or metadata that was
             edited, or that does not describe its graph (the message names the field).
     """
-    model_file = read_model_file(path) if is_onnx(path) else None
-    if model_file is None:
+    if not is_onnx(path):
         raise InputError(f"{str(path)!r} is not an ONNX file (.onnx); pass an export of pixelwise export --format onnx")
+    model_file = read_model_file(path)
     return {**_checked_onnx(model_file), "version": model_file.record.version,
             "precision": model_file.record.precision}
 

@@ -20,13 +20,13 @@ from pixelwise.errors import InputError, MissingFileError
 from pixelwise.io.atomic import atomic_file
 from pixelwise.io.record import PREDICTION_KEYS, ModelRecord, record_digest, tensor_digest
 from pixelwise.io.safe_load import TorchScriptFileError, UntrustedFileError, file_format, load_torch_file
-from pixelwise.io.safetensors_file import read_safetensors_model, write_safetensors
+from pixelwise.io.safetensors_file import CONFIG_NAME, WEIGHTS_NAME, read_safetensors_model, write_safetensors
 
 logger = logging.getLogger(__name__)
 
 _CHECKSUM_KEYS = ("checksum", "record_checksum")
 __all__ = ["PREDICTION_KEYS", "load_checkpoint", "save_checkpoint", "save_safetensors", "non_finite_tensors",
-           "listing", "record_digest", "tensor_digest"]
+           "listing", "record_digest", "tensor_digest", "folder_error"]
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
@@ -54,6 +54,15 @@ def listing(names: list[str], head: int = 3) -> str:
     return ", ".join(names[:head]) + (f" and {len(names) - head} more" if len(names) > head else "")
 
 
+def folder_error(path: Path) -> MissingFileError:
+    """The error for a folder given where a model file was expected, naming what to pass."""
+    inside = [name for name in ("best.pt", "last.pt") if (path / name).is_file()]
+    hint = f"pass {path / inside[0]}" if inside else (
+        f"pass a checkpoint file (a run's best.pt or last.pt) or a model folder (one holding {CONFIG_NAME} "
+        f"and {WEIGHTS_NAME}, as pixelwise export --format folder writes it)")
+    return MissingFileError(f"checkpoint {str(path)!r} is a folder, not a file; {hint}")
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint (``.pt``, or ``.safetensors`` from ``pixelwise export``) without running
     any code from it, with errors that say what to do.
@@ -65,9 +74,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """
     path = Path(path)
     if path.is_dir():
-        inside = [name for name in ("best.pt", "last.pt") if (path / name).is_file()]
-        hint = f"pass {path / inside[0]}" if inside else "pass a checkpoint file (a run's best.pt or last.pt)"
-        raise MissingFileError(f"checkpoint {str(path)!r} is a folder, not a file; {hint}")
+        raise folder_error(path)
     if not path.is_file():
         raise MissingFileError(f"checkpoint {str(path)!r} does not exist; train first, or check the run folder")
     kind = file_format(path)  # by content: a .pt that holds safetensors loads too

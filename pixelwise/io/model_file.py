@@ -27,10 +27,10 @@ import torch
 
 from pixelwise.errors import InputError, MissingFileError
 from pixelwise.io.atomic import atomic_path
-from pixelwise.io.checkpoint import load_checkpoint
+from pixelwise.io.checkpoint import folder_error, load_checkpoint
 from pixelwise.io.record import CHECKSUM_KEY, ModelRecord, check_precision_field, metadata_digest
 from pixelwise.io.safe_load import file_format, is_torchscript, torchscript_error
-from pixelwise.io.safetensors_file import (CONFIG_NAME, WEIGHTS_NAME, is_model_folder, read_folder, write_folder,
+from pixelwise.io.safetensors_file import (is_model_folder, read_folder, write_folder,
                                           write_safetensors)
 
 FORMATS = ("checkpoint", "safetensors", "folder", "onnx", "torchscript")
@@ -77,23 +77,21 @@ class ModelFile:
 def model_file_format(path: str | Path) -> str:
     """What a model file is, told from the file itself (its name only for ONNX).
 
+    A path with nothing there is a ``"checkpoint"``, which :func:`read_model_file` then reports
+    missing.
+
     Raises:
-        FileNotFoundError: nothing there, or a folder that is neither a model folder nor
-            holds a run's checkpoint (the message says what to pass).
+        FileNotFoundError: a folder that is not a model folder (the message says what to pass).
     """
     path = Path(path)
     if path.is_dir():
         if is_model_folder(path):
             return "folder"
-        inside = [name for name in ("best.pt", "last.pt") if (path / name).is_file()]
-        hint = f"pass {path / inside[0]}" if inside else (
-            f"pass a checkpoint file (a run's best.pt or last.pt) or a model folder (one holding {CONFIG_NAME} "
-            f"and {WEIGHTS_NAME}, as pixelwise export --format folder writes it)")
-        raise MissingFileError(f"checkpoint {str(path)!r} is a folder, not a file; {hint}")
+        raise folder_error(path)
     if path.suffix.lower() == ".onnx":
         return "onnx"  # read_onnx says if it is missing
     if not path.is_file():
-        raise MissingFileError(f"checkpoint {str(path)!r} does not exist; train first, or check the run folder")
+        return "checkpoint"  # load_checkpoint says it is missing
     if is_torchscript(path):
         return "torchscript"
     return "safetensors" if path.suffix == ".safetensors" or file_format(path) == "safetensors" else "checkpoint"

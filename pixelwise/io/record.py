@@ -22,6 +22,7 @@ inference options are known (:func:`pixelwise.inference.record.check_record`).
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
@@ -83,7 +84,7 @@ class ModelRecord:
                 **self.fields()}
 
     def replace(self, **changes: Any) -> ModelRecord:
-        return ModelRecord(**{**self.__dict__, **changes})
+        return dataclasses.replace(self, **changes)
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any], source: str) -> ModelRecord:

@@ -81,16 +81,16 @@ def write_folder(record: ModelRecord, weights: Weights, folder: str | Path) -> N
 
     tensors = _own_tensors(weights)
     config = record.to_json()
-    config["checksum"] = metadata_digest(ModelRecord.from_json(config, "", "").to_metadata() | _version(config),
-                                         tensor_digest(tensors))
+    config["checksum"] = _folder_checksum(record.replace(version=config["version"]), tensors)
     with atomic_folder(folder) as temporary:
         save_file(tensors, str(temporary / WEIGHTS_NAME), metadata={"format": "pt"})
         (temporary / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
 
 
-def _version(config: dict) -> dict[str, str]:
-    """The version entry a folder's checksum covers: the one its config records."""
-    return {"pixelwise.version": str(config.get("version"))}
+def _folder_checksum(record: ModelRecord, tensors: Weights) -> str:
+    """What a folder's ``config.json`` records as its checksum: the record in the string schema,
+    with the version the config names, and the weights."""
+    return metadata_digest({**record.to_metadata(), "pixelwise.version": str(record.version)}, tensor_digest(tensors))
 
 
 def is_model_folder(path: str | Path) -> bool:
@@ -119,8 +119,7 @@ def read_folder(folder: str | Path) -> tuple[ModelRecord, Weights]:
     record = ModelRecord.from_json(config, repr(str(config_path)), _FOLDER_REMEDY)
     tensors, _ = read_safetensors(weights_path, "weights file")
     recorded = config.get("checksum")
-    if recorded is not None and metadata_digest(record.to_metadata() | _version(config),
-                                                tensor_digest(tensors)) != recorded:
+    if recorded is not None and _folder_checksum(record, tensors) != recorded:
         raise InputError(f"model folder {str(folder)!r} is damaged or was edited: {CONFIG_NAME} (model spec, class "
                          f"names, normalisation, inference options) or {WEIGHTS_NAME} no longer match the checksum "
                          f"written with them; {_FOLDER_REMEDY}")
