@@ -25,6 +25,13 @@ Two measurements on CamVid train (367 frames, 480×360), with the training prese
    time, which overlaps the step while the workers keep up). ``--elastic`` also puts it in the
    CamVid loader (before the crop, as ``data.elastic`` does), so the data wait is measured with it.
 
+4. **A recipe's own run** (``--config RECIPE``, overrides with ``--set``): the recipe's training
+   samples (its augmentation, elastic deformation and border weight maps) through a loader with
+   its ``data.workers`` and ``data.batch_size``, and its own training step (model, loss, optimiser,
+   precision, memory layout), measured as in 1 and 2. For the ISBI 2012 recipe::
+
+       python benchmarks/data.py --config configs/isbi2012_unet.yaml --output benchmarks/results/data_isbi2012.json
+
 Target: data wait under 10% of a step. CamVid is read in place (``--root``, default
 ``../shared/datasets/camvid`` next to the repository); without it (or with ``--elastic-only``)
 only the elastic deformation is measured.
@@ -32,6 +39,7 @@ only the elastic deformation is measured.
 Usage:
     python benchmarks/data.py [--steps 10] [--workers 2] [--batch-size 4] [--root PATH] [--elastic]
     python benchmarks/data.py --elastic-only
+    python benchmarks/data.py --config RECIPE [--set KEY=VALUE ...]
 
 Prints a table and writes ``benchmarks/results/data.json``.
 """
@@ -44,18 +52,23 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Callable, Sequence
 
 import torch
 import torchvision
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from torchvision import tv_tensors
 
 import pixelwise
+from pixelwise.config import Config, load_config
 from pixelwise.data import create_dataset
 from pixelwise.data.classes import IGNORE_INDEX
 from pixelwise.data.elastic import ElasticDeformation
 from pixelwise.data.transforms import train_transform
+from pixelwise.losses import create_loss
+from pixelwise.training.loop import train_one_step
+from pixelwise.training.recipe import build_datasets, build_model, build_optimizer, class_weights, training_samples
 from report import write_report  # benchmarks/report.py: run as scripts, this folder is on sys.path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,8 +96,7 @@ def measure_throughput(loader: DataLoader, batches: int) -> dict:
     start = time.perf_counter()
     count = 0
     for _ in range(batches):
-        images, _ = next(iterator)
-        count += images.shape[0]
+        count += next(iterator)[0].shape[0]
     elapsed = time.perf_counter() - start
     return {"batches": batches, "samples": count, "seconds": elapsed, "samples_per_s": count / elapsed}
 
@@ -133,23 +145,54 @@ def endless(loader: DataLoader):
         yield from loader
 
 
-def measure_training(loader: DataLoader, model: nn.Module, steps: int, warmup: int) -> dict:
-    """Per-step milliseconds spent waiting for the next batch and computing on it."""
+def plain_step(model: nn.Module) -> Callable[[Sequence[Tensor]], None]:
+    """One AdamW step of ``model`` on cross-entropy (ignore index 255), in fp32."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     criterion = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
     model.train()
-    batches = endless(loader)
-    waits, computes = [], []
-    for step in range(warmup + steps):
-        start = time.perf_counter()
-        images, masks = next(batches)
-        ready = time.perf_counter()
+
+    def step(batch: Sequence[Tensor]) -> None:
+        images, masks = batch
         loss = criterion(model(images), masks)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+    return step
+
+
+def recipe_loader_and_step(config: Config) -> tuple[DataLoader, Callable[[Sequence[Tensor]], None]]:
+    """A recipe's own training samples (its augmentation, elastic deformation and weight maps),
+    loaded as its run loads them (``data.workers``, ``data.batch_size``), and its own step
+    (:func:`pixelwise.training.loop.train_one_step`: model, loss, optimiser, precision and
+    memory layout as the recipe sets them)."""
+    torch.manual_seed(config.train.seed)
+    train_set, _ = build_datasets(config)
+    samples = training_samples(config, train_set)
+    loader = DataLoader(samples, batch_size=config.data.batch_size, shuffle=True, drop_last=True,
+                        num_workers=config.data.workers, persistent_workers=config.data.workers > 0,
+                        generator=torch.Generator().manual_seed(config.train.seed))
+    classes = train_set.classes
+    model = build_model(config, classes.num_classes)
+    if config.train.channels_last:
+        model = model.to_channels_last()
+    optimizer = build_optimizer(config, model)
+    loss_fn = create_loss(config.loss, ignore_index=classes.ignore_index,
+                          class_weights=class_weights(config, classes))
+    device = torch.device("cpu")
+    return loader, lambda batch: train_one_step(model, batch, loss_fn, optimizer, config, device)
+
+
+def measure_training(loader: DataLoader, step: Callable[[Sequence[Tensor]], None], steps: int, warmup: int) -> dict:
+    """Per-step milliseconds spent waiting for the next batch and computing on it."""
+    batches = endless(loader)
+    waits, computes = [], []
+    for index in range(warmup + steps):
+        start = time.perf_counter()
+        batch = next(batches)
+        ready = time.perf_counter()
+        step(batch)
         done = time.perf_counter()
-        if step >= warmup:
+        if index >= warmup:
             waits.append((ready - start) * 1e3)
             computes.append((done - ready) * 1e3)
     wait, compute = statistics.mean(waits), statistics.mean(computes)
@@ -184,8 +227,32 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--elastic", action="store_true", help="add U-Net's elastic deformation to the loader")
     parser.add_argument("--elastic-only", action="store_true", help="measure only the elastic deformation")
     parser.add_argument("--elastic-samples", type=int, default=20, help="timed elastic deformations")
+    parser.add_argument("--config", type=Path, default=None,
+                        help="measure this recipe's own loader and training step instead of CamVid's preset")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="an override of the --config recipe (data.workers=1, train.amp=null, ...)")
     parser.add_argument("--output", type=Path, default=RESULTS, help="where to write the JSON")
     return parser.parse_args()
+
+
+def measure_recipe(args: argparse.Namespace, threads: int) -> dict:
+    """The data wait of a recipe's own run: its loader and its step, side by side."""
+    config = load_config(args.config, args.set)
+    loader, step = recipe_loader_and_step(config)
+    data = config.data
+    print(f"{args.config}: {data.format} {data.train_split}, {len(loader.dataset)} images, crop "
+          f"{data.crop_size[0]}×{data.crop_size[1]}, batch {data.batch_size}, elastic {data.elastic is not None}, "
+          f"weight map {data.weight_map is not None}, {data.workers} workers, {threads} main thread(s), "
+          f"amp {config.train.amp}, {os.cpu_count()} CPUs")
+    throughput = measure_throughput(loader, args.read_batches or 2 * args.steps)
+    training = measure_training(loader, step, args.steps, args.warmup)
+    print_table(throughput, training)
+    return {"question": "the share of a recipe's training step spent waiting for its own data",
+            "recipe": str(args.config), "overrides": args.set, "device": "cpu",
+            "processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+            "torch": torch.__version__, "main_threads": threads, "workers": data.workers,
+            "batch_size": data.batch_size, "throughput": throughput, "training": training,
+            "target_wait_share": 0.10}
 
 
 def main() -> int:
@@ -193,6 +260,9 @@ def main() -> int:
     threads = args.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
     torch.manual_seed(0)
+    if args.config is not None:
+        write_report(measure_recipe(args, threads), args.output)
+        return 0
     elastic = measure_elastic(args.elastic_samples)
     if args.elastic_only or not (args.root / "train").is_dir() or not (args.root / "trainannot").is_dir():
         if not args.elastic_only:
@@ -208,7 +278,7 @@ def main() -> int:
           f"{args.workers} workers, {threads} main thread(s), {os.cpu_count()} CPUs")
     throughput = measure_throughput(loader, min(args.read_batches or len(loader), len(loader)) - 1)
     model = pixelwise.create_model("unet", num_classes=11, encoder="resnet18", upsample=args.upsample)
-    training = measure_training(loader, model, args.steps, args.warmup)
+    training = measure_training(loader, plain_step(model), args.steps, args.warmup)
     print_table(throughput, training)
     elastic_share = print_elastic(elastic, args.batch_size, training)
     # Seconds of worker time a step needs (at the idle-main-process rate), per second of step.

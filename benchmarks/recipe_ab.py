@@ -6,9 +6,10 @@ shared out (``OMP_NUM_THREADS``), same seed and data order, so the only differen
 overrides. Then every ``last.pt`` (the same iteration for all: choosing ``best.pt`` on the split
 being reported would favour the noisier run) is evaluated through the one inference path, at one
 scale and unflipped as validation runs (not with the recipe's test-time views), with the
-boundary metrics: mIoU, the IoU of chosen classes, mean Boundary IoU and trimap accuracy
-within ``--boundary-width`` pixels of class edges, pixel accuracy, and the validation mIoU logged
-during training.
+boundary metrics: mIoU, the IoU of chosen classes, mean Boundary IoU and trimap accuracy within
+``--boundary-width`` pixels of class edges, pixel accuracy, and the validation mIoU logged during
+training; on two-class membrane data also the ISBI 2012 metrics (Rand error, pixel error and
+V_info at p > 0.5 and at their best thresholds).
 
 A variant whose run folder already holds a finished ``last.pt`` is not trained again, and an
 unfinished one is resumed, so an interrupted comparison is completed by running the same command.
@@ -38,6 +39,9 @@ from pixelwise.training.run_log import read_metrics
 from report import write_report  # benchmarks/report.py: run as scripts, this folder is on sys.path
 
 RESULTS = Path(__file__).resolve().parent / "results" / "recipe_ab.json"
+# On two-class membrane data, the ISBI 2012 metrics at p > 0.5 and at their best thresholds.
+MEMBRANE_KEYS = tuple(f"{prefix}{name}{suffix}" for name in ("rand_error", "pixel_error", "v_info")
+                      for prefix, suffix in (("", ""), ("best_", ""), ("best_", "_threshold")))
 THIN_CAMVID_CLASSES = ("Pole", "SignSymbol", "Fence", "Pedestrian", "Bicyclist")
 
 
@@ -99,6 +103,7 @@ def score(run_dir: Path, classes: list[str], boundary_width: int) -> dict:
         "trimap_accuracy": summary.get("trimap_accuracy"),
         "pixel_accuracy": summary["pixel_accuracy"],
         "val_history": {record["iteration"]: record["eval"]["mean_iou"] for record in evaluations},
+        "membrane": {key: summary[key] for key in MEMBRANE_KEYS} if "rand_error" in summary else None,
         "data": {"format": result.data.format, "split": result.data.split, "options": result.data.options,
                  "num_images": result.num_images},
     }
@@ -108,15 +113,29 @@ def percent(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.1f}"
 
 
+def membrane_cells(membrane: dict | None) -> list[str]:
+    """Rand error, pixel error and V_info as "at p > 0.5 / best (threshold)"."""
+    def cell(name: str) -> str:
+        if membrane is None or membrane[name] is None:
+            return "–"
+        best, threshold = membrane[f"best_{name}"], membrane[f"best_{name}_threshold"]
+        return f"{membrane[name]:.3f} / {best:.3f} ({threshold:.2f})"
+    return [cell(name) for name in ("rand_error", "pixel_error", "v_info")]
+
+
 def table(results: dict[str, dict], classes: list[str], boundary_width: int) -> str:
     shown = [name for name in classes if any(name in r["class_iou"] for r in results.values())]
-    header = (["variant", "iterations", "minutes", "mIoU", *shown, f"mean Boundary IoU ({boundary_width} px)",
-               f"trimap accuracy ({boundary_width} px)", "pixel accuracy", "val mIoU during training"])
+    membrane = any(r.get("membrane") for r in results.values())
+    membrane_header = ["Rand error (p > 0.5 / best)", "pixel error", "V_info"] if membrane else []
+    header = (["variant", "iterations", "minutes", "mIoU", *shown, *membrane_header,
+               f"mean Boundary IoU ({boundary_width} px)", f"trimap accuracy ({boundary_width} px)",
+               "pixel accuracy", "val mIoU during training"])
     lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 2) + "---|"]
     for name, r in results.items():
         history = " / ".join(f"{percent(miou)} ({iteration})" for iteration, miou in r["val_history"].items())
         cells = [name, str(r["iteration"]), f"{r['train_minutes']:.0f}", f"**{percent(r['mean_iou'])}**",
-                 *(percent(r["class_iou"].get(c)) for c in shown), percent(r["mean_boundary_iou"]),
+                 *(percent(r["class_iou"].get(c)) for c in shown),
+                 *(membrane_cells(r.get("membrane")) if membrane else []), percent(r["mean_boundary_iou"]),
                  percent(r["trimap_accuracy"]), percent(r["pixel_accuracy"]), history]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

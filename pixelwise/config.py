@@ -68,6 +68,9 @@ class WeightMapConfig:
 
     w0: float = 10.0  # height of the border term w0 · exp(−(d1 + d2)² / 2σ²)
     sigma: float = 5.0  # its width σ, in pixels
+    # w_c, the per-mask class balance: true weighs each class's pixels to the same total (the
+    # paper); false gives every labelled pixel 1, so only the border term adds weight.
+    class_balance: bool = True
 
 
 @dataclass

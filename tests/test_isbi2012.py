@@ -60,3 +60,29 @@ def test_the_real_slices_read_as_two_classes() -> None:
     dataset = ISBI2012Dataset(SHARED, "val")
     image, mask = dataset.load(0)
     assert len(dataset) == 5 and image.shape == (3, 512, 512) and set(mask.unique().tolist()) == {0, 1}
+
+
+def test_the_data_benchmark_measures_the_recipes_own_loader_and_step(tmp_path: Path) -> None:
+    """``benchmarks/data.py --config``: the ISBI recipe's samples (elastic deformation, weight maps)
+    and its weighted step, on a small volume."""
+    import json
+    import subprocess
+    import sys
+
+    root = _volume(tmp_path / "isbi", size=48)
+    repo = Path(__file__).resolve().parents[1]
+    overrides = [f"data.root={root}", "data.crop_size=[32, 32]", "data.workers=0", "data.batch_size=2",
+                 "model.options={base_channels: 4, depth: 2, padding: valid}"]
+    recipe = repo / "configs" / "isbi2012_unet.yaml"
+    command = [sys.executable, str(repo / "benchmarks" / "data.py"), "--config", str(recipe),
+               "--steps", "2", "--warmup", "1", "--read-batches", "2", "--threads", "1",
+               "--output", str(tmp_path / "data.json"), *(arg for o in overrides for arg in ("--set", o))]
+    run = subprocess.run(command, capture_output=True, text=True, cwd=repo, timeout=600)
+    assert run.returncode == 0, run.stderr
+    report = json.loads((tmp_path / "data.json").read_text())
+    assert report["recipe"].endswith("isbi2012_unet.yaml") and report["batch_size"] == 2
+    training = report["training"]
+    assert training["steps"] == 2 and len(training["wait_ms"]) == 2 and training["compute_ms_per_step"] > 0
+    assert 0 <= training["wait_share"] < 1
+    assert report["throughput"]["samples"] == 4
+    assert "elastic True, weight map True" in run.stdout

@@ -82,3 +82,19 @@ def test_recipe_ab_trains_variants_side_by_side_and_completes_on_rerun(tmp_path:
     assert again.returncode == 0, again.stderr
     assert "plain: " in again.stdout and "is finished; not trained again" in again.stdout
     assert json.loads((tmp_path / "ab.json").read_text())["results"] == report["results"]
+
+
+def test_recipe_ab_reports_the_membrane_metrics_of_two_class_runs(tmp_path: Path) -> None:
+    from conftest import tiny_recipe
+
+    binary = "data.options={size: 32, length: 4, num_classes: 2}"
+    train(load_config(None, tiny_recipe(tmp_path / "ab" / "binary", binary)))
+    command = [sys.executable, str(REPO / "benchmarks" / "recipe_ab.py"), "--config", "unused.yaml", "--evaluate-only",
+               "--out", str(tmp_path / "ab"), "--variant", "binary", "--classes", "disc",
+               "--output", str(tmp_path / "ab.json")]
+    run = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    assert run.returncode == 0, run.stderr
+    membrane = json.loads((tmp_path / "ab.json").read_text())["results"]["binary"]["membrane"]
+    assert 0 <= membrane["rand_error"] <= 1 and 0 <= membrane["best_pixel_error"] <= membrane["pixel_error"]
+    assert 0 <= membrane["best_v_info_threshold"] <= 1
+    assert "Rand error (p > 0.5 / best)" in run.stdout and f"{membrane['rand_error']:.3f} / " in run.stdout

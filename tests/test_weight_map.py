@@ -70,6 +70,17 @@ def test_two_cells_peak_on_the_gap_and_leave_w_c_far_away() -> None:
     assert weights[20, 41] > weights[5, 41] > weights[0, 41] > w_c[0, 41]  # decays away from the gap
 
 
+def test_without_class_balance_w_c_is_one_and_the_border_term_is_unchanged() -> None:
+    mask = _two_cells(gap=2)
+    mask[0, :5] = IGNORE_INDEX
+    balanced = border_weight_map(mask, W0, SIGMA)
+    plain = border_weight_map(mask, W0, SIGMA, class_balance=False)
+    labelled = mask != IGNORE_INDEX
+    np.testing.assert_allclose(plain - labelled, balanced - class_balance_weights(mask), atol=1e-5)
+    assert (plain[mask == 1] == 1).all() and (plain[:, 150:] == 1).all() and (plain[~labelled] == 0).all()
+    assert plain[20, 41] > 1 + W0 / 2
+
+
 def test_class_balance_averages_one_with_equal_totals_per_class() -> None:
     mask = _two_cells()
     mask[0, :5] = IGNORE_INDEX
@@ -196,6 +207,9 @@ def test_each_mask_map_is_computed_once(monkeypatch: pytest.MonkeyPatch) -> None
     assert len(calls) == 3
     samples.fill_cache()
     assert len(calls) == 3
+    plain = WeightMapSamples(SyntheticShapes("train", size=32, length=1, num_classes=2), class_balance=False)
+    _, mask, weights = plain[0]
+    np.testing.assert_array_equal(weights.numpy(), border_weight_map(mask.numpy(), class_balance=False))
 
 
 def test_weight_map_is_a_mask_and_refuses_other_than_two_classes() -> None:
@@ -207,8 +221,9 @@ def test_weight_map_is_a_mask_and_refuses_other_than_two_classes() -> None:
 def test_a_tiny_run_trains_on_the_weighted_loss(tmp_path) -> None:
     losses: list[float] = []
     config = load_config(None, tiny_recipe(tmp_path / "run", "data.options={size: 32, length: 8, num_classes: 2}",
-                                           "data.weight_map={w0: 10, sigma: 3}", "loss=weighted_ce"))
-    assert config.data.weight_map.sigma == 3.0
+                                           "data.weight_map={w0: 10, sigma: 3, class_balance: false}",
+                                           "loss=weighted_ce"))
+    assert config.data.weight_map.sigma == 3.0 and config.data.weight_map.class_balance is False
     result = train(config, on_step=lambda iteration, loss: losses.append(loss))
     assert result.iterations == 2 and len(losses) == 2
     assert all(math.isfinite(loss) and loss > 0 for loss in losses)
@@ -243,6 +258,9 @@ def test_the_cli_writes_the_map_as_a_png_and_an_array(tmp_path, capsys) -> None:
     np.testing.assert_array_equal(np.load(npy), border_weight_map(_two_cells()))
     assert "wrote" in capsys.readouterr().out
     np.testing.assert_array_equal(read_binary_mask(tmp_path / "label.png"), _two_cells())
+    assert main(["weight-map", str(tmp_path / "label.png"), "--out", str(out), "--npy", str(npy),
+                 "--no-class-balance"]) == 0
+    np.testing.assert_array_equal(np.load(npy), border_weight_map(_two_cells(), class_balance=False))
 
 
 @pytest.mark.parametrize("content", ["values", "text", "missing"])

@@ -170,7 +170,8 @@ def cmd_overlap(args: argparse.Namespace) -> int:
 
 
 def cmd_weight_map(args: argparse.Namespace) -> int:
-    weights = border_weight_map(read_binary_mask(args.mask), w0=args.w0, sigma=args.sigma)
+    weights = border_weight_map(read_binary_mask(args.mask), w0=args.w0, sigma=args.sigma,
+                                class_balance=not args.no_class_balance)
     save_weight_map_png(weights, args.out, args.colormap)
     written = [args.out]
     if args.npy:

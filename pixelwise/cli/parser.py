@@ -112,6 +112,8 @@ def _add_weight_map(commands: argparse._SubParsersAction) -> None:
     weight_map.add_argument("--w0", type=float, default=DEFAULT_W0, help="height of the border term (default 10)")
     weight_map.add_argument("--sigma", type=float, default=DEFAULT_SIGMA,
                             help="width of the border term, pixels (default 5)")
+    weight_map.add_argument("--no-class-balance", action="store_true",
+                            help="w_c = 1 at every pixel instead of balancing membrane against cell")
     weight_map.add_argument("--colormap", default="magma", help="matplotlib colour map (default magma)")
     weight_map.set_defaults(run=cmd_weight_map)
 

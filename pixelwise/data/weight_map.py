@@ -117,10 +117,11 @@ def _checked_mask(mask: np.ndarray | Tensor, ignore_index: int) -> np.ndarray:
 
 
 def border_weight_map(mask: np.ndarray | Tensor, w0: float = DEFAULT_W0, sigma: float = DEFAULT_SIGMA,
-                      ignore_index: int = IGNORE_INDEX) -> np.ndarray:
+                      ignore_index: int = IGNORE_INDEX, class_balance: bool = True) -> np.ndarray:
     """The U-Net paper's weight map ``w = w_c + w0 · exp(−(d1 + d2)² / 2σ²)`` of a binary mask.
 
-    ``w_c`` is :func:`class_balance_weights`. The border term is added at membrane pixels only
+    ``w_c`` is :func:`class_balance_weights`, or 1 at every labelled pixel without
+    ``class_balance``. The border term is added at membrane pixels only
     (the paper's "background pixels"), where ``d1``/``d2`` are the Euclidean distances in pixels
     from the pixel's centre to the nearest pixel of the nearest and second-nearest cell (a
     4-connected component of class 1); it is 0 where the mask has fewer than two cells and where
@@ -132,6 +133,8 @@ def border_weight_map(mask: np.ndarray | Tensor, w0: float = DEFAULT_W0, sigma: 
         w0: height of the border term (the paper: 10).
         sigma: its width in pixels (the paper: about 5).
         ignore_index: value of pixels that carry no label.
+        class_balance: ``w_c`` as the paper has it (each present class the same total weight);
+            ``False``: 1 at every labelled pixel.
 
     Returns:
         float32 H×W weights.
@@ -142,7 +145,10 @@ def border_weight_map(mask: np.ndarray | Tensor, w0: float = DEFAULT_W0, sigma: 
     if not (0 <= w0 < math.inf and 0 < sigma < math.inf):
         raise InputError(f"the border weight map needs w0 >= 0 and sigma > 0, got w0={w0}, sigma={sigma}")
     mask = _checked_mask(mask, ignore_index)
-    weights = class_balance_weights(mask, ignore_index)
+    if class_balance:
+        weights = class_balance_weights(mask, ignore_index)
+    else:
+        weights = (mask != ignore_index).astype(np.float64)
     cells, count = ndimage.label(mask == CELL)
     if count >= 2 and w0 > 0:
         reach = border_reach(sigma)
@@ -233,12 +239,14 @@ class WeightMapSamples(Dataset):
         dataset: a two-class :class:`SegmentationDataset` (0 membrane, 1 cell) whose transform,
             if any, is a :class:`~pixelwise.data.transforms.SegmentationTransform`.
         w0, sigma: the border term's height and width (:func:`border_weight_map`).
+        class_balance: whether ``w_c`` balances the classes (:func:`border_weight_map`).
 
     Raises:
         InputError: a data set of other than two classes, or a transform that cannot carry the map.
     """
 
-    def __init__(self, dataset: SegmentationDataset, w0: float = DEFAULT_W0, sigma: float = DEFAULT_SIGMA) -> None:
+    def __init__(self, dataset: SegmentationDataset, w0: float = DEFAULT_W0, sigma: float = DEFAULT_SIGMA,
+                 class_balance: bool = True) -> None:
         classes = dataset.classes
         if classes.num_classes != 2:
             raise InputError(f"the border weight map (data.weight_map) needs binary masks, 0 membrane and 1 cell; "
@@ -247,7 +255,7 @@ class WeightMapSamples(Dataset):
             raise InputError(f"the border weight map is carried through a SegmentationTransform's pipeline, "
                              f"not {type(dataset.transform).__name__}")
         self.dataset, self.classes = dataset, classes
-        self.w0, self.sigma = w0, sigma
+        self.w0, self.sigma, self.class_balance = w0, sigma, class_balance
         self.cache: dict[int, Tensor] = {}
 
     def __len__(self) -> int:
@@ -256,7 +264,8 @@ class WeightMapSamples(Dataset):
     def weight_map(self, index: int, mask: Tensor) -> Tensor:
         """The map of sample ``index`` (whose unaugmented mask is ``mask``), computed once."""
         if index not in self.cache:
-            weights = border_weight_map(mask.as_subclass(Tensor), self.w0, self.sigma, self.classes.ignore_index)
+            weights = border_weight_map(mask.as_subclass(Tensor), self.w0, self.sigma, self.classes.ignore_index,
+                                        self.class_balance)
             self.cache[index] = torch.from_numpy(weights)
         return self.cache[index]
 

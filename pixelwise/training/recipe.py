@@ -58,8 +58,9 @@ def training_samples(config: Config, train_set: SegmentationDataset, table: Tens
     map (``data.weight_map``: ``(image, mask, weights)`` samples; maps computed up front when
     loader workers would otherwise each compute their own). ``table``: the training split's
     :func:`train_class_pixels`, when already counted."""
-    if config.data.weight_map is not None:
-        weighted = WeightMapSamples(train_set, config.data.weight_map.w0, config.data.weight_map.sigma)
+    maps = config.data.weight_map
+    if maps is not None:
+        weighted = WeightMapSamples(train_set, maps.w0, maps.sigma, maps.class_balance)
         if config.data.workers > 0:
             weighted.fill_cache()
         return weighted
