@@ -16,7 +16,7 @@ from PIL import Image
 from pixelwise.cli import main
 from pixelwise.config import ConfigError, load_config
 from pixelwise.data.io import DataError
-from pixelwise.layers.upsample import UPSAMPLE_KINDS
+from pixelwise.layers.upsample import UPSAMPLE_KINDS, WideTransposedUpsample
 from pixelwise.superres.compare import compare_methods, save_comparison_figure, upscale_file
 from pixelwise.superres.images import (bicubic_upscale, downscale, modcrop, rgb_to_ycbcr, to_pixels, to_tensor,
                                        upscale_fixed, ycbcr_to_rgb)
@@ -161,12 +161,43 @@ def test_nearest_displaces_its_sub_pixel_phases():
 
 # ------------------------------------------------------------------ networks
 
+NETWORKS = ["srcnn", *(f"{name}-{kind}" for name in ("espcn", "fsrcnn") for kind in UPSAMPLE_KINDS)]
+
+
 @pytest.mark.parametrize("scale", [2, 3, 4])
-@pytest.mark.parametrize("kind", [*UPSAMPLE_KINDS, "srcnn"])
-def test_networks_map_odd_sizes_to_scale_times(kind, scale):
-    model = create_sr_model("srcnn", scale) if kind == "srcnn" else create_sr_model("espcn", scale, upsample=kind)
+@pytest.mark.parametrize("network", NETWORKS)
+def test_networks_map_odd_sizes_to_scale_times(network, scale):
+    name, _, kind = network.partition("-")
+    model = create_sr_model(name, scale, **({"upsample": kind} if kind else {}))
     for height, width in ((7, 9), (11, 5)):
         assert model(torch.rand(2, 1, height, width)).shape == (2, 1, scale * height, scale * width)
+
+
+def test_fsrcnn_is_the_papers_network():
+    model = create_sr_model("fsrcnn", 3)
+    convs = [m for m in model.features if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.kernel_size[0], c.out_channels) for c in convs] == [(5, 56), (1, 12), *[(3, 12)] * 4, (1, 56)]
+    assert sum(isinstance(m, torch.nn.PReLU) for m in model.features) == 7
+    deconv = model.upsampler.conv
+    assert isinstance(deconv, torch.nn.ConvTranspose2d) and deconv.kernel_size == (9, 9) and deconv.stride == (3, 3)
+    # The paper counts 12,464 weights at x3 (biases and PReLU slopes left out).
+    weights = sum(m.weight.numel() for m in [*convs, deconv])
+    assert weights == 56 * 25 + 56 * 12 + 4 * 12 * 12 * 9 + 12 * 56 + 56 * 81 == 12_464
+    small = create_sr_model("fsrcnn", 2, d=32, s=5, m=1)
+    assert small.upsampler.conv.kernel_size == (8, 8) and small(torch.rand(1, 1, 5, 7)).shape == (1, 1, 10, 14)
+    with pytest.raises(ValueError, match="kernel - scale even"):
+        create_sr_model("fsrcnn", 2, kernel=9)
+    with pytest.raises(ValueError, match="has none"):
+        create_sr_model("fsrcnn", 3, upsample="pixelshuffle", kernel=9)
+
+
+@pytest.mark.parametrize(("scale", "kernel"), [(3, 9), (2, 8), (4, 10), (3, 5)])
+def test_the_wide_transposed_convolution_starts_as_bilinear_interpolation(scale, kernel):
+    """Centred at every scale, borders included: at initialisation it is F.interpolate's bilinear."""
+    up = WideTransposedUpsample(2, 2, scale, kernel)
+    image = torch.rand(1, 2, 7, 9)
+    expected = F.interpolate(image, scale_factor=scale, mode="bilinear", align_corners=False)
+    torch.testing.assert_close(up(image), expected, atol=1e-6, rtol=0)
 
 
 def test_espcn_depth_and_residual_start():
@@ -185,6 +216,8 @@ def test_espcn_depth_and_residual_start():
 
 
 def test_unknown_network_and_bad_scale():
+    with pytest.raises(ValueError, match="FSRCNN needs d >= 1"):
+        create_sr_model("fsrcnn", 3, s=0)
     with pytest.raises(ValueError, match="unknown super-resolution model"):
         create_sr_model("edsr", 3)
     with pytest.raises(ValueError, match="at least 2"):

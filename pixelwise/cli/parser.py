@@ -252,7 +252,8 @@ def _add_superres_commands(commands: argparse._SubParsersAction) -> None:
     """``pixelwise superres train | compare | upscale``."""
     superres = commands.add_parser("superres", help="super-resolution: the upsamplers put to the test on real images")
     actions = superres.add_subparsers(dest="superres_command", required=True)
-    train = actions.add_parser("train", help="train ESPCN (any upsampler as its last layer) or SRCNN from a recipe")
+    train = actions.add_parser("train", help="train ESPCN or FSRCNN (any upsampler as the last layer) or SRCNN "
+                                                 "from a recipe")
     train.add_argument("--config", help="recipe YAML file, e.g. configs/superres_espcn_x3.yaml")
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                        help="e.g. model.options.upsample=transposed (after the --options)")

@@ -27,6 +27,7 @@ from pixelwise.layers.upsample import (
     ResizeConv,
     ShiftedResize,
     TransposedUpsample,
+    WideTransposedUpsample,
     bilinear_icnr_,
     bilinear_kernel,
     icnr_,
@@ -39,6 +40,6 @@ __all__ = [
     "upsampling_step", "ShiftedResize", "upsampler_between",
     "ASPP", "ASPPPooling", "aspp_rates", "ConvNormAct", "InstanceBatchNorm2d", "LayerSpec", "SeparableConv2d",
     "make_act", "make_conv_block", "make_norm", "mirror_pad", "pad_to_multiple", "resize_bilinear", "scaled_size",
-    "UPSAMPLE_KINDS", "PixelShuffleUpsample", "ResizeConv", "TransposedUpsample", "bilinear_kernel", "icnr_",
+    "UPSAMPLE_KINDS", "PixelShuffleUpsample", "ResizeConv", "TransposedUpsample", "WideTransposedUpsample", "bilinear_kernel", "icnr_",
     "make_upsampler",
 ]

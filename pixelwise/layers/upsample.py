@@ -148,6 +148,50 @@ class TransposedUpsample(nn.Module):
         return out[..., start:start + height, start:start + width]
 
 
+class WideTransposedUpsample(nn.Module):
+    """A transposed convolution whose kernel is wider than interpolation needs, such as FSRCNN's
+    9×9 last layer (Dong et al., 2016), on half-pixel centres with the borders replicated.
+
+    Input pixel ``i``'s kernel is centred on output pixel ``s·i + (s - 1)/2``, so the output is
+    not shifted; that needs ``kernel - s`` even (9 at odd scales, 8 or 10 at even ones: a 9×9
+    kernel at stride 2 would move the image by half an output pixel). The input is padded by
+    replication far enough that every output pixel gets all of its taps, and the output is
+    cropped to ``s·H × s·W``. The kernel starts as bilinear interpolation
+    (:func:`bilinear_kernel`, zeros around it) times a channel projection, as ``"transposed"``
+    does; the paper drew it from N(0, 0.001²).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, scale: int, kernel: int = 9) -> None:
+        super().__init__()
+        if not isinstance(scale, int) or scale < 2:
+            raise InputError(f"upsampling scale must be an integer of at least 2, got {scale!r}")
+        if kernel < scale or (kernel - scale) % 2:
+            raise InputError(f"a {kernel}×{kernel} transposed convolution at stride {scale} cannot be centred on "
+                             f"the output pixels: the kernel needs at least {scale} taps and kernel - scale even "
+                             f"(e.g. {scale + 6})")
+        self.scale, self.kernel = scale, kernel
+        # Output o of the padded input's full transposed convolution takes input q's tap o - s·q,
+        # 0 <= tap < kernel; the first output kept needs inputs from (pad - (kernel + s - 2)/2s) on.
+        self.pad = math.ceil((kernel + scale - 2) / (2 * scale))
+        start = self.pad * scale + (kernel - scale) // 2
+        padding = min(start, kernel - 1)  # the conv crops what it can; forward slices the rest
+        self.start = start - padding
+        self.conv = nn.ConvTranspose2d(in_channels, out_channels, kernel, stride=scale, padding=padding)
+        taps = torch.zeros(kernel, kernel)
+        interpolation = bilinear_kernel(scale)
+        offset = (kernel - interpolation.shape[-1]) // 2
+        taps[offset:offset + interpolation.shape[-1], offset:offset + interpolation.shape[-1]] = interpolation
+        with torch.no_grad():
+            self.conv.weight.copy_(_projection(in_channels, out_channels).t()[:, :, None, None] * taps)
+            self.conv.bias.zero_()
+
+    def forward(self, x: Tensor) -> Tensor:
+        pad, start = self.pad, self.start
+        out = self.conv(F.pad(x, (pad, pad, pad, pad), mode="replicate"))
+        height, width = self.scale * x.shape[-2], self.scale * x.shape[-1]
+        return out[..., start:start + height, start:start + width]
+
+
 class ResizeConv(nn.Module):
     """Resize (nearest or bilinear), then a 3×3 convolution. With a ``shift`` the resize is
     :func:`~pixelwise.layers.align.shifted_upsample` (output pixel ``j`` at input ``shift + j/scale``)."""

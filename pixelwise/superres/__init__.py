@@ -2,8 +2,8 @@
 
 - :mod:`~pixelwise.superres.images`: luminance, degradation and fixed interpolation rules.
 - :mod:`~pixelwise.superres.quality`: PSNR, SSIM and the periodic (checkerboard) part of an error.
-- :mod:`~pixelwise.superres.models`: ESPCN with any :func:`~pixelwise.layers.make_upsampler` kind
-  as its last layer, and SRCNN.
+- :mod:`~pixelwise.superres.models`: ESPCN and FSRCNN with any :func:`~pixelwise.layers.make_upsampler`
+  kind as their last layer (FSRCNN's own: a 9×9 transposed convolution), and SRCNN.
 - :mod:`~pixelwise.superres.train`: recipes, training with a time budget, checkpoints, resume.
 - :mod:`~pixelwise.superres.compare`: every method on the same images, one table and a figure;
   upscaling images with a trained network.

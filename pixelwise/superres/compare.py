@@ -4,7 +4,7 @@
 upscales it back with the fixed rules and with trained networks, and scores each method on
 luminance (PSNR, SSIM, the periodic error of :class:`~pixelwise.superres.quality.PeriodicError`),
 its checkerboard score on a constant image (:func:`pixelwise.analysis.overlap.checkerboard_score`:
-0 for every interpolation rule; for ESPCN also its learned last layer alone), and its time.
+0 for every interpolation rule; for ESPCN and FSRCNN also their learned last layer alone), and its time.
 :func:`save_comparison_figure` shows the same region for every method, with its error map.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pixelwise.errors import InputError
 from pixelwise.inference.predict import expand_inputs
 from pixelwise.superres.images import (FIXED_METHODS, downscale, luminance, modcrop, rgb_to_ycbcr, to_pixels,
                                        to_tensor, upscale_fixed, ycbcr_to_rgb)
-from pixelwise.superres.models import ESPCN, method_name
+from pixelwise.superres.models import method_name
 from pixelwise.superres.quality import PEAK, QualityScores
 from pixelwise.superres.train import load_superres_model, super_resolve
 
@@ -38,7 +38,7 @@ class MethodScore:
     psnr: float
     ssim: float
     checkerboard: float  # the whole method on a constant image
-    upsampler_checkerboard: float | None  # ESPCN's last layer alone; None for other methods
+    upsampler_checkerboard: float | None  # ESPCN's or FSRCNN's last layer alone; None for other methods
     periodic_db: float
     periodic_rms: float
     ms_per_image: float
@@ -134,7 +134,7 @@ def compare_methods(images: Sequence[str | Path], scale: int, checkpoints: Seque
         summary = scores[name].summary()
         channels = 3 if not learned else 1
         upsampler = None
-        if isinstance(module, ESPCN):
+        if hasattr(module, "upsampler"):  # ESPCN, FSRCNN
             upsampler = checkerboard_score(module.upsampler, module.upsampler_channels, scale, CHECKERBOARD_SIZE)
         comparison.rows.append(MethodScore(
             name, summary["psnr"], summary["ssim"], checkerboard_score(module, channels, scale, CHECKERBOARD_SIZE),

@@ -10,8 +10,14 @@
 - **SRCNN** (Dong et al., 2014, "Learning a Deep Convolutional Network for Image
   Super-Resolution"): bicubic upscaling first, then 9×9 → 64, 5×5 → 32, 5×5 → 1 (the 9-5-5
   variant) at high resolution.
+- **FSRCNN** (Dong, Loy and Tang, 2016, "Accelerating the Super-Resolution Convolutional Neural
+  Network"): at low resolution, 5×5 feature extraction to ``d`` = 56 channels, 1×1 shrinking to
+  ``s`` = 12, ``m`` = 4 3×3 mapping layers, 1×1 expanding back to ``d`` (PReLU after each), then
+  the paper's learned upsampler, a 9×9 transposed convolution
+  (:class:`~pixelwise.layers.WideTransposedUpsample`, ``upsample="transposed"``), or another
+  kind as ESPCN's last layer.
 
-Both map a luminance image ``N×1×H×W`` in [0, 1] to ``N×1×(scale·H)×(scale·W)``, for any H and W;
+All three map a luminance image ``N×1×H×W`` in [0, 1] to ``N×1×(scale·H)×(scale·W)``, for any H and W;
 convolutions pad by replicating the border, so borders are not darkened.
 """
 from __future__ import annotations
@@ -22,7 +28,7 @@ from typing import Callable
 from torch import Tensor, nn
 
 from pixelwise.errors import InputError
-from pixelwise.layers.upsample import UPSAMPLE_KINDS, make_upsampler
+from pixelwise.layers.upsample import UPSAMPLE_KINDS, WideTransposedUpsample, make_upsampler
 from pixelwise.registry import Registry
 from pixelwise.superres.images import bicubic_upscale
 
@@ -76,6 +82,37 @@ class SRCNN(nn.Module):
         return self.body(bicubic_upscale(image, self.scale) - _CENTRE) + _CENTRE
 
 
+class FSRCNN(nn.Module):
+    """Shrink, map and expand at low resolution, then the upsampler.
+
+    Attributes:
+        upsampler: the last layer (``upsampler_channels`` input channels), as ESPCN's.
+    """
+
+    def __init__(self, scale: int, upsample: str = "transposed", d: int = 56, s: int = 12, m: int = 4,
+                 kernel: int | None = None) -> None:
+        super().__init__()
+        if upsample not in UPSAMPLE_KINDS:
+            raise InputError(f"unknown upsample kind {upsample!r}; choose one of {', '.join(UPSAMPLE_KINDS)}")
+        if min(d, s) < 1 or m < 0:
+            raise InputError(f"FSRCNN needs d >= 1, s >= 1 and m >= 0, got d={d}, s={s}, m={m}")
+        self.scale, self.upsample_kind, self.upsampler_channels = scale, upsample, d
+        layers = [_conv(1, d, 5), nn.PReLU(d), nn.Conv2d(d, s, 1), nn.PReLU(s)]
+        for _ in range(m):
+            layers += [_conv(s, s, 3), nn.PReLU(s)]
+        layers += [nn.Conv2d(s, d, 1), nn.PReLU(d)]
+        self.features = nn.Sequential(*layers)
+        if upsample == "transposed":
+            self.upsampler = WideTransposedUpsample(d, 1, scale, scale + 6 if kernel is None else kernel)
+        elif kernel is not None:
+            raise InputError(f"kernel sets the transposed convolution's size; upsample={upsample!r} has none")
+        else:
+            self.upsampler = make_upsampler(upsample, d, 1, scale)
+
+    def forward(self, image: Tensor) -> Tensor:
+        return self.upsampler(self.features(image - _CENTRE)) + _CENTRE
+
+
 @SR_MODELS.register("espcn")
 def espcn(scale: int, upsample: str = "pixelshuffle", channels: tuple[int, ...] = (64, 32),
           residual: bool = False) -> ESPCN:
@@ -87,6 +124,14 @@ def espcn(scale: int, upsample: str = "pixelshuffle", channels: tuple[int, ...] 
 def srcnn(scale: int, channels: tuple[int, int] = (64, 32)) -> SRCNN:
     """SRCNN (9-5-5) after bicubic upscaling."""
     return SRCNN(scale, tuple(channels))
+
+
+@SR_MODELS.register("fsrcnn")
+def fsrcnn(scale: int, upsample: str = "transposed", d: int = 56, s: int = 12, m: int = 4,
+           kernel: int | None = None) -> FSRCNN:
+    """FSRCNN(d, s, m); ``upsample="transposed"`` is the paper's last layer, ``kernel`` wide
+    (default ``scale + 6``: the paper's 9 at ×3, 8 at ×2 and 10 at ×4, so it stays centred)."""
+    return FSRCNN(scale, upsample, d, s, m, kernel)
 
 
 def create_sr_model(name: str, scale: int, **options: object) -> nn.Module:
@@ -103,6 +148,7 @@ def create_sr_model(name: str, scale: int, **options: object) -> nn.Module:
 
 
 def method_name(name: str, options: dict) -> str:
-    """How tables name a network: ``espcn-pixelshuffle``, ``srcnn``."""
-    upsample = options.get("upsample", "pixelshuffle") if name == "espcn" else None
+    """How tables name a network: ``espcn-pixelshuffle``, ``fsrcnn-transposed``, ``srcnn``."""
+    defaults = {"espcn": "pixelshuffle", "fsrcnn": "transposed"}
+    upsample = options.get("upsample", defaults[name]) if name in defaults else None
     return f"{name}-{upsample}" if upsample else name

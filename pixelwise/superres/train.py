@@ -55,7 +55,7 @@ PSNR = BestMetric("psnr", "best_psnr", initial=-float("inf"))
 
 @dataclass
 class SuperResModelConfig:
-    """Which network: ``espcn`` (``options.upsample``: transposed, nearest, bilinear,
+    """Which network: ``espcn`` or ``fsrcnn`` (``options.upsample``: transposed, nearest, bilinear,
     pixelshuffle) or ``srcnn``, and the upscaling factor."""
 
     name: str = "espcn"
