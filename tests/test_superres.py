@@ -21,6 +21,7 @@ from pixelwise.superres.compare import compare_methods, save_comparison_figure, 
 from pixelwise.superres.images import (bicubic_upscale, downscale, modcrop, rgb_to_ycbcr, to_pixels, to_tensor,
                                        upscale_fixed, ycbcr_to_rgb)
 from pixelwise.superres.models import create_sr_model
+from pixelwise.superres.published import PUBLISHED, benchmark_of, published_results
 from pixelwise.superres.quality import PeriodicError, psnr, shave, ssim
 from pixelwise.superres.train import (SuperResFrames, load_superres_config, load_superres_model,
                                       train_superres)
@@ -368,3 +369,40 @@ def test_cli_train_compare_upscale(image_folders, sr_checkpoint, tmp_path, capsy
                  str(tmp_path / "big.png")]) == 0
     assert Image.open(tmp_path / "big.png").size == (180, 144)
     assert upscale_file(sr_checkpoint, image, tmp_path / "b.png") == ((48, 60), (144, 180))
+
+
+# ------------------------------------------------------------------ published figures
+
+def test_the_published_figures_are_data_with_their_sources():
+    keys = [(row.method, row.benchmark, row.scale) for row in PUBLISHED]
+    assert len(keys) == len(set(keys))
+    assert all(row.source and row.training and 20 < row.psnr < 40 for row in PUBLISHED)
+    assert [(row.method, row.psnr) for row in published_results("set5", 3)] == [
+        ("bicubic", 30.39), ("SRCNN", 32.39), ("ESPCN", 32.55), ("FSRCNN (56, 12, 4)", 33.06)]
+    assert {row.method for row in published_results("Set14", 2)} == {"bicubic", "SRCNN"}
+    assert published_results("Set5", 8) == [] and published_results("Urban100", 3) == []
+
+
+def test_compare_prints_the_published_figures_of_its_benchmark_and_scale_only(image_folders, tmp_path, capsys):
+    set5 = tmp_path / "Set5"
+    set5.mkdir()
+    for image in (image_folders / "val").iterdir():
+        (set5 / image.name).write_bytes(image.read_bytes())
+    assert benchmark_of([set5]) == "Set5" and benchmark_of([set5 / "0.png"]) is None
+    assert benchmark_of([set5, set5]) is None and benchmark_of([image_folders / "val"]) is None
+    out = tmp_path / "compare"
+    assert main(["superres", "compare", str(set5), "--scale", "3", "--out", str(out), "--crop", "24"]) == 0
+    printed = capsys.readouterr().out
+    assert "published: ×3 on Set5" in printed and "32.55" in printed and "Shi et al., CVPR 2016" in printed
+    report = json.loads((out / "comparison.json").read_text())
+    assert report["benchmark"] == "Set5" and [row["psnr"] for row in report["published"]][-1] == 33.06
+    assert main(["superres", "compare", str(set5), "--scale", "4", "--out", str(out), "--crop", "24"]) == 0
+    printed = capsys.readouterr().out
+    assert "published: ×4 on Set5" in printed and "28.42" in printed and "32.55" not in printed
+    assert main(["superres", "compare", str(image_folders / "val"), "--scale", "3", "--out", str(out),
+                 "--crop", "24"]) == 0
+    assert "published" not in capsys.readouterr().out
+    assert json.loads((out / "comparison.json").read_text())["published"] == []
+    assert main(["superres", "compare", str(image_folders / "val"), "--scale", "3", "--benchmark", "Set14",
+                 "--out", str(out), "--crop", "24"]) == 0
+    assert "published: ×3 on Set14" in capsys.readouterr().out

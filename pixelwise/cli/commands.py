@@ -31,6 +31,7 @@ from pixelwise.progress import ProgressReport
 from pixelwise.serve.app import ServiceLimits, app_for_file
 from pixelwise.serve.http import LOOPBACK_HOSTS, WILDCARD_ADDRESSES
 from pixelwise.superres.compare import compare_methods, save_comparison_figure, upscale_file
+from pixelwise.superres.published import as_dicts, benchmark_of, published_results
 from pixelwise.superres.train import load_superres_config, train_superres
 from pixelwise.training.distributed import is_main_process
 from pixelwise.training.loop import train
@@ -373,12 +374,27 @@ def cmd_superres_compare(args: argparse.Namespace) -> int:
     console.print(table)
     console.print("checkerboard: pattern of period scale on a constant image (0 none, 1 all); periodic error: "
                   "error power at the period-scale frequencies over their neighbours (0 dB: none)", highlight=False)
+    benchmark = args.benchmark or benchmark_of(args.images)
+    published = published_results(benchmark, args.scale) if benchmark else []
+    if published:
+        _print_published(benchmark, args.scale, published)
     out = Path(args.out)
     figure = save_comparison_figure(comparison, out / "comparison.png",
                                     None if args.region is None else tuple(args.region), args.crop)
-    (out / "comparison.json").write_text(json.dumps(comparison.to_dict(), indent=2))
+    report = comparison.to_dict() | {"benchmark": benchmark, "published": as_dicts(published)}
+    (out / "comparison.json").write_text(json.dumps(report, indent=2))
     console.print(f"wrote {figure} and {out / 'comparison.json'}", highlight=False)
     return 0
+
+
+def _print_published(benchmark: str, scale: int, rows: Sequence) -> None:
+    """The published figures of this benchmark and scale, each with its source."""
+    table = Table(title=f"published: ×{scale} on {benchmark} (luminance PSNR, as each paper reports it)")
+    for column in ("method", "PSNR (dB)", "trained on", "source"):
+        table.add_column(column, justify="right" if column == "PSNR (dB)" else "left")
+    for row in rows:
+        table.add_row(row.method, f"{row.psnr:.2f}", row.training, row.source)
+    console.print(table)
 
 
 def cmd_superres_upscale(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ from pixelwise.cli.commands import (cmd_check_data, cmd_convolutionalize, cmd_de
                                     cmd_weight_map)
 from pixelwise.data.weight_map import DEFAULT_SIGMA, DEFAULT_W0
 from pixelwise.export import FORMATS as EXPORT_FORMATS
+from pixelwise.superres.published import BENCHMARKS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -272,6 +273,9 @@ def _add_superres_commands(commands: argparse._SubParsersAction) -> None:
     compare.add_argument("--region", type=int, nargs=2, metavar=("TOP", "LEFT"),
                          help="the figure's region in the first image (default: its busiest)")
     compare.add_argument("--crop", type=int, default=96, help="side of the figure's region in pixels")
+    compare.add_argument("--benchmark", choices=BENCHMARKS,
+                         help="print this benchmark's published figures under the table (default: when the one "
+                              "folder given is named Set5 or Set14)")
     compare.set_defaults(run=cmd_superres_compare)
 
     upscale = actions.add_parser("upscale", help="upscale an image with a trained network")
