@@ -229,6 +229,53 @@ def test_unknown_network_and_bad_scale():
         create_sr_model("srcnn", 3, upsample="pixelshuffle")
 
 
+# ------------------------------------------------------------------ training sets
+
+def _patch_errors(frames: SuperResFrames, samples: int) -> list[tuple[float, float, float]]:
+    """Per sample: mean squared error of the bicubic enlargement of its LR patch against its HR
+    patch, against the HR patch flipped, and against it moved by one LR pixel (inside a border)."""
+    errors = []
+    scale = frames.scale
+    for index in range(samples):
+        torch.manual_seed(index)
+        low, high = frames[index % len(frames)]
+        enlarged = bicubic_upscale(low[None], scale)[0]
+        inside = (slice(None), slice(2 * scale, -2 * scale), slice(2 * scale, -2 * scale))
+
+        def error(target):
+            return float((enlarged[inside] - target[inside]).square().mean())
+        errors.append((error(high), error(high.flip(-1)), error(high.roll(scale, -1))))
+    return errors
+
+
+def test_shrunk_flipped_and_transposed_patches_stay_aligned(tmp_path):
+    """Every dihedral transform and shrinking factor keeps the LR patch on its HR patch: its bicubic
+    enlargement is closer to it than to the same patch flipped or moved by one LR pixel."""
+    generator = torch.Generator().manual_seed(3)
+    for index in range(3):
+        pixels = _smooth_image(generator, 90, 120)
+        pixels[::2] = pixels[::2] // 2  # fine horizontal detail, so a misplaced patch shows
+        Image.fromarray(pixels).save(tmp_path / f"{index}.png")
+    frames = SuperResFrames(tmp_path, 3, patch_size=16, shrink_factors=(1.0, 0.8, 0.6), by_area=True)
+    assert [factor for _, factor in frames.sources] == [1.0, 0.8, 0.6] * 3 and frames.left_out == []
+    assert [tuple(high.shape[-2:]) for high in frames.high_y[:3]] == [(90, 120), (72, 96), (54, 72)]
+    errors = _patch_errors(frames, 48)
+    assert all(aligned < flipped and aligned < moved for aligned, flipped, moved in errors)
+
+
+def test_sampling_by_area_and_copies_too_small_for_a_patch(image_folders):
+    frames = SuperResFrames(image_folders / "train", 3, patch_size=8, shrink_factors=(1.0, 0.5), by_area=True)
+    # 48×60 images: 16×20 LR pixels at 1.0 (five 8-pixel patches); shrunk by 0.5, 8×10 LR.
+    assert len(frames.high_y) == 8 and len(frames) == 4 * (5 + 1)
+    assert [frames.image_of(index) for index in range(7)] == [0, 0, 0, 0, 0, 1, 2]
+    with pytest.raises(IndexError):
+        frames.image_of(len(frames))
+    small = SuperResFrames(image_folders / "train", 3, patch_size=8, shrink_factors=(1.0, 0.4))
+    assert len(small) == len(small.high_y) == 4 and [f for _, f in small.left_out] == [0.4] * 4
+    with pytest.raises(ConfigError, match="data.shrink"):
+        load_superres_config(None, ["data.shrink=[1.0, 0]"])
+
+
 # ------------------------------------------------------------------ training
 
 def test_training_lowers_the_loss_and_resumes_exactly(image_folders, tmp_path):

@@ -79,6 +79,19 @@ def downscale(image: Tensor, scale: int) -> Tensor:
     return quantize(small)
 
 
+def shrink(image: Tensor, factor: float) -> Tensor:
+    """``image`` resized by ``factor`` (0 < factor <= 1; sides rounded, at least 1 pixel): bicubic with
+    antialiasing, rounded to 8 bits, as a smaller copy of a photograph would be saved (FSRCNN's
+    scale augmentation of its training images)."""
+    if not 0 < factor <= 1:
+        raise InputError(f"a shrinking factor is in (0, 1], got {factor}")
+    if factor == 1:
+        return image
+    height, width = image.shape[-2:]
+    size = (max(1, round(height * factor)), max(1, round(width * factor)))
+    return quantize(F.interpolate(image, size=size, mode="bicubic", antialias=True, align_corners=False))
+
+
 def bicubic_upscale(image: Tensor, scale: int) -> Tensor:
     """Bicubic upscaling with Keys' a = -0.5 (MATLAB's ``imresize``, PIL), not clamped.
 

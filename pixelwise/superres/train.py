@@ -37,7 +37,7 @@ from pixelwise.training.run_loop import (BestMetric, TrainingDiverged, TrainingL
                                          resumable_batches)
 from pixelwise.training.recipe import build_optimizer
 from pixelwise.training.run_folder import prepare_run_folder
-from pixelwise.superres.images import downscale, luminance, modcrop, to_tensor, upscale_fixed
+from pixelwise.superres.images import downscale, luminance, modcrop, shrink, to_tensor, upscale_fixed
 from pixelwise.superres.models import create_sr_model
 from pixelwise.superres.quality import PEAK, QualityScores
 
@@ -73,6 +73,12 @@ class SuperResDataConfig:
     batch_size: int = 32
     workers: int = 0
     val_images: int | None = None  # N validation images evenly spaced through the folder (None: all)
+    # Each training image is also used shrunk by these factors before degradation (FSRCNN:
+    # [1.0, 0.9, 0.8, 0.7, 0.6]); copies too small for a patch are left out.
+    shrink: list[float] = field(default_factory=lambda: [1.0])
+    # Draw training images in proportion to their area (as dense patch extraction does) instead of
+    # equally: for folders of images of different sizes, such as T91.
+    sample_by_area: bool = False
 
 
 @dataclass
@@ -105,6 +111,7 @@ _SR_RANGES = (
     ("data.batch_size", lambda v: v >= 1, "at least 1"),
     ("data.workers", lambda v: v >= 0, "0 (load in the main process) or more"),
     ("data.val_images", lambda v: v is None or v >= 1, "at least 1, or null for all"),
+    ("data.shrink", lambda v: len(v) >= 1 and all(0 < f <= 1 for f in v), "one or more factors in (0, 1]"),
     ("train.iterations", lambda v: v >= 1, "at least 1"),
     ("train.eval_every", lambda v: v >= 1, "at least 1"),
     ("train.checkpoint_every", lambda v: v >= 1, "at least 1"),
@@ -125,38 +132,67 @@ def load_superres_config(path: str | Path | None = None, overrides: tuple[str, .
 class SuperResFrames(Dataset):
     """High-resolution images of a folder with their low-resolution versions, in memory.
 
+    Training frames (``patch_size`` given) can hold each image also shrunk by the ``shrink``
+    factors (:func:`~pixelwise.superres.images.shrink`, before the modcrop and degradation) and be
+    drawn in proportion to their area (``by_area``): sample ``index`` then falls on image ``i`` for
+    about ``area_i / patch_size²`` of the indices.
+
     Attributes:
         high_y: per image, 1×1×H×W luminance in [0, 1] (cropped to a multiple of the scale).
         low_rgb: per image, 1×3×(H/s)×(W/s) low-resolution RGB in [0, 1], 8-bit values.
         low_y: per image, its luminance in [0, 1].
         paths: the files.
+        sources: per image, its file and shrinking factor.
+        left_out: shrunk copies too small for a patch, as ``(file, factor)``.
     """
 
-    def __init__(self, folder: str | Path, scale: int, patch_size: int | None = None, limit: int | None = None) -> None:
+    def __init__(self, folder: str | Path, scale: int, patch_size: int | None = None, limit: int | None = None,
+                 shrink_factors: Sequence[float] = (1.0,), by_area: bool = False) -> None:
         self.scale, self.patch_size = scale, patch_size
         self.paths = expand_inputs([folder])
         if limit is not None and limit < len(self.paths):  # evenly spaced: frames of a video are alike nearby
             self.paths = [self.paths[index * len(self.paths) // limit] for index in range(limit)]
         self.high_y, self.low_rgb, self.low_y = [], [], []
+        self.sources: list[tuple[Path, float]] = []
+        self.left_out: list[tuple[Path, float]] = []
         for path in self.paths:
-            high = modcrop(to_tensor(decode_image(path)[0]), scale)
-            low = downscale(high, scale)
-            if patch_size is not None and min(low.shape[-2:]) < patch_size:
-                raise DataError(f"{path}: {tuple(high.shape[-2:])} is too small for {patch_size}-pixel patches at "
-                                f"scale {scale}; lower data.patch_size or remove the image", path, "too small")
-            self.high_y.append(luminance(high) / PEAK)
-            self.low_rgb.append(low)
-            self.low_y.append(luminance(low) / PEAK)
+            original = to_tensor(decode_image(path)[0])
+            for factor in shrink_factors:
+                high = modcrop(shrink(original, factor), scale)
+                low = downscale(high, scale)
+                if patch_size is not None and min(low.shape[-2:]) < patch_size:
+                    if factor != 1:
+                        self.left_out.append((path, factor))
+                        continue
+                    raise DataError(f"{path}: {tuple(high.shape[-2:])} is too small for {patch_size}-pixel patches "
+                                    f"at scale {scale}; lower data.patch_size or remove the image", path, "too small")
+                self.high_y.append(luminance(high) / PEAK)
+                self.low_rgb.append(low)
+                self.low_y.append(luminance(low) / PEAK)
+                self.sources.append((path, factor))
+        if by_area and patch_size is None:
+            raise InputError("drawing by area is for training frames: pass patch_size")
+        counts = [max(1, round(low.shape[-2] * low.shape[-1] / patch_size**2)) if by_area else 1
+                  for low in self.low_y]
+        self.ends = torch.tensor(counts).cumsum(0)  # sample indices [ends[i-1], ends[i]) fall on image i
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return int(self.ends[-1]) if len(self.ends) else 0
+
+    def image_of(self, index: int) -> int:
+        """The image that sample ``index`` falls on."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"sample {index} of {len(self)}")
+        return int(torch.searchsorted(self.ends, index, right=True))
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        """A random patch pair of image ``index`` (low 1×p×p, high 1×sp×sp), randomly flipped and
-        transposed; uses the global random generator (seeded per sample by the sampler)."""
+        """A random patch pair of the image sample ``index`` falls on (low 1×p×p, high 1×sp×sp),
+        randomly flipped and transposed; uses the global random generator (seeded per sample by
+        the sampler)."""
         if self.patch_size is None:
             raise InputError("these frames are for validation: pass patch_size to draw training patches")
-        low, high, size, scale = self.low_y[index][0], self.high_y[index][0], self.patch_size, self.scale
+        image = self.image_of(index)
+        low, high, size, scale = self.low_y[image][0], self.high_y[image][0], self.patch_size, self.scale
         top = int(torch.randint(low.shape[-2] - size + 1, ()))
         left = int(torch.randint(low.shape[-1] - size + 1, ()))
         low = low[:, top:top + size, left:left + size]
@@ -187,7 +223,7 @@ def evaluate_frames(frames: SuperResFrames, upscale: Callable[[int], Tensor],
         indices: the images to score (default: all).
     """
     scores = QualityScores(frames.scale)
-    for index in range(len(frames)) if indices is None else indices:
+    for index in range(len(frames.high_y)) if indices is None else indices:
         scores.add(upscale(index) * PEAK, frames.high_y[index] * PEAK)
     return scores.summary()
 
@@ -232,7 +268,11 @@ def train_superres(config: SuperResConfig, resume: bool = False, overwrite: bool
     context = DistributedContext()  # one process, on the CPU
     prepare_run_folder(run_dir, resume, overwrite, RUN_FILES)
     torch.manual_seed(config.train.seed)
-    train_frames = SuperResFrames(config.data.train, config.model.scale, config.data.patch_size)
+    train_frames = SuperResFrames(config.data.train, config.model.scale, config.data.patch_size,
+                                  shrink_factors=config.data.shrink, by_area=config.data.sample_by_area)
+    if train_frames.left_out:
+        logger.info("%d shrunk copies of training images are smaller than a %d-pixel patch and left out",
+                    len(train_frames.left_out), config.data.patch_size)
     val_frames = SuperResFrames(config.data.val, config.model.scale, limit=config.data.val_images)
     model = create_sr_model(config.model.name, config.model.scale, **config.model.options)
     optimizer = build_optimizer(config, model)
