@@ -7,6 +7,7 @@ import math
 import warnings
 
 import numpy as np
+import onnx
 import pytest
 import torch
 import torch.nn.functional as F
@@ -17,6 +18,8 @@ from pixelwise.cli import main
 from pixelwise.config import ConfigError, load_config
 from pixelwise.data.io import DataError
 from pixelwise.layers.upsample import UPSAMPLE_KINDS, WideTransposedUpsample
+from pixelwise.runtimes.onnx_graph import onnx_proto
+from pixelwise.runtimes.onnx_runtime import OnnxRuntime
 from pixelwise.superres.compare import compare_methods, save_comparison_figure, upscale_file
 from pixelwise.superres.images import (bicubic_upscale, downscale, modcrop, rgb_to_ycbcr, to_pixels, to_tensor,
                                        upscale_fixed, ycbcr_to_rgb)
@@ -190,6 +193,23 @@ def test_fsrcnn_is_the_papers_network():
         create_sr_model("fsrcnn", 2, kernel=9)
     with pytest.raises(ValueError, match="has none"):
         create_sr_model("fsrcnn", 3, upsample="pixelshuffle", kernel=9)
+
+
+@pytest.mark.parametrize("network", ["srcnn", "espcn-pixelshuffle", *(f"fsrcnn-{kind}" for kind in UPSAMPLE_KINDS)])
+def test_networks_export_to_onnx_and_run_at_any_size(network, tmp_path):
+    """One graph with dynamic batch, height and width computes what the network does."""
+    name, _, kind = network.partition("-")
+    model = create_sr_model(name, 3, **({"upsample": kind} if kind else {})).eval()
+    for parameter in model.parameters():  # away from the initial interpolation
+        parameter.data += 0.05 * torch.randn_like(parameter)
+    onnx.save(onnx_proto(model, name), str(tmp_path / "sr.onnx"))
+    runtime = OnnxRuntime(tmp_path / "sr.onnx")
+    for shape in ((1, 1, 7, 9), (2, 1, 20, 13), (1, 1, 64, 96)):
+        image = torch.rand(shape)
+        with torch.no_grad():
+            expected = model(image)
+        assert runtime(image).shape == expected.shape
+        torch.testing.assert_close(runtime(image), expected, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize(("scale", "kernel"), [(3, 9), (2, 8), (4, 10), (3, 5)])

@@ -26,8 +26,9 @@ def onnx_proto(model: nn.Module, name: str = "model", opset: int = OPSET):
         ExportError: the exporter failed; the message names the model and the operator.
     """
     example = torch.randn(1, model.in_channels if hasattr(model, "in_channels") else 3, *EXAMPLE_SIZE)
-    dynamic = {"x": {0: Dim("batch", min=1, max=4096), 2: Dim("height", min=1, max=65536),
-                     3: Dim("width", min=1, max=65536)}}
+    # By position, whatever the forward's argument is called (x for segmentation, image for super-resolution).
+    dynamic = ({0: Dim("batch", min=1, max=4096), 2: Dim("height", min=1, max=65536),
+                3: Dim("width", min=1, max=65536)},)
     try:
         program = torch.onnx.export(model.eval(), (example,), dynamo=True, opset_version=opset,
                                     input_names=["image"], output_names=["logits"], dynamic_shapes=dynamic,

@@ -49,6 +49,8 @@ class ESPCN(nn.Module):
             with ``upsampler_channels`` input channels).
     """
 
+    in_channels = 1  # luminance (what an exporter's example input needs)
+
     def __init__(self, scale: int, upsample: str = "pixelshuffle", channels: tuple[int, ...] = (64, 32),
                  residual: bool = False) -> None:
         super().__init__()
@@ -72,6 +74,8 @@ class ESPCN(nn.Module):
 class SRCNN(nn.Module):
     """Bicubic upscaling, then three convolutions at high resolution (9-5-5)."""
 
+    in_channels = 1
+
     def __init__(self, scale: int, channels: tuple[int, int] = (64, 32)) -> None:
         super().__init__()
         self.scale = scale
@@ -88,6 +92,8 @@ class FSRCNN(nn.Module):
     Attributes:
         upsampler: the last layer (``upsampler_channels`` input channels), as ESPCN's.
     """
+
+    in_channels = 1
 
     def __init__(self, scale: int, upsample: str = "transposed", d: int = 56, s: int = 12, m: int = 4,
                  kernel: int | None = None) -> None:
