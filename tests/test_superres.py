@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -18,18 +19,23 @@ from pixelwise.cli import main
 from pixelwise.config import ConfigError, load_config
 from pixelwise.data.io import DataError
 from pixelwise.layers.upsample import UPSAMPLE_KINDS, WideTransposedUpsample
+from pixelwise.io.model_file import read_superres_onnx
 from pixelwise.runtimes.onnx_graph import onnx_proto
 from pixelwise.runtimes.onnx_runtime import OnnxRuntime
 from pixelwise.superres.compare import compare_methods, save_comparison_figure, upscale_file
 from pixelwise.superres.images import (bicubic_upscale, downscale, modcrop, rgb_to_ycbcr, to_pixels, to_tensor,
                                        upscale_fixed, ycbcr_to_rgb)
 from pixelwise.superres.models import create_sr_model
+from pixelwise.superres.export import export_superres
 from pixelwise.superres.published import PUBLISHED, benchmark_of, published_results
 from pixelwise.superres.quality import PeriodicError, psnr, shave, ssim
 from pixelwise.superres.train import (SuperResFrames, load_superres_config, load_superres_model,
                                       train_superres)
 from pixelwise.training import run_loop
 from pixelwise.training.loop import train
+
+
+REPO_FIXTURES = Path(__file__).resolve().parent / "fixtures" / "model_files"
 
 
 def _smooth_image(generator: torch.Generator, height: int, width: int) -> np.ndarray:
@@ -473,3 +479,44 @@ def test_compare_prints_the_published_figures_of_its_benchmark_and_scale_only(im
     assert main(["superres", "compare", str(image_folders / "val"), "--scale", "3", "--benchmark", "Set14",
                  "--out", str(out), "--crop", "24"]) == 0
     assert "published: ×3 on Set14" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ export
+
+def test_a_superres_checkpoint_exports_to_onnx_and_upscales_as_it_does(image_folders, sr_checkpoint, tmp_path, capsys):
+    image = image_folders / "val" / "0.png"
+    exported = tmp_path / "sr.onnx"
+    assert main(["export", "--checkpoint", str(sr_checkpoint), "--out", str(exported)]) == 0
+    printed = capsys.readouterr().out
+    assert "parity, ONNX Runtime fp32" in printed and "super-resolution" in printed
+    spec, _ = read_superres_onnx(exported)
+    assert spec == load_superres_model(sr_checkpoint)[1]
+    assert main(["superres", "upscale", str(image), "--checkpoint", str(exported), "--out", str(tmp_path / "o.png")]) == 0
+    upscale_file(sr_checkpoint, image, tmp_path / "c.png")
+    difference = np.abs(np.asarray(Image.open(tmp_path / "o.png"), dtype=int) - np.asarray(Image.open(tmp_path / "c.png")))
+    assert difference.max() <= 1  # 8-bit rounding of outputs within 1e-4
+    rows = compare_methods([image_folders / "val"], 3, [sr_checkpoint, exported], fixed=("bicubic",)).rows
+    assert rows[1].psnr == pytest.approx(rows[2].psnr, abs=0.01) and rows[2].method.startswith("espcn-transposed (")
+    # The same target again: refused without --overwrite; other formats and int8 are for segmentation
+    assert main(["export", "--checkpoint", str(sr_checkpoint), "--out", str(exported)]) == 2
+    assert "--overwrite" in capsys.readouterr().out
+    assert main(["export", "--checkpoint", str(sr_checkpoint), "--out", str(tmp_path / "sr.pt2"),
+                 "--format", "torchscript"]) == 2
+    assert "super-resolution network" in capsys.readouterr().out
+    # A segmentation command names what the file is
+    assert main(["predict", "--model", str(exported), str(image), "--out", str(tmp_path / "masks")]) == 2
+    assert "is a super-resolution network" in capsys.readouterr().out
+
+
+def test_an_edited_superres_export_is_refused(sr_checkpoint, tmp_path):
+    exported = tmp_path / "sr.onnx"
+    export_superres(sr_checkpoint, exported, parity=False)
+    graph = onnx.load(str(exported))
+    for prop in graph.metadata_props:
+        if prop.key == "pixelwise.superres_model":
+            prop.value = prop.value.replace('"scale": 3', '"scale": 2')
+    onnx.save(graph, str(tmp_path / "edited.onnx"))
+    with pytest.raises(ValueError, match="damaged or was edited"):
+        load_superres_model(tmp_path / "edited.onnx")
+    with pytest.raises(ValueError, match="not a super-resolution model"):
+        read_superres_onnx(REPO_FIXTURES / "model.onnx")

@@ -32,7 +32,8 @@ from pixelwise.serve.app import ServiceLimits, app_for_file
 from pixelwise.serve.http import LOOPBACK_HOSTS, WILDCARD_ADDRESSES
 from pixelwise.superres.compare import compare_methods, save_comparison_figure, upscale_file
 from pixelwise.superres.published import as_dicts, benchmark_of, published_results
-from pixelwise.superres.train import load_superres_config, train_superres
+from pixelwise.superres.export import export_superres
+from pixelwise.superres.train import is_superres_file, load_superres_config, train_superres
 from pixelwise.training.distributed import is_main_process
 from pixelwise.training.loop import train
 from pixelwise.training.recipe import learning_rate
@@ -298,6 +299,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    if is_superres_file(args.checkpoint):
+        return _export_superres(args)
     if (args.calibrate is not None) != args.int8:
         raise InputError("--int8 needs --calibrate FORMAT:ROOT:SPLIT (real images to calibrate on), and "
                          "--calibrate is only for --int8")
@@ -317,6 +320,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     report = export_checkpoint(args.checkpoint, args.out, args.format, parity=not args.no_parity,
                                real_images=real_images, int8=int8, on_line=say, overwrite=args.overwrite)
     console.print(f"wrote {report.path} ({report.format}, {report.precision})", markup=False, highlight=False)
+    return 0
+
+
+def _export_superres(args: argparse.Namespace) -> int:
+    """``export`` of a super-resolution checkpoint: ONNX fp32 only, parity on random images."""
+    if args.format != "onnx" or args.int8 or args.parity_images:
+        raise InputError(f"{args.checkpoint} is a super-resolution network: it exports to --format onnx (fp32, its "
+                         f"parity checked on random images); --int8, --parity-images and other formats are for "
+                         f"segmentation models")
+    report = export_superres(args.checkpoint, args.out, parity=not args.no_parity, overwrite=args.overwrite,
+                             on_line=lambda line: console.print(line, markup=False, highlight=False))
+    console.print(f"wrote {report.path} (onnx, fp32, super-resolution)", markup=False, highlight=False)
     return 0
 
 

@@ -194,7 +194,8 @@ def _add_export(commands: argparse._SubParsersAction) -> None:
     export = commands.add_parser("export", help="export a checkpoint to ONNX (fp32 or int8), TorchScript, "
                                                 "safetensors or a model folder, checked against PyTorch")
     export.add_argument("--checkpoint", required=True,
-                        help="a run's best.pt or last.pt (or a safetensors export or a model folder)")
+                        help="a run's best.pt or last.pt (or a safetensors export or a model folder); a "
+                             "superres train checkpoint exports to ONNX")
     export.add_argument("--format", choices=EXPORT_FORMATS, default="onnx",
                         help="onnx, torchscript, safetensors (weights and record in one file) or folder "
                              "(config.json + model.safetensors, as Hugging Face and segmentation_models.pytorch "
@@ -268,7 +269,7 @@ def _add_superres_commands(commands: argparse._SubParsersAction) -> None:
     compare.add_argument("images", nargs="+", help="high-resolution image files, folders or glob patterns")
     compare.add_argument("--scale", type=int, default=3, help="upscaling factor (default 3)")
     compare.add_argument("--checkpoint", action="append", default=[], metavar="C",
-                         help="a trained network to compare too (repeat for several)")
+                         help="a trained network to compare too, a checkpoint or its ONNX export (repeat for several)")
     compare.add_argument("--out", default="runs/superres_compare", help="folder for comparison.png and .json")
     compare.add_argument("--region", type=int, nargs=2, metavar=("TOP", "LEFT"),
                          help="the figure's region in the first image (default: its busiest)")
@@ -280,7 +281,8 @@ def _add_superres_commands(commands: argparse._SubParsersAction) -> None:
 
     upscale = actions.add_parser("upscale", help="upscale an image with a trained network")
     upscale.add_argument("image", help="the image to upscale")
-    upscale.add_argument("--checkpoint", required=True, help="a superres train checkpoint (best.pt)")
+    upscale.add_argument("--checkpoint", required=True,
+                         help="a superres train checkpoint (best.pt) or its ONNX export (run by ONNX Runtime)")
     upscale.add_argument("--out", required=True, help="the upscaled image file (PNG)")
     upscale.set_defaults(run=cmd_superres_upscale)
 

@@ -14,12 +14,18 @@ onnx          ``export --format onnx``         :func:`read_onnx`
 torchscript   ``export --format torchscript``  refused by name: run it with ``torch.jit.load``
 ============  ===============================  ==========================================
 
+A super-resolution network exported to ONNX (:func:`write_superres_onnx`) carries its own spec
+(``pixelwise.task: superres``, ``pixelwise.superres_model``) and is read by
+:func:`read_superres_onnx`; :func:`read_onnx` refuses it by name.
+
 Nothing here runs code from a file, downloads anything, or builds a model: the record's values
 are checked, and the model rebuilt, by :mod:`pixelwise.inference.loading`.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -28,16 +34,19 @@ import torch
 from pixelwise.errors import InputError, MissingFileError
 from pixelwise.io.atomic import atomic_path
 from pixelwise.io.checkpoint import folder_error, load_checkpoint
-from pixelwise.io.record import CHECKSUM_KEY, ModelRecord, check_precision_field, metadata_digest
+from pixelwise.io.record import CHECKSUM_KEY, PREFIX, ModelRecord, check_precision_field, metadata_digest
 from pixelwise.io.safe_load import file_format, is_torchscript, torchscript_error
 from pixelwise.io.safetensors_file import (is_model_folder, read_folder, write_folder,
                                           write_safetensors)
 
 FORMATS = ("checkpoint", "safetensors", "folder", "onnx", "torchscript")
 _ONNX_REMEDY = "export it again with pixelwise export"
+TASK_KEY = PREFIX + "task"
+SUPERRES_TASK = "superres"
+SUPERRES_SPEC_KEY = PREFIX + "superres_model"
 
-__all__ = ["FORMATS", "ModelFile", "model_file_format", "read_model_file", "read_onnx", "write_folder", "write_onnx",
-           "write_safetensors", "write_torchscript"]
+__all__ = ["FORMATS", "ModelFile", "model_file_format", "read_model_file", "read_onnx", "read_superres_onnx",
+           "write_folder", "write_onnx", "write_safetensors", "write_superres_onnx", "write_torchscript"]
 
 
 @dataclass
@@ -125,28 +134,30 @@ def read_model_file(path: str | Path) -> ModelFile:
 
 def write_onnx(proto: Any, record: ModelRecord, path: str | Path) -> None:
     """Save an ONNX graph with the record in its ``metadata_props`` (checksummed)."""
+    _save_onnx(proto, record.to_metadata(), path)
+
+
+def write_superres_onnx(proto: Any, spec: dict, path: str | Path) -> None:
+    """Save a super-resolution network's ONNX graph with its spec (``{"name", "scale",
+    "options"}``) and the pixelwise version in its ``metadata_props`` (checksummed)."""
+    _save_onnx(proto, {TASK_KEY: SUPERRES_TASK, SUPERRES_SPEC_KEY: json.dumps(spec, sort_keys=True),
+                       PREFIX + "version": version("pixelwise")}, path)
+
+
+def _save_onnx(proto: Any, metadata: dict[str, str], path: str | Path) -> None:
     import onnx  # optional at import: only ONNX users need it
 
     del proto.metadata_props[:]
-    metadata = record.to_metadata()
     for key, value in {**metadata, CHECKSUM_KEY: metadata_digest(metadata)}.items():
         proto.metadata_props.add(key=key, value=value)
     onnx.save(proto, str(path))
 
 
-def read_onnx(path: str | Path) -> tuple[ModelRecord, Any]:
-    """The record (its checksum verified, its precision one an export computes in) and the
-    parsed graph of an ONNX file.
-
-    Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: the file is not ONNX, carries no pixelwise metadata, or metadata that was
-            edited.
-    """
+def _load_onnx(path: Path) -> tuple[dict[str, str], Any]:
+    """The metadata (its checksum verified) and the parsed graph of an ONNX file."""
     import onnx  # optional at import: only ONNX users need it
     from google.protobuf.message import DecodeError
 
-    path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"ONNX model {str(path)!r} does not exist; export one with pixelwise export")
     try:
@@ -159,6 +170,47 @@ def read_onnx(path: str | Path) -> tuple[ModelRecord, Any]:
         raise InputError(f"{str(path)!r} is damaged or was edited: its pixelwise metadata (model spec, class names, "
                          f"normalisation, inference options) no longer matches the checksum written with it; "
                          f"{_ONNX_REMEDY}")
+    return props, graph
+
+
+def read_superres_onnx(path: str | Path) -> tuple[dict, Any]:
+    """The spec ``{"name", "scale", "options"}`` (checksum verified) and the parsed graph of a
+    super-resolution network exported to ONNX.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file is not ONNX, not a super-resolution export, or was edited.
+    """
+    path = Path(path)
+    props, graph = _load_onnx(path)
+    if props.get(TASK_KEY) != SUPERRES_TASK or CHECKSUM_KEY not in props:
+        raise InputError(f"{str(path)!r} is not a super-resolution model exported by pixelwise (its metadata has no "
+                         f"{TASK_KEY}: {SUPERRES_TASK}); export a superres checkpoint with pixelwise export")
+    try:
+        spec = json.loads(props[SUPERRES_SPEC_KEY])
+    except (KeyError, json.JSONDecodeError) as error:
+        raise InputError(f"{str(path)!r} holds no readable {SUPERRES_SPEC_KEY}; {_ONNX_REMEDY}") from error
+    if not (isinstance(spec, dict) and isinstance(spec.get("name"), str) and isinstance(spec.get("scale"), int)
+            and isinstance(spec.get("options"), dict)):
+        raise InputError(f"{str(path)!r}: {SUPERRES_SPEC_KEY} is not a network spec (name, scale, options); "
+                         f"{_ONNX_REMEDY}")
+    return spec, graph
+
+
+def read_onnx(path: str | Path) -> tuple[ModelRecord, Any]:
+    """The record (its checksum verified, its precision one an export computes in) and the
+    parsed graph of an ONNX file.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file is not ONNX, carries no pixelwise metadata, or metadata that was
+            edited.
+    """
+    path = Path(path)
+    props, graph = _load_onnx(path)
+    if props.get(TASK_KEY) == SUPERRES_TASK:
+        raise InputError(f"{str(path)!r} is a super-resolution network, not a segmentation model; use it with "
+                         f"pixelwise superres upscale / compare --checkpoint {str(path)!r}")
     record = ModelRecord.from_metadata(props, repr(str(path)), "an ONNX model", "export it with pixelwise export, "
                                        "which records classes, palette and normalisation")
     check_precision_field(record, repr(str(path)), _ONNX_REMEDY)

@@ -30,7 +30,9 @@ from pixelwise.data.io import DataError, decode_image
 from pixelwise.errors import InputError
 from pixelwise.training.budget import BudgetPlan
 from pixelwise.io.checkpoint import load_checkpoint
+from pixelwise.io.model_file import model_file_format, read_superres_onnx
 from pixelwise.inference.predict import expand_inputs
+from pixelwise.runtimes.onnx_runtime import OnnxRuntime
 from pixelwise.training.distributed import DistributedContext
 from pixelwise.training.run_log import RunLog, plot_curves
 from pixelwise.training.run_loop import (BestMetric, TrainingDiverged, TrainingLoop, TrainingTask, restore_progress,
@@ -327,9 +329,42 @@ def _check_task(state: dict, path: Path) -> None:
                           f"checkpoint is used with pixelwise evaluate / predict")
 
 
+class OnnxNetwork(nn.Module):
+    """A super-resolution network exported to ONNX, run by ONNX Runtime, called as the network is
+    (N×1×H×W luminance in [0, 1] to N×1×sH×sW; computed in float32 whatever the input's type).
+    It holds no parameters, and a copy shares the same runtime session (which nothing changes)."""
+
+    def __init__(self, path: str | Path, spec: dict) -> None:
+        super().__init__()
+        self.runtime, self.scale = OnnxRuntime(path), spec["scale"]
+
+    def forward(self, image: Tensor) -> Tensor:
+        return self.runtime(image).to(image.dtype)
+
+    def __deepcopy__(self, memo: dict) -> OnnxNetwork:
+        return self
+
+
+def is_superres_file(path: str | Path) -> bool:
+    """Whether ``path`` holds a super-resolution network: a checkpoint of ``superres train`` or
+    its ONNX export (no other file is opened beyond its metadata)."""
+    path = Path(path)
+    if model_file_format(path) == "onnx":
+        try:
+            read_superres_onnx(path)
+        except InputError:
+            return False
+        return True
+    return path.is_file() and model_file_format(path) == "checkpoint" and load_checkpoint(path).get("task") == TASK
+
+
 def load_superres_model(path: str | Path) -> tuple[nn.Module, dict]:
     """A trained network (eval mode) and its spec ``{"name", "scale", "options"}`` from a checkpoint
-    (loaded with ``weights_only=True``: nothing in it runs)."""
+    (loaded with ``weights_only=True``: nothing in it runs) or from its ONNX export (run by ONNX
+    Runtime: a graph of standard operators)."""
+    if model_file_format(path) == "onnx":
+        spec, _ = read_superres_onnx(path)
+        return OnnxNetwork(path, spec).eval(), spec
     state = load_checkpoint(path)
     _check_task(state, Path(path))
     spec = state["model_spec"]
