@@ -520,3 +520,36 @@ def test_an_edited_superres_export_is_refused(sr_checkpoint, tmp_path):
         load_superres_model(tmp_path / "edited.onnx")
     with pytest.raises(ValueError, match="not a super-resolution model"):
         read_superres_onnx(REPO_FIXTURES / "model.onnx")
+
+
+# ------------------------------------------------------------------ the T91 recipes
+
+SUPERRES_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "superres"
+T91_RECIPES = sorted((Path(__file__).resolve().parents[1] / "configs").glob("superres_*_t91.yaml"))
+
+
+def test_a_t91_recipe_per_network_within_30_minutes():
+    names = {load_superres_config(path).model.name for path in T91_RECIPES}
+    assert names == {"espcn", "srcnn", "fsrcnn"}
+    for path in T91_RECIPES:
+        config = load_superres_config(path)
+        assert config.train.time_budget_min <= 30 and config.model.scale == 3
+        assert config.data.train.endswith("superres/T91") and config.data.val.endswith("superres/Set5")
+
+
+@pytest.mark.skipif(not (SUPERRES_DATA / "T91").is_dir(), reason="../shared/datasets/superres is absent")
+@pytest.mark.parametrize("recipe", T91_RECIPES, ids=lambda path: path.stem)
+def test_a_t91_recipe_trains_on_real_images(recipe, tmp_path):
+    """Two steps on three T91 images (the smallest, 78×78, and the widest among them), validated on one Set5 image."""
+    train_images, val_images = tmp_path / "train", tmp_path / "val"
+    train_images.mkdir()
+    val_images.mkdir()
+    for name in ("t20.png", "t1.png", "t46.png"):
+        (train_images / name).write_bytes((SUPERRES_DATA / "T91" / name).read_bytes())
+    (val_images / "bird.png").write_bytes((SUPERRES_DATA / "Set5" / "bird.png").read_bytes())
+    config = load_superres_config(recipe, [f"data.train={train_images}", f"data.val={val_images}",
+                                           "train.time_budget_min=null", "train.iterations=2", "train.eval_every=2",
+                                           f"train.output_dir={tmp_path / 'run'}", "data.batch_size=4"])
+    result = train_superres(config)
+    assert result.iterations == 2 and result.last_metrics["images"] == 1
+    assert math.isfinite(result.last_metrics["psnr"]) and result.bicubic["psnr"] > 25
