@@ -67,6 +67,7 @@ from pixelwise.data.classes import IGNORE_INDEX
 from pixelwise.data.elastic import ElasticDeformation
 from pixelwise.data.transforms import train_transform
 from pixelwise.losses import create_loss
+from pixelwise.runtimes.torch_runtime import choose_precision
 from pixelwise.training.loop import train_one_step
 from pixelwise.training.recipe import build_datasets, build_model, build_optimizer, class_weights, training_samples
 from report import write_report  # benchmarks/report.py: run as scripts, this folder is on sys.path
@@ -166,6 +167,8 @@ def recipe_loader_and_step(config: Config) -> tuple[DataLoader, Callable[[Sequen
     (:func:`pixelwise.training.loop.train_one_step`: model, loss, optimiser, precision and
     memory layout as the recipe sets them)."""
     torch.manual_seed(config.train.seed)
+    device = torch.device("cpu")
+    config.train.amp, _ = choose_precision(config.train.amp, device)  # "auto" decided as a run decides it
     train_set, _ = build_datasets(config)
     samples = training_samples(config, train_set)
     loader = DataLoader(samples, batch_size=config.data.batch_size, shuffle=True, drop_last=True,
@@ -178,7 +181,6 @@ def recipe_loader_and_step(config: Config) -> tuple[DataLoader, Callable[[Sequen
     optimizer = build_optimizer(config, model)
     loss_fn = create_loss(config.loss, ignore_index=classes.ignore_index,
                           class_weights=class_weights(config, classes))
-    device = torch.device("cpu")
     return loader, lambda batch: train_one_step(model, batch, loss_fn, optimizer, config, device)
 
 

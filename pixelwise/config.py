@@ -136,7 +136,7 @@ class TrainConfig:
     iterations: int = 1000
     eval_every: int = 250
     checkpoint_every: int = 100
-    amp: str | None = None  # None | bf16 | fp16
+    amp: str | None = None  # None | bf16 | fp16 | auto (bf16 where the hardware computes it, else fp32)
     channels_last: bool = False
     aux_weight: float = 0.4
     # Decay of an exponential moving average of the weights (e.g. 0.999), which validation,
@@ -260,7 +260,7 @@ RANGES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("train.iterations", lambda v: v >= 1, "at least 1"),
     ("train.eval_every", lambda v: v >= 1, "at least 1 (evaluate every N iterations)"),
     ("train.checkpoint_every", lambda v: v >= 1, "at least 1 (write last.pt every N iterations)"),
-    ("train.amp", lambda v: v in (None, "bf16", "fp16"), "null, bf16 or fp16"),
+    ("train.amp", lambda v: v in (None, "bf16", "fp16", "auto"), "null, bf16, fp16 or auto"),
     ("train.aux_weight", lambda v: 0 <= v < math.inf, "0 or more"),
     ("train.ema", lambda v: v is None or 0 < v < 1, "a decay in (0, 1) such as 0.999, or null for no average"),
     ("train.time_budget_min", lambda v: v is None or 0 < v < math.inf, "a positive number of minutes, or null"),

@@ -294,6 +294,40 @@ def test_bf16_on_a_cpu_without_bf16_units_is_flagged(monkeypatch: pytest.MonkeyP
     assert torch_runtime.slow_precision_warning("bf16", cpu) is None
 
 
+def test_auto_precision_follows_the_hardware(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pixelwise.runtimes import torch_runtime
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(torch_runtime, "cpu_has_bf16", lambda: True)
+    assert torch_runtime.choose_precision("auto", cpu) == ("bf16", "this CPU computes bf16 natively (AVX512-BF16 or AMX)")
+    assert torch_runtime.choose_precision(None, cpu)[0] is None and torch_runtime.choose_precision("bf16", cpu)[0] == "bf16"
+    monkeypatch.setattr(torch_runtime, "cpu_has_bf16", lambda: False)
+    chosen, reason = torch_runtime.choose_precision("auto", cpu)
+    assert chosen is None and "emulated" in reason
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert torch_runtime.choose_precision("auto", gpu)[0] == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert torch_runtime.choose_precision("auto", gpu)[0] is None
+
+
+@pytest.mark.parametrize("bf16_units", [True, False])
+def test_a_run_at_auto_precision_records_what_it_chose_and_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   bf16_units: bool) -> None:
+    from pixelwise.runtimes import torch_runtime
+
+    monkeypatch.setattr(torch_runtime, "cpu_has_bf16", lambda: bf16_units)
+    chosen = "bf16" if bf16_units else None
+    with pytest.raises(_Interrupt):
+        train(_small(tmp_path, "train.amp=auto"), on_step=_stop_at(3))
+    assert load_config(tmp_path / "config.yaml").train.amp == chosen  # what ran, not "auto"
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    precision = next(record["precision"] for record in records if "precision" in record)
+    assert precision["requested"] == "auto" and precision["chosen"] == (chosen or "fp32") and precision["reason"]
+    result = train(_small(tmp_path, "train.amp=auto"), resume=True)
+    assert result.iterations == 4
+    assert load_checkpoint(tmp_path / "last.pt")["inference"]["precision"] == (chosen or "fp32")
+
+
 def test_a_run_started_before_alignment_resumes_with_its_own_geometry(tmp_path: Path) -> None:
     """A checkpoint whose model spec has no ``aligned`` (written before decoders were aligned)
     resumes with the half-pixel model its weights belong to, and config.yaml says so."""

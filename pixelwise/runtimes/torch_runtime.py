@@ -40,6 +40,29 @@ def slow_precision_warning(precision: str | None, device: torch.device) -> str |
             "machine")
 
 
+def choose_precision(requested: str | None, device: torch.device) -> tuple[str | None, str]:
+    """The autocast precision to compute in for ``requested`` (``"auto"`` is decided here from
+    the hardware; anything else is kept) and why.
+
+    ``auto``: bf16 on a CPU that computes it natively (AVX512-BF16 or AMX, :func:`cpu_has_bf16`)
+    and on a GPU with bf16 units; float32 (``None``) elsewhere: on other CPUs bf16 autocast is
+    emulated, many times slower than float32, and fp16 needs a gradient scaler that training does
+    not use.
+    """
+    if requested != "auto":
+        return requested, "as the recipe sets it"
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return "bf16", "this GPU computes bf16"
+        return None, "this GPU has no bf16 units (fp16 would need a gradient scaler): fp32"
+    if device.type == "cpu":
+        if cpu_has_bf16():
+            return "bf16", "this CPU computes bf16 natively (AVX512-BF16 or AMX)"
+        return None, ("this CPU has no bf16 instructions (AVX512-BF16 or AMX), where bf16 autocast is emulated "
+                      "and many times slower: fp32")
+    return None, f"fp32 on {device.type}"
+
+
 def cpu_has_bf16() -> bool:
     """Whether this CPU computes in bf16 natively (oneDNN's test: AVX512-BF16 or AMX)."""
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())

@@ -38,7 +38,7 @@ from pixelwise.errors import InputError
 from pixelwise.losses import WeightedCrossEntropyLoss, create_loss, loss_with_aux, takes_pixel_weights
 from pixelwise.metrics import ConfusionMatrix
 from pixelwise.runtimes import autocast_context
-from pixelwise.runtimes.torch_runtime import slow_precision_warning
+from pixelwise.runtimes.torch_runtime import choose_precision, slow_precision_warning
 from pixelwise.training.budget import BudgetPlan
 from pixelwise.training.distributed import (DistributedContext, convert_sync_batchnorm, distributed_session,
                                           mean_over_processes, unwrap, wrap_model)
@@ -173,6 +173,11 @@ def _train(config: Config, resume: bool, overwrite: bool, context: DistributedCo
            on_total: Callable[[int, BudgetPlan | None], None] | None) -> TrainResult:
     session_start = time.perf_counter()
     run_dir = Path(config.train.output_dir)
+    requested = config.train.amp
+    # Decided once, before anything reads it: the run folder's config.yaml records what ran.
+    config.train.amp, precision_reason = choose_precision(requested, context.device)
+    if requested == "auto" and context.is_main:
+        logger.info("train.amp = auto: %s (%s)", config.train.amp or "fp32", precision_reason)
     slow = slow_precision_warning(config.train.amp, context.device)
     if slow and context.is_main:
         logger.warning("train.amp = bf16: %s", slow)
@@ -204,6 +209,9 @@ def _train(config: Config, resume: bool, overwrite: bool, context: DistributedCo
     with RunLog(run_dir, context.is_main, progress.iteration if state is not None else None,
                 train_set.classes.names) as log:
         _record_rare_class_sampling(samples, train_set.classes, progress.iteration, log)
+        if requested == "auto":
+            log.record({"iteration": progress.iteration, "precision": {
+                "requested": requested, "chosen": config.train.amp or "fp32", "reason": precision_reason}})
         last_metrics = run.run(batches, log)
     plots = plot_curves(run_dir / "metrics.jsonl", run_dir) if context.is_main else []
     return TrainResult(run_dir, progress.iteration, progress.best, last_metrics, plots)
