@@ -137,6 +137,9 @@ class TrainConfig:
     eval_every: int = 250
     checkpoint_every: int = 100
     amp: str | None = None  # None | bf16 | fp16 | auto (bf16 where the hardware computes it, else fp32)
+    # Threads to compute with: null for PyTorch's default, lowered to the CPUs the process may
+    # use (affinity, cgroup CPU quota); a number sets it (pixelwise --threads N does the same).
+    threads: int | None = None
     channels_last: bool = False
     aux_weight: float = 0.4
     # Decay of an exponential moving average of the weights (e.g. 0.999), which validation,
@@ -260,6 +263,7 @@ RANGES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("train.iterations", lambda v: v >= 1, "at least 1"),
     ("train.eval_every", lambda v: v >= 1, "at least 1 (evaluate every N iterations)"),
     ("train.checkpoint_every", lambda v: v >= 1, "at least 1 (write last.pt every N iterations)"),
+    ("train.threads", lambda v: v is None or v >= 1, "at least 1, or null"),
     ("train.amp", lambda v: v in (None, "bf16", "fp16", "auto"), "null, bf16, fp16 or auto"),
     ("train.aux_weight", lambda v: 0 <= v < math.inf, "0 or more"),
     ("train.ema", lambda v: v is None or 0 < v < 1, "a decay in (0, 1) such as 0.999, or null for no average"),

@@ -7,6 +7,7 @@ from typing import Sequence
 from pixelwise.cli.commands import console
 from pixelwise.cli.parser import build_parser
 from pixelwise.errors import PixelwiseError
+from pixelwise.runtimes.threads import set_threads
 
 __all__ = ["build_parser", "main"]
 
@@ -22,6 +23,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
+        set_threads(args.threads)
         return args.run(args)
     except PixelwiseError as error:
         if args.debug:

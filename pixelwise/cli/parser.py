@@ -16,6 +16,9 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
     parser = argparse.ArgumentParser(prog="pixelwise", description="Semantic segmentation, real and inspectable.")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of every error")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="compute with N threads (default: PyTorch's, lowered to the CPUs this process may use: "
+                             "its affinity and cgroup CPU quota)")
     commands = parser.add_subparsers(dest="command", required=True)
     _add_models(commands)
     _add_encoders(commands)

@@ -38,6 +38,7 @@ from pixelwise.errors import InputError
 from pixelwise.losses import WeightedCrossEntropyLoss, create_loss, loss_with_aux, takes_pixel_weights
 from pixelwise.metrics import ConfusionMatrix
 from pixelwise.runtimes import autocast_context
+from pixelwise.runtimes.threads import set_threads
 from pixelwise.runtimes.torch_runtime import choose_precision, slow_precision_warning
 from pixelwise.training.budget import BudgetPlan
 from pixelwise.training.distributed import (DistributedContext, convert_sync_batchnorm, distributed_session,
@@ -178,6 +179,10 @@ def _train(config: Config, resume: bool, overwrite: bool, context: DistributedCo
     config.train.amp, precision_reason = choose_precision(requested, context.device)
     if requested == "auto" and context.is_main:
         logger.info("train.amp = auto: %s (%s)", config.train.amp or "fp32", precision_reason)
+    if config.train.threads is not None:
+        threads, why = set_threads(config.train.threads)
+        if context.is_main:
+            logger.info("train.threads: %d (%s)", threads, why)
     slow = slow_precision_warning(config.train.amp, context.device)
     if slow and context.is_main:
         logger.warning("train.amp = bf16: %s", slow)
