@@ -22,7 +22,7 @@ from pixelwise.layers.upsample import UPSAMPLE_KINDS, WideTransposedUpsample
 from pixelwise.io.model_file import read_superres_onnx
 from pixelwise.runtimes.onnx_graph import onnx_proto
 from pixelwise.runtimes.onnx_runtime import OnnxRuntime
-from pixelwise.superres.compare import compare_methods, save_comparison_figure, upscale_file
+from pixelwise.superres.compare import compare_methods, save_comparison_figure, upscale_file, upscale_images
 from pixelwise.superres.images import (bicubic_upscale, downscale, modcrop, rgb_to_ycbcr, to_pixels, to_tensor,
                                        upscale_fixed, ycbcr_to_rgb)
 from pixelwise.superres.models import create_sr_model
@@ -442,6 +442,18 @@ def test_cli_train_compare_upscale(image_folders, sr_checkpoint, tmp_path, capsy
                  str(tmp_path / "big.png")]) == 0
     assert Image.open(tmp_path / "big.png").size == (180, 144)
     assert upscale_file(sr_checkpoint, image, tmp_path / "b.png") == ((48, 60), (144, 180))
+    # A folder of frames: one PNG each, the model loaded once, frames per second said
+    assert main(["superres", "upscale", str(image_folders / "val"), "--checkpoint", str(sr_checkpoint), "--out",
+                 str(tmp_path / "frames")]) == 0
+    assert "frames/s" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "frames").iterdir()) == ["0.png", "1.png"]
+    assert main(["superres", "upscale", str(image_folders / "val"), "--checkpoint", str(sr_checkpoint), "--out",
+                 str(tmp_path / "one.png")]) == 2
+    assert "name a folder" in capsys.readouterr().out
+    report = upscale_images(sr_checkpoint, [image], tmp_path / "bf16.png", precision="bf16")
+    assert report.images[0].after == (144, 180) and report.frames_per_second > 0
+    difference = np.abs(np.asarray(Image.open(tmp_path / "bf16.png"), dtype=int) - np.asarray(Image.open(tmp_path / "big.png")))
+    assert difference.mean() < 2
 
 
 # ------------------------------------------------------------------ published figures
@@ -492,6 +504,8 @@ def test_a_superres_checkpoint_exports_to_onnx_and_upscales_as_it_does(image_fol
     spec, _ = read_superres_onnx(exported)
     assert spec == load_superres_model(sr_checkpoint)[1]
     assert main(["superres", "upscale", str(image), "--checkpoint", str(exported), "--out", str(tmp_path / "o.png")]) == 0
+    with pytest.raises(ValueError, match="ONNX Runtime in fp32"):
+        upscale_images(exported, [image], tmp_path / "x.png", precision="bf16")
     upscale_file(sr_checkpoint, image, tmp_path / "c.png")
     difference = np.abs(np.asarray(Image.open(tmp_path / "o.png"), dtype=int) - np.asarray(Image.open(tmp_path / "c.png")))
     assert difference.max() <= 1  # 8-bit rounding of outputs within 1e-4

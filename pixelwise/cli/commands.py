@@ -30,7 +30,7 @@ from pixelwise.models.zoo import count_parameters, run_zoo, smooth_test_image
 from pixelwise.progress import ProgressReport
 from pixelwise.serve.app import ServiceLimits, app_for_file
 from pixelwise.serve.http import LOOPBACK_HOSTS, WILDCARD_ADDRESSES
-from pixelwise.superres.compare import compare_methods, save_comparison_figure, upscale_file
+from pixelwise.superres.compare import compare_methods, save_comparison_figure, upscale_images
 from pixelwise.superres.published import as_dicts, benchmark_of, published_results
 from pixelwise.superres.export import export_superres
 from pixelwise.superres.train import is_superres_file, load_superres_config, train_superres
@@ -413,7 +413,11 @@ def _print_published(benchmark: str, scale: int, rows: Sequence) -> None:
 
 
 def cmd_superres_upscale(args: argparse.Namespace) -> int:
-    before, after = upscale_file(args.checkpoint, args.image, args.out)
-    console.print(f"{args.image}: {before[0]}×{before[1]} → {after[0]}×{after[1]}, wrote {args.out}",
-                  highlight=False)
+    report = upscale_images(args.checkpoint, args.images, args.out, args.precision)
+    for image in report.images:
+        console.print(f"{image.source}: {image.before[0]}×{image.before[1]} → {image.after[0]}×{image.after[1]}, "
+                      f"wrote {image.target}", markup=False, highlight=False)
+    if len(report.images) > 1:
+        console.print(f"{len(report.images)} images, {report.frames_per_second:.2f} frames/s (enlarging only)",
+                      markup=False, highlight=False)
     return 0

@@ -282,11 +282,14 @@ def _add_superres_commands(commands: argparse._SubParsersAction) -> None:
                               "folder given is named Set5 or Set14)")
     compare.set_defaults(run=cmd_superres_compare)
 
-    upscale = actions.add_parser("upscale", help="upscale an image with a trained network")
-    upscale.add_argument("image", help="the image to upscale")
+    upscale = actions.add_parser("upscale", help="upscale images (or a folder of video frames) with a trained network")
+    upscale.add_argument("images", nargs="+", help="image files, folders or glob patterns")
     upscale.add_argument("--checkpoint", required=True,
                          help="a superres train checkpoint (best.pt) or its ONNX export (run by ONNX Runtime)")
-    upscale.add_argument("--out", required=True, help="the upscaled image file (PNG)")
+    upscale.add_argument("--out", required=True,
+                         help="the upscaled image file for one image (PNG), else a folder for NAME.png of each")
+    upscale.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                         help="bf16 autocast for a checkpoint on a CPU with bf16 units (default fp32)")
     upscale.set_defaults(run=cmd_superres_upscale)
 
 

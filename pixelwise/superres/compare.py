@@ -19,13 +19,15 @@ from torch import Tensor, nn
 
 from pixelwise.analysis.overlap import checkerboard_score
 from pixelwise.data.io import decode_image
+from pixelwise.data.pairing import IMAGE_EXTENSIONS
 from pixelwise.errors import InputError
 from pixelwise.inference.predict import expand_inputs
+from pixelwise.runtimes.torch_runtime import autocast_context
 from pixelwise.superres.images import (FIXED_METHODS, downscale, luminance, modcrop, rgb_to_ycbcr, to_pixels,
                                        to_tensor, upscale_fixed, ycbcr_to_rgb)
 from pixelwise.superres.models import method_name
 from pixelwise.superres.quality import PEAK, QualityScores
-from pixelwise.superres.train import load_superres_model, super_resolve
+from pixelwise.superres.train import OnnxNetwork, load_superres_model, super_resolve
 
 CHECKERBOARD_SIZE = 16  # input side of the constant image the checkerboard score uses
 
@@ -197,13 +199,67 @@ def save_comparison_figure(comparison: Comparison, path: str | Path, region: tup
 def upscale_file(checkpoint: str | Path, image: str | Path, out: str | Path) -> tuple[tuple[int, int], tuple[int, int]]:
     """Upscale an image file with a trained network; writes ``out`` (PNG unless its suffix says
     otherwise). Returns the input and output (H, W)."""
+    written = upscale_images(checkpoint, [image], out).images[0]
+    return written.before, written.after
+
+
+@dataclass
+class UpscaledImage:
+    """One image upscaled: where from, where to, and its (H, W) before and after."""
+
+    source: Path
+    target: Path
+    before: tuple[int, int]
+    after: tuple[int, int]
+
+
+@dataclass
+class UpscaleReport:
+    """What :func:`upscale_images` wrote, and the seconds spent enlarging (reading and writing
+    files left out), so frames per second can be read off."""
+
+    images: list[UpscaledImage]
+    seconds: float
+
+    @property
+    def frames_per_second(self) -> float:
+        return len(self.images) / self.seconds if self.seconds > 0 else float("inf")
+
+
+def upscale_images(checkpoint: str | Path, inputs: Sequence[str | Path], out: str | Path,
+                   precision: str = "fp32") -> UpscaleReport:
+    """Upscale image files (files, folders or glob patterns: a video's frames) with a trained
+    network, loaded once.
+
+    Args:
+        checkpoint: a ``superres train`` checkpoint, or its ONNX export (run by ONNX Runtime).
+        out: the file to write for one image given as a file (PNG unless its suffix says
+            otherwise), else a folder that receives ``NAME.png`` for each image.
+        precision: ``"fp32"``, or ``"bf16"`` (autocast; a checkpoint on a CPU with bf16 units).
+
+    Raises:
+        InputError: several images for one output file, or bf16 for an ONNX file.
+    """
     from PIL import Image
 
-    model, spec = load_superres_model(checkpoint)
-    low = to_tensor(decode_image(image)[0])
-    high = upscale_rgb(model, low, spec["scale"])
+    paths = expand_inputs(list(inputs))
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(to_pixels(high)).save(out)
-    return tuple(low.shape[-2:]), tuple(high.shape[-2:])
+    one_file = len(paths) == 1 and Path(inputs[0]).is_file() and out.suffix.lower() in IMAGE_EXTENSIONS
+    if not one_file and out.suffix.lower() in IMAGE_EXTENSIONS:
+        raise InputError(f"--out {str(out)!r} is one image file, but {len(paths)} images were given: name a folder")
+    model, spec = load_superres_model(checkpoint)
+    if precision != "fp32" and isinstance(model, OnnxNetwork):
+        raise InputError(f"{checkpoint} is run by ONNX Runtime in fp32; --precision {precision} is for checkpoints")
+    report = UpscaleReport([], 0.0)
+    for path in paths:
+        low = to_tensor(decode_image(path)[0])
+        start = time.perf_counter()
+        with autocast_context(None if precision == "fp32" else precision, torch.device("cpu")):
+            high = upscale_rgb(model, low, spec["scale"]).float()
+        report.seconds += time.perf_counter() - start
+        target = out if one_file else out / f"{path.stem}.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(to_pixels(high)).save(target)
+        report.images.append(UpscaledImage(path, target, tuple(low.shape[-2:]), tuple(high.shape[-2:])))
+    return report
 
