@@ -347,15 +347,16 @@ class OnnxNetwork(nn.Module):
 
 def is_superres_file(path: str | Path) -> bool:
     """Whether ``path`` holds a super-resolution network: a checkpoint of ``superres train`` or
-    its ONNX export (no other file is opened beyond its metadata)."""
+    its ONNX export (a checkpoint is loaded, ``weights_only``, to read its task)."""
     path = Path(path)
-    if model_file_format(path) == "onnx":
+    kind = model_file_format(path)
+    if kind == "onnx":
         try:
             read_superres_onnx(path)
         except InputError:
             return False
         return True
-    return path.is_file() and model_file_format(path) == "checkpoint" and load_checkpoint(path).get("task") == TASK
+    return kind == "checkpoint" and path.is_file() and load_checkpoint(path).get("task") == TASK
 
 
 def load_superres_model(path: str | Path) -> tuple[nn.Module, dict]:
