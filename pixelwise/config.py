@@ -145,6 +145,10 @@ class TrainConfig:
     # Decay of an exponential moving average of the weights (e.g. 0.999), which validation,
     # best.pt and last.pt's predicting weights then use; null trains without one.
     ema: float | None = None
+    # The validation value that decides best.pt: mean_iou, or on two-class membrane data one of
+    # the ISBI 2012 metrics, at p > 0.5 (rand_error, v_info, pixel_error) or at its best
+    # threshold (best_rand_error, best_v_info, best_pixel_error).
+    best_metric: str = "mean_iou"
     seed: int = 0
     output_dir: str = "runs/default"
     # Under torchrun: batch norms over the global batch (CUDA only; otherwise each process's share).

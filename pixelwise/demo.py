@@ -94,7 +94,7 @@ def write_report(result: DemoResult) -> Path:
     lines = [
         "# pixelwise demo report", "",
         f"U-Net trained for {result.training.iterations} iterations on the synthetic shapes data set "
-        f"in {result.minutes:.1f} minutes (CPU); best validation mIoU {result.training.best_miou:.4f}.", "",
+        f"in {result.minutes:.1f} minutes (CPU); best validation mIoU {result.training.best:.4f}.", "",
         f"## Held-out evaluation ({result.evaluation.num_images} images of the synthetic `test` split)",
         "",
         f"- mean IoU: **{summary['mean_iou']:.4f}** (target {TARGET_MIOU:.2f}: "

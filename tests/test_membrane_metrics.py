@@ -14,11 +14,12 @@ from skimage.metrics import adapted_rand_error, variation_of_information
 
 from conftest import tiny_recipe
 from pixelwise.cli import main
-from pixelwise.config import load_config
+from pixelwise.config import ConfigError, load_config
 from pixelwise.errors import InputError
 from pixelwise.inference.evaluation import evaluate_checkpoint
 from pixelwise.metrics import MembraneMetric, cell_segments, membrane_scores, rand_error, v_info
-from pixelwise.training.loop import train
+from pixelwise.io.checkpoint import load_checkpoint
+from pixelwise.training.loop import MEAN_IOU, best_metric, train
 
 
 def _two_cells(height: int = 12, width: int = 21) -> np.ndarray:
@@ -214,3 +215,43 @@ def test_a_six_class_evaluation_does_not_report_them(tiny_checkpoint: Path, tmp_
     assert result.membrane is None
     assert not {"rand_error", "v_info", "pixel_error"} & set(result.summary())
     assert "membrane_curves" not in json.loads((tmp_path / "metrics.json").read_text())
+
+
+# -- training: validation scores them, best.pt chosen by one ---------------------------------------
+
+def test_training_validation_logs_them_and_best_pt_follows_the_chosen_one(tmp_path: Path,
+                                                                           capsys: pytest.CaptureFixture) -> None:
+    run_dir = tmp_path / "run"
+    # lr 0.05 moves the tiny model between evaluations, so the best is not simply the last.
+    overrides = tiny_recipe(run_dir, "data.options={size: 32, length: 4, num_classes: 2}", "train.iterations=4",
+                            "train.eval_every=1", "optim.lr=0.05", "train.best_metric=best_rand_error")
+    assert main(["train", *overrides]) == 0
+    assert "best best rand error" in capsys.readouterr().out
+    evaluations = [json.loads(line)["eval"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+                   if "eval" in json.loads(line)]
+    assert len(evaluations) == 4
+    assert all(stats["membrane_images"] == 4 and 0 <= stats["best_rand_error"] <= stats["rand_error"] <= 1
+               and "mean_iou" in stats for stats in evaluations)
+    best = min(stats["best_rand_error"] for stats in evaluations)
+    state = load_checkpoint(run_dir / "best.pt")
+    assert state["best_value_best_rand_error"] == best
+    assert "best_miou" not in state
+    # best.pt holds the model that scored it: evaluated again, the same value.
+    again = evaluate_checkpoint(run_dir / "best.pt", out_dir=tmp_path / "again").summary()
+    assert again["best_rand_error"] == pytest.approx(best, abs=1e-9)
+    assert evaluations.index(min(evaluations, key=lambda stats: stats["best_rand_error"])) + 1 == state["iteration"]
+
+    # Resumed for longer, the run keeps its best so far.
+    result = train(load_config(None, [*overrides, "train.iterations=5"]), resume=True)
+    assert result.best_metric == "best_rand_error"
+    assert result.best == load_checkpoint(run_dir / "best.pt")["best_value_best_rand_error"] <= best
+
+
+def test_a_membrane_metric_for_best_pt_needs_two_classes_and_a_known_name(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="two-class"):
+        train(load_config(None, tiny_recipe(tmp_path / "a", "train.best_metric=rand_error")))
+    with pytest.raises(ConfigError, match="best_rand_error"):
+        train(load_config(None, tiny_recipe(tmp_path / "b", "data.options={size: 32, length: 4, num_classes: 2}",
+                                            "train.best_metric=rand")))
+    assert best_metric("v_info", 2).higher_is_better and not best_metric("best_pixel_error", 2).higher_is_better
+    assert best_metric("mean_iou", 6) is MEAN_IOU

@@ -78,7 +78,7 @@ def test_run_folder_holds_what_prediction_needs(tmp_path: Path) -> None:
     assert (result.run_dir / "config.yaml").is_file()
     lines = (result.run_dir / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 4  # three steps and one evaluation
-    assert 0.0 <= result.best_miou <= 1.0
+    assert 0.0 <= result.best <= 1.0 and result.best_metric == "mean_iou"
 
 
 def test_divergence_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path: Path,

@@ -223,7 +223,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         result = train(config, resume=args.resume, device=args.device, on_step=on_step,
                        on_total=_on_total(progress), overwrite=args.overwrite)
     if main_process:
-        console.print(f"best mIoU {result.best_miou:.4f} after {result.iterations} iterations; checkpoints, config, "
+        metric = "mIoU" if result.best_metric == "mean_iou" else result.best_metric.replace("_", " ")
+        console.print(f"best {metric} {result.best:.4f} after {result.iterations} iterations; checkpoints, config, "
                       f"metrics.jsonl, tensorboard/ and {', '.join(p.name for p in result.plots)} in {result.run_dir}")
     return 0
 

@@ -58,8 +58,8 @@ to be empty. See ``benchmarks/metrics.py``.
 from pixelwise.metrics.boundary import BoundaryMetric
 from pixelwise.metrics.confusion import ConfusionMatrix
 from pixelwise.metrics.counts import SummedCounts
-from pixelwise.metrics.membrane import (MembraneMetric, MembraneScores, cell_segments, membrane_rows, membrane_scores,
-                                        rand_error, v_info)
+from pixelwise.metrics.membrane import (RANKING_KEYS, MembraneMetric, MembraneScores, cell_segments, membrane_rows,
+                                        membrane_scores, rand_error, summary_direction, v_info)
 from pixelwise.metrics.scores import (class_accuracy, dice, frequency_weighted_iou, intersection_over_union,
                                       mean_class_accuracy, mean_dice, mean_iou, pixel_accuracy, summarize)
 from pixelwise.metrics.table import MetricsTable, format_percent, format_table, metrics_table
@@ -68,5 +68,5 @@ __all__ = [
     "SummedCounts", "ConfusionMatrix", "intersection_over_union", "mean_iou", "pixel_accuracy", "class_accuracy",
     "mean_class_accuracy", "frequency_weighted_iou", "dice", "mean_dice", "summarize", "MetricsTable",
     "metrics_table", "format_percent", "format_table", "BoundaryMetric", "MembraneMetric", "MembraneScores",
-    "membrane_scores", "membrane_rows", "cell_segments", "rand_error", "v_info",
+    "membrane_scores", "membrane_rows", "cell_segments", "rand_error", "v_info", "RANKING_KEYS", "summary_direction",
 ]

@@ -68,8 +68,22 @@ DEFAULT_THRESHOLDS: tuple[float, ...] = tuple(round(0.05 * step, 2) for step in 
 PREDICTION_THRESHOLD = 0.5
 # The metrics, in the order of MembraneMetric's rows, and whether lower is better.
 METRICS: tuple[str, ...] = ("rand_error", "v_info", "pixel_error")
-_LOWER_IS_BETTER = {"rand_error": True, "v_info": False, "pixel_error": True}
+LOWER_IS_BETTER = {"rand_error": True, "v_info": False, "pixel_error": True}
 _RAND, _INFO, _PIXEL = range(3)
+
+
+def summary_direction(key: str) -> bool:
+    """Whether lower is better for a value of :meth:`MembraneMetric.summary` that ranks models:
+    a metric at the prediction (``"rand_error"``) or at its best threshold (``"best_rand_error"``).
+
+    Raises:
+        KeyError: ``key`` is neither.
+    """
+    return LOWER_IS_BETTER[key.removeprefix("best_")]
+
+
+# The summary values that rank models: each metric at the prediction and at its best threshold.
+RANKING_KEYS: tuple[str, ...] = tuple(prefix + name for name in METRICS for prefix in ("", "best_"))
 
 
 # -- label images ---------------------------------------------------------------------------------
@@ -344,7 +358,7 @@ class MembraneMetric:
                       if threshold in self.thresholds and value is not None]
         if not candidates:
             return None, None
-        sign = 1 if _LOWER_IS_BETTER[name] else -1
+        sign = 1 if LOWER_IS_BETTER[name] else -1
         return min(candidates, key=lambda pair: (sign * pair[0], pair[1]))
 
     def summary(self) -> dict:

@@ -4,7 +4,8 @@ The shape of torchvision's ``references/segmentation/train.py`` (build, ``train_
 ``evaluate``, the loop), counted in iterations rather than epochs so a run can stop and resume
 at any point. The loop is :class:`~pixelwise.training.run_loop.TrainingLoop`, which this module
 drives as a segmentation task: a step of :func:`train_one_step`, ``best.pt`` at the best
-validation mean IoU. Every ``checkpoint_every`` iterations and at the end, ``last.pt`` is written
+validation mean IoU (or, on two-class membrane data, the ISBI 2012 metric ``train.best_metric``
+names). Every ``checkpoint_every`` iterations and at the end, ``last.pt`` is written
 atomically with everything needed to continue exactly (weights, optimiser, iteration, random
 state; the data order is a function of the iteration, see :mod:`pixelwise.training.sampling`)
 and to predict without the recipe (model spec, class names, palette, normalisation).
@@ -36,7 +37,7 @@ from pixelwise.data import ClassInfo, SegmentationDataset
 from pixelwise.data.transforms import IMAGENET_MEAN, IMAGENET_STD, CutMix, RareClassSampling
 from pixelwise.errors import InputError
 from pixelwise.losses import WeightedCrossEntropyLoss, create_loss, loss_with_aux, takes_pixel_weights
-from pixelwise.metrics import ConfusionMatrix
+from pixelwise.metrics import RANKING_KEYS, ConfusionMatrix, MembraneMetric, summary_direction
 from pixelwise.runtimes import autocast_context
 from pixelwise.runtimes.threads import set_threads
 from pixelwise.runtimes.torch_runtime import choose_precision, slow_precision_warning
@@ -52,8 +53,9 @@ from pixelwise.training.run_log import RunLog, plot_curves
 from pixelwise.training.run_loop import (BestMetric, TrainingDiverged, TrainingLoop, TrainingTask, restore_progress,
                                          resumable_batches, worker_message)
 
-__all__ = ["MEAN_IOU", "TrainResult", "TrainingDiverged", "build_datasets", "build_model", "class_weights", "evaluate",
-           "learning_rate", "model_spec", "train", "train_one_step", "training_samples", "worker_message"]
+__all__ = ["MEAN_IOU", "TrainResult", "TrainingDiverged", "best_metric", "build_datasets", "build_model", "class_weights",
+           "evaluate", "learning_rate", "model_spec", "train", "train_one_step", "training_samples", "validate",
+           "worker_message"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,15 +63,37 @@ logger = logging.getLogger(__name__)
 MEAN_IOU = BestMetric("mean_iou", "best_miou", initial=-1.0)
 
 
+def best_metric(name: str, num_classes: int) -> BestMetric:
+    """The validation value that decides ``best.pt`` (``train.best_metric``): the mean IoU, or on
+    two classes one of the ISBI 2012 membrane metrics (:data:`~pixelwise.metrics.RANKING_KEYS`),
+    kept in checkpoints as ``best_value_<name>``.
+
+    Raises:
+        ConfigError: an unknown name, or a membrane metric on data of more than two classes.
+    """
+    if name == MEAN_IOU.summary_key:
+        return MEAN_IOU
+    if name not in RANKING_KEYS:
+        raise ConfigError(f"train.best_metric = {name!r} is not a validation metric: use mean_iou, or on two-class "
+                          f"membrane data one of {', '.join(RANKING_KEYS)}")
+    if num_classes != 2:
+        raise ConfigError(f"train.best_metric = {name!r} is an ISBI 2012 membrane metric, which scores two-class "
+                          f"data (membrane, cell); this data set has {num_classes} classes: use mean_iou")
+    lower = summary_direction(name)
+    return BestMetric(name, f"best_value_{name}", initial=math.inf if lower else -math.inf, higher_is_better=not lower)
+
+
 @dataclass
 class TrainResult:
-    """Where a run left its files and how it ended."""
+    """Where a run left its files and how it ended: ``best`` is the best validation value of
+    ``best_metric`` (``train.best_metric``), the one ``best.pt`` holds the model of."""
 
     run_dir: Path
     iterations: int
-    best_miou: float
+    best: float
     last_metrics: dict | None
     plots: list[Path] = field(default_factory=list)
+    best_metric: str = MEAN_IOU.summary_key
 
 
 def _record_rare_class_sampling(samples: Dataset, classes: ClassInfo, iteration: int, log: RunLog) -> None:
@@ -98,14 +122,39 @@ def evaluate(model: nn.Module, dataset: SegmentationDataset, device: torch.devic
     return matrix.all_reduce() if context.distributed else matrix
 
 
+def validate(model: nn.Module, dataset: SegmentationDataset, device: torch.device, amp: str | None = None,
+             context: DistributedContext | None = None) -> dict:
+    """The validation summary of a training run: :func:`evaluate`'s confusion-matrix summary and,
+    on two-class data, the ISBI 2012 membrane metrics (:meth:`MembraneMetric.summary`), summed
+    over processes like the matrix."""
+    context = context or DistributedContext(device=device)
+    shard = range(context.rank, len(dataset), context.world_size)
+    membrane = _membrane_metric(dataset, device)
+    matrix = _evaluate_images(unwrap(model), dataset, shard, device, amp, membrane)
+    if context.distributed:
+        matrix.all_reduce()
+        if membrane is not None:
+            membrane.all_reduce()
+    return matrix.summary() | ({} if membrane is None else membrane.summary())
+
+
+def _membrane_metric(dataset: SegmentationDataset, device: torch.device) -> MembraneMetric | None:
+    """The membrane metrics of two-class data (as ``pixelwise evaluate`` scores it), else None."""
+    classes = dataset.classes
+    return MembraneMetric(classes.ignore_index, device=device) if classes.num_classes == 2 else None
+
+
 def _evaluate_images(model: nn.Module, dataset: SegmentationDataset, indices: Sequence[int], device: torch.device,
-                     amp: str | None) -> ConfusionMatrix:
+                     amp: str | None, membrane: MembraneMetric | None = None) -> ConfusionMatrix:
+    """The images' confusion matrix; each image also scored by ``membrane`` where given."""
     classes = dataset.classes
     matrix = ConfusionMatrix(classes.num_classes, classes.ignore_index, device=device)
     options = validation_inference(amp)
     for image, mask in DataLoader(Subset(dataset, indices), batch_size=1, num_workers=0):
         logits = options.logits(model, image.to(device))
         matrix.update_logits(mask.to(device), logits)
+        if membrane is not None:
+            membrane.update_logits(mask.to(device), logits)
     return matrix
 
 
@@ -201,14 +250,15 @@ def _train(config: Config, resume: bool, overwrite: bool, context: DistributedCo
     loss_fn = create_loss(config.loss, ignore_index=train_set.classes.ignore_index,
                           class_weights=class_weights(config, train_set.classes, table)).to(context.device)
     _check_pixel_weights(config, loss_fn)
-    progress = restore_progress(state, model, optimizer, config, MEAN_IOU)
+    best = best_metric(config.train.best_metric, train_set.classes.num_classes)
+    progress = restore_progress(state, model, optimizer, config, best)
     average = _restore_average(state, model, config)
     model = wrap_model(model, context)
     if context.is_main:
         save_config(config, run_dir / "config.yaml")
     samples = training_samples(config, train_set, table)
     batches = resumable_batches(samples, config, progress, state, context)
-    task = _segmentation_task(config, context, model, optimizer, loss_fn, train_set.classes, val_set)
+    task = _segmentation_task(config, context, model, optimizer, loss_fn, train_set.classes, val_set, best)
     run = TrainingLoop(task, config, context, model, optimizer, average, progress, run_dir, session_start, on_step,
                        on_total)
     with RunLog(run_dir, context.is_main, progress.iteration if state is not None else None,
@@ -219,7 +269,7 @@ def _train(config: Config, resume: bool, overwrite: bool, context: DistributedCo
                 "requested": requested, "chosen": config.train.amp or "fp32", "reason": precision_reason}})
         last_metrics = run.run(batches, log)
     plots = plot_curves(run_dir / "metrics.jsonl", run_dir) if context.is_main else []
-    return TrainResult(run_dir, progress.iteration, progress.best, last_metrics, plots)
+    return TrainResult(run_dir, progress.iteration, progress.best, last_metrics, plots, best.summary_key)
 
 
 def _check_pixel_weights(config: Config, loss_fn: nn.Module) -> None:
@@ -244,23 +294,23 @@ def _check_pixel_weights(config: Config, loss_fn: nn.Module) -> None:
 
 def _segmentation_task(config: Config, context: DistributedContext, model: nn.Module,
                        optimizer: torch.optim.Optimizer, loss_fn: nn.Module, classes: ClassInfo,
-                       val_set: SegmentationDataset) -> TrainingTask:
-    """Segmentation for the training loop: a step of :func:`train_one_step`, validation by mean
-    IoU, and checkpoints that predict without the recipe (model spec, classes, normalisation,
-    inference options)."""
+                       val_set: SegmentationDataset, best: BestMetric) -> TrainingTask:
+    """Segmentation for the training loop: a step of :func:`train_one_step`, validation by
+    :func:`validate` (``best`` decides ``best.pt``), and checkpoints that predict without the
+    recipe (model spec, classes, normalisation, inference options)."""
     device, amp = context.device, config.train.amp
 
     def step(batch: Sequence[Tensor]) -> float:
         return train_one_step(model, batch, loss_fn, optimizer, config, device, context)
 
     def evaluate_images(network: nn.Module, indices: Sequence[int]) -> ConfusionMatrix:
-        return _evaluate_images(network, val_set, indices, device, amp)
+        return _evaluate_images(network, val_set, indices, device, amp, _membrane_metric(val_set, device))
 
     extras = {"model_spec": model_spec(config, classes.num_classes), "classes": classes.to_dict(),
               "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
               "inference": recipe_inference(config).to_dict()}
-    return TrainingTask(step, lambda network: evaluate(network, val_set, device, amp, context).summary(),
-                        evaluate_images, len(val_set), MEAN_IOU, extras,
+    return TrainingTask(step, lambda network: validate(network, val_set, device, amp, context),
+                        evaluate_images, len(val_set), best, extras,
                         divergence_advice="lower optim.lr or add optim.clip_grad_norm")
 
 

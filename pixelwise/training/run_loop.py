@@ -151,7 +151,8 @@ def restore_progress(state: dict | None, model: nn.Module, optimizer: torch.opti
             logger.warning("resuming with train.iterations = %d (the run was set to %d): the schedule now ends at "
                            "%d", train.iterations, total, train.iterations)
         total = train.iterations  # what the recipe says (also: a budget that is now gone)
-    return Progress(state["iteration"], total, state[best.checkpoint_key], state.get("train_seconds", 0.0),
+    # A run from before its metric was kept (e.g. train.best_metric added later) has no best yet.
+    return Progress(state["iteration"], total, state.get(best.checkpoint_key, best.initial), state.get("train_seconds", 0.0),
                     state.get("time_budget"))
 
 
@@ -348,7 +349,7 @@ class TrainingLoop:
         self.last_metrics = self.task.evaluate(predicting)
         log.evaluation(self.progress.iteration, self.last_metrics)
         value, best = self.last_metrics[self.task.best.summary_key], self.task.best
-        if not best.improves(value, self.progress.best):
+        if value is None or not best.improves(value, self.progress.best):  # None: a metric of no image
             return False
         self.progress.best = value
         return True
