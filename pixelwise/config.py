@@ -141,6 +141,10 @@ class TrainConfig:
     # use (affinity, cgroup CPU quota); a number sets it (pixelwise --threads N does the same).
     threads: int | None = None
     channels_last: bool = False
+    # Compile the training step's forward and backward with torch.compile (Inductor): tens of
+    # seconds at the start (counted in a time budget), then faster steps; a model that cannot
+    # compile says why once and trains eagerly. Validation stays eager.
+    compile: bool = False
     aux_weight: float = 0.4
     # Decay of an exponential moving average of the weights (e.g. 0.999), which validation,
     # best.pt and last.pt's predicting weights then use; null trains without one.

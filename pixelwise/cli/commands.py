@@ -243,7 +243,17 @@ def _inference_options(args: argparse.Namespace) -> dict[str, object]:
     return {"mode": args.mode, "window": tuple(args.window), "stride": stride, "blend": args.blend,
             "scales": None if args.scales is None else tuple(args.scales), "flip": args.flip,
             "batch_size": args.batch_size, "device": args.device,
-            "runtime": args.runtime, "precision": args.precision}
+            "runtime": _runtime(args), "precision": args.precision}
+
+
+def _runtime(args: argparse.Namespace) -> str | None:
+    """``--runtime``, or ``torch-compiled`` for ``--compile``."""
+    if not args.compile:
+        return args.runtime
+    if args.runtime not in (None, "torch-compiled"):
+        raise InputError(f"--compile runs the network as --runtime torch-compiled, not {args.runtime}: pass one of "
+                         f"the two")
+    return "torch-compiled"
 
 
 def _recorded_views(args: argparse.Namespace) -> RecordedViews:
@@ -255,7 +265,7 @@ def _recorded_views(args: argparse.Namespace) -> RecordedViews:
 
 def _loading(args: argparse.Namespace) -> dict[str, object]:
     """Where and how the model file is loaded."""
-    return {"device": args.device, "runtime": args.runtime, "precision": args.precision}
+    return {"device": args.device, "runtime": _runtime(args), "precision": args.precision}
 
 
 def _model_source(args: argparse.Namespace) -> str:

@@ -311,9 +311,14 @@ def _add_inference_arguments(parser: argparse.ArgumentParser) -> None:
                              "inference.flip as the model records it, else no)")
     parser.add_argument("--batch-size", type=int, default=4, help="windows per forward pass")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    parser.add_argument("--runtime", choices=("torch", "torch-optimized", "onnxruntime"),
+    parser.add_argument("--runtime", choices=("torch", "torch-optimized", "torch-compiled", "onnxruntime"),
                         help="what runs the network: eager PyTorch (default for checkpoints), PyTorch with batch "
-                             "norms folded and channels-last, or ONNX Runtime (the default, and only, for --model)")
+                             "norms folded and channels-last, the same compiled by torch.compile, or ONNX Runtime "
+                             "(the default, and only, for --model)")
+    parser.add_argument("--compile", action="store_true",
+                        help="compile the network with torch.compile (Inductor): --runtime torch-compiled. The first "
+                             "image of each size compiles (up to a minute on a CPU); a model that cannot compile "
+                             "runs eagerly after a warning")
     parser.add_argument("--precision", choices=("fp32", "bf16", "fp16", "int8"),
                         help="PyTorch autocast precision (default: what the run validated with); an ONNX file "
                              "computes in its own (fp32 or int8)")

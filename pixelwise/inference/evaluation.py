@@ -154,7 +154,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: DataSpec | RecordedData = 
         options: how logits are computed; by default whole images with the test-time views the
             model records (:class:`~pixelwise.inference.predict.RecordedViews`).
         device: where the model runs.
-        runtime: ``"torch"``, ``"torch-optimized"`` or ``"onnxruntime"``
+        runtime: ``"torch"``, ``"torch-optimized"``, ``"torch-compiled"`` or ``"onnxruntime"``
             (see :func:`~pixelwise.inference.loading.load_predictor`).
         precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (default: the precision the run
             validated with; with every other option at its default too and a recipe without

@@ -23,7 +23,7 @@ from pixelwise.runtimes.onnx_graph import onnx_proto
 from pixelwise.runtimes.onnx_runtime import OnnxRuntime
 from pixelwise.runtimes.torch_runtime import TorchRuntime
 
-RUNTIMES = ("torch", "torch-optimized", "onnxruntime")
+RUNTIMES = ("torch", "torch-optimized", "torch-compiled", "onnxruntime")
 METADATA_KEYS = RECORD_KEYS
 _EXPORT_REMEDY = "export it again with pixelwise export"
 _REMEDY = "use the file as pixelwise wrote it (a run's best.pt or last.pt, or export it again with pixelwise export)"
@@ -163,8 +163,9 @@ def load_predictor(path: str | Path | ModelFile, runtime: str | None = None, pre
             ``pixelwise export`` (or the file, already read by
             :func:`~pixelwise.io.model_file.read_model_file`).
         runtime: ``"torch"`` (default for files with weights), ``"torch-optimized"`` (batch
-            norms folded, channels-last) or ``"onnxruntime"`` (default, and the only choice, for
-            ONNX files; from weights, the model is exported to a temporary fp32 file first).
+            norms folded, channels-last), ``"torch-compiled"`` (optimised, then ``torch.compile``)
+            or ``"onnxruntime"`` (default, and the only choice, for ONNX files; from weights, the
+            model is exported to a temporary fp32 file first).
         precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` for PyTorch runtimes; default: the
             precision the run validated with (:func:`validation_precision`). An ONNX file
             computes in its own precision (fp32 or int8).
@@ -190,7 +191,8 @@ def load_predictor(path: str | Path | ModelFile, runtime: str | None = None, pre
         raise InputError("int8 runs in ONNX Runtime from a quantised file: pixelwise export --checkpoint "
                          f"{model_file.path} --int8 --calibrate FORMAT:ROOT:SPLIT --out model_int8.onnx, then "
                          f"--model model_int8.onnx")
-    model = TorchRuntime(loaded.model, precision, optimize=runtime == "torch-optimized")
+    model = TorchRuntime(loaded.model, precision, optimize=runtime == "torch-optimized",
+                         compile=runtime == "torch-compiled")
     return loaded._replace(model=model, inference={**(loaded.inference or {}), "precision": precision})
 
 

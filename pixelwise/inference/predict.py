@@ -373,8 +373,8 @@ def predict_files(checkpoint: str | Path | LoadedModel, inputs: Sequence[str | P
         options: how logits are computed (window, stride and blend also serve tiled images); by
             default whole images with the test-time views the model records (:class:`RecordedViews`).
         device: where the model runs (ignored when ``checkpoint`` is a loaded model).
-        runtime: ``"torch"``, ``"torch-optimized"`` or ``"onnxruntime"``, and ``precision``:
-            ``"fp32"``, ``"bf16"``, ``"fp16"`` (default: what the run validated with); see
+        runtime: ``"torch"``, ``"torch-optimized"``, ``"torch-compiled"`` or ``"onnxruntime"``, and
+            ``precision``: ``"fp32"``, ``"bf16"``, ``"fp16"`` (default: what the run validated with); see
             :func:`~pixelwise.inference.loading.load_predictor`.
         save_probabilities: also write ``<stem>_probs.npy``, as ``probability_dtype``:
             ``"float16"`` (half the disk) or ``"float32"``.

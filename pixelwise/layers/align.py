@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pixelwise.errors import InputError
+from pixelwise.layers.padding import replicate_pad
 
 Number = Union[Fraction, int, float]
 
@@ -198,7 +199,7 @@ def aligned_upsample(x: Tensor, scale: int, mode: str = "bilinear") -> Tensor:
     height, width = scale * x.shape[-2], scale * x.shape[-1]
     if scale & (scale - 1):
         return aligned_resize(x, (height, width), Grid(scale), Grid(1), mode)
-    padded = F.pad(x, (0, 1, 0, 1), mode="replicate")
+    padded = replicate_pad(x, (0, 1, 0, 1))
     if mode == "bilinear":
         return F.interpolate(padded, size=(height + 1, width + 1), mode="bilinear",
                              align_corners=True)[..., :height, :width]

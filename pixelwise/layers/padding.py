@@ -31,6 +31,29 @@ def _pad_amount(size: int, divisor: int, min_size: int) -> int:
     return torch.sym_max(-size % divisor, min_size - size)
 
 
+def replicate_pad(x: Tensor, pads: tuple[int, int, int, int]) -> Tensor:
+    """``F.pad(x, pads, mode="replicate")`` (``pads`` = left, right, top, bottom, each >= 0) that
+    also compiles.
+
+    Eager and exported graphs use PyTorch's replication padding. Under ``torch.compile`` the
+    border rows and columns are concatenated instead: Inductor's meta kernel of
+    ``replication_pad2d_backward`` assumes other strides than the kernel returns (an assertion
+    at the first backward pass), and the concatenation's backward is plain slicing. Both copy
+    the same pixels, so the output is identical.
+    """
+    if not torch.compiler.is_compiling():
+        return F.pad(x, pads, mode="replicate")
+    left, right, top, bottom = pads
+    height, width = x.shape[-2:]
+    rows = [x[..., :1, :].expand(*x.shape[:-2], top, width)] if top else []
+    rows += [x] + ([x[..., -1:, :].expand(*x.shape[:-2], bottom, width)] if bottom else [])
+    x = torch.cat(rows, dim=-2) if len(rows) > 1 else x
+    height = x.shape[-2]
+    columns = [x[..., :1].expand(*x.shape[:-2], height, left)] if left else []
+    columns += [x] + ([x[..., -1:].expand(*x.shape[:-2], height, right)] if right else [])
+    return torch.cat(columns, dim=-1) if len(columns) > 1 else x
+
+
 def mirror_pad(x: Tensor, top: int, bottom: int, left: int, right: int) -> Tensor:
     """Mirror ``x`` outwards by any amount (U-Net's overlap-tile padding).
 
@@ -47,7 +70,7 @@ def _mirror_axis(x: Tensor, before: int, after: int, horizontal: bool) -> Tensor
         length = x.shape[-1] if horizontal else x.shape[-2]
         if length == 1:
             pads = (before, after, 0, 0) if horizontal else (0, 0, before, after)
-            return F.pad(x, pads, mode="replicate")
+            return replicate_pad(x, pads)
         step_before, step_after = min(before, length - 1), min(after, length - 1)
         pads = (step_before, step_after, 0, 0) if horizontal else (0, 0, step_before, step_after)
         x = F.pad(x, pads, mode="reflect")

@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pixelwise.errors import InputError
+from pixelwise.layers.padding import replicate_pad
 from pixelwise.layers.align import Grid, Number, _fraction, half_pixel_shift, shifted_upsample, upsampling_step
 from pixelwise.registry import Registry
 
@@ -142,8 +143,8 @@ class TransposedUpsample(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.sampling is None:
-            return self.conv(F.pad(x, (1, 1, 1, 1), mode="replicate"))
-        out = self.conv(F.pad(x, (1, self.pad_after, 1, self.pad_after), mode="replicate"))
+            return self.conv(replicate_pad(x, (1, 1, 1, 1)))
+        out = self.conv(replicate_pad(x, (1, self.pad_after, 1, self.pad_after)))
         height, width, start = self.scale * x.shape[-2], self.scale * x.shape[-1], self.start
         return out[..., start:start + height, start:start + width]
 
@@ -187,7 +188,7 @@ class WideTransposedUpsample(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         pad, start = self.pad, self.start
-        out = self.conv(F.pad(x, (pad, pad, pad, pad), mode="replicate"))
+        out = self.conv(replicate_pad(x, (pad, pad, pad, pad)))
         height, width = self.scale * x.shape[-2], self.scale * x.shape[-1]
         return out[..., start:start + height, start:start + width]
 

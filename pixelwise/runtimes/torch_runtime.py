@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from pixelwise.errors import InputError
 from pixelwise.runtimes.base import check_precision
+from pixelwise.runtimes.compiled import CompiledOrEager
 from pixelwise.runtimes.optimize import optimize_for_inference
 
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -83,24 +84,34 @@ class TorchRuntime:
         precision: ``"fp32"``, ``"bf16"`` (CPU or CUDA) or ``"fp16"`` (CUDA).
         optimize: run :func:`~pixelwise.runtimes.optimize.optimize_for_inference` on a copy first
             (batch norms folded, channels-last); the original model is left untouched.
+        compile: also compile the (optimised) model with ``torch.compile``
+            (:class:`~pixelwise.runtimes.compiled.CompiledOrEager`): the first batch of each
+            input shape compiles (seconds to a minute on a CPU; after two shapes, one graph for
+            any size), later ones run the compiled graph. A model that cannot compile runs eagerly
+            after one warning.
     """
 
-    def __init__(self, model: nn.Module, precision: str = "fp32", optimize: bool = False) -> None:
+    def __init__(self, model: nn.Module, precision: str = "fp32", optimize: bool = False,
+                 compile: bool = False) -> None:
         if check_precision(precision) == "int8":
             raise InputError("int8 runs in ONNX Runtime: export the model with pixelwise export --int8 and "
                              "predict with --model FILE.onnx")
         self.device = module_device(model)
         autocast_context(precision, self.device)  # refuse fp16 on the CPU now, not at the first batch
-        if optimize:
+        if optimize or compile:
             model = optimize_for_inference(model, example=torch.randn(1, 3, 64, 64, device=self.device))
         self.model, self.precision = model, precision
-        self.name = "torch-optimized" if optimize else "torch"
+        self.compiled = CompiledOrEager(model, "the torch-compiled runtime") if compile else None
+        self.name = "torch-compiled" if compile else "torch-optimized" if optimize else "torch"
 
     def __call__(self, batch: Tensor) -> Tensor:
         was_training = self.model.training
         self.model.eval()
         try:
             with torch.inference_mode(), autocast_context(self.precision, self.device):
-                return self.model(batch.to(self.device)).float()
+                batch = batch.to(self.device)
+                if self.compiled is not None:
+                    return self.compiled.run(lambda network: network(batch).float())
+                return self.model(batch).float()
         finally:
             self.model.train(was_training)

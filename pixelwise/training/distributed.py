@@ -19,6 +19,7 @@ import torch.distributed as dist
 from torch import nn
 
 from pixelwise.errors import InputError
+from pixelwise.runtimes.compiled import eager_module
 
 
 @dataclass(frozen=True)
@@ -91,8 +92,10 @@ def wrap_model(model: nn.Module, context: DistributedContext) -> nn.Module:
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The network inside a ``DistributedDataParallel`` wrapper (checkpoints store its state, with
-    no ``module.`` prefix, so they load into a plain model)."""
+    """The network inside a ``torch.compile`` and a ``DistributedDataParallel`` wrapper
+    (checkpoints store its state, with no ``_orig_mod.`` or ``module.`` prefix, so they load into a
+    plain model)."""
+    model = eager_module(model)
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 

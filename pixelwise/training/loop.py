@@ -39,6 +39,7 @@ from pixelwise.errors import InputError
 from pixelwise.losses import WeightedCrossEntropyLoss, create_loss, loss_with_aux, takes_pixel_weights
 from pixelwise.metrics import RANKING_KEYS, ConfusionMatrix, MembraneMetric, summary_direction
 from pixelwise.runtimes import autocast_context
+from pixelwise.runtimes.compiled import CompiledOrEager
 from pixelwise.runtimes.threads import set_threads
 from pixelwise.runtimes.torch_runtime import choose_precision, slow_precision_warning
 from pixelwise.training.budget import BudgetPlan
@@ -299,9 +300,13 @@ def _segmentation_task(config: Config, context: DistributedContext, model: nn.Mo
     :func:`validate` (``best`` decides ``best.pt``), and checkpoints that predict without the
     recipe (model spec, classes, normalisation, inference options)."""
     device, amp = context.device, config.train.amp
+    compiled = CompiledOrEager(model, "train.compile") if config.train.compile else None
 
     def step(batch: Sequence[Tensor]) -> float:
-        return train_one_step(model, batch, loss_fn, optimizer, config, device, context)
+        if compiled is None:
+            return train_one_step(model, batch, loss_fn, optimizer, config, device, context)
+        return compiled.run(lambda network: train_one_step(network, batch, loss_fn, optimizer, config, device,
+                                                           context))
 
     def evaluate_images(network: nn.Module, indices: Sequence[int]) -> ConfusionMatrix:
         return _evaluate_images(network, val_set, indices, device, amp, _membrane_metric(val_set, device))

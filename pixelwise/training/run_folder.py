@@ -32,7 +32,7 @@ RUN_FILES = ("config.yaml", "metrics.jsonl", "best.pt", "last.pt", "loss.png", "
 # Settings a resumed run may change: they alter neither the model nor the data it sees (the data
 # set may move: data.root).
 RESUMABLE_CHANGES = ("train.iterations", "train.eval_every", "train.checkpoint_every", "train.output_dir",
-                     "train.threads", "data.root", "data.workers")
+                     "train.threads", "train.compile", "data.root", "data.workers")
 
 
 def prepare_run_folder(run_dir: Path, resume: bool, overwrite: bool, run_files: Sequence[str] = RUN_FILES) -> None:
