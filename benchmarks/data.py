@@ -67,6 +67,7 @@ from pixelwise.data.classes import IGNORE_INDEX
 from pixelwise.data.elastic import ElasticDeformation
 from pixelwise.data.transforms import train_transform
 from pixelwise.losses import create_loss
+from pixelwise.runtimes.threads import loader_workers
 from pixelwise.runtimes.torch_runtime import choose_precision
 from pixelwise.training.loop import train_one_step
 from pixelwise.training.recipe import build_datasets, build_model, build_optimizer, class_weights, training_samples
@@ -169,6 +170,7 @@ def recipe_loader_and_step(config: Config) -> tuple[DataLoader, Callable[[Sequen
     torch.manual_seed(config.train.seed)
     device = torch.device("cpu")
     config.train.amp, _ = choose_precision(config.train.amp, device)  # "auto" decided as a run decides it
+    config.data.workers, _ = loader_workers(config.data.workers)
     train_set, _ = build_datasets(config)
     samples = training_samples(config, train_set)
     loader = DataLoader(samples, batch_size=config.data.batch_size, shuffle=True, drop_last=True,

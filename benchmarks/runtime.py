@@ -12,7 +12,7 @@ median is reported; ``max |diff|`` is against eager fp32, ``agree`` the argmax a
 int8 is calibrated here on a few smooth synthetic images: this measures speed only. Its
 accuracy on real data is measured by ``pixelwise export --int8`` (see the README).
 
-    python benchmarks/runtime.py [--size 512] [--repeats 3] [--threads 2] [--models unet_resnet18]
+    python benchmarks/runtime.py [--size 512] [--repeats 3] [--threads 2] [--models unet_resnet18] [--compile]
 
 Prints a table and writes ``benchmarks/results/runtime.json``.
 """
@@ -66,8 +66,10 @@ def onnx_runtimes(model: nn.Module, name: str, folder: Path, threads: int, size:
     return {"onnxruntime fp32": OnnxRuntime(fp32, threads), "onnxruntime int8": OnnxRuntime(int8, threads, "int8")}
 
 
-def variants(name: str, folder: Path, threads: int, size: int) -> tuple[dict[str, Callable[[Tensor], Tensor]], str]:
-    """Every runtime of one model, and the name of the baseline the ratios divide by."""
+def variants(name: str, folder: Path, threads: int, size: int,
+             compile: bool = False) -> tuple[dict[str, Callable[[Tensor], Tensor]], str]:
+    """Every runtime of one model (``compile``: the torch-compiled runtime too, fp32 and bf16),
+    and the name of the baseline the ratios divide by."""
     ours, theirs = build(name)
     runs: dict[str, Callable[[Tensor], Tensor]] = {}
     if theirs is not None:
@@ -76,6 +78,9 @@ def variants(name: str, folder: Path, threads: int, size: int) -> tuple[dict[str
     runs["ours optimised fp32"] = TorchRuntime(ours, optimize=True)
     runs["ours bf16 autocast"] = TorchRuntime(ours, "bf16")
     runs["ours optimised bf16"] = TorchRuntime(ours, "bf16", optimize=True)
+    if compile:  # compiled in the warm-up run
+        runs["ours compiled fp32"] = TorchRuntime(ours, compile=True)
+        runs["ours compiled bf16"] = TorchRuntime(ours, "bf16", compile=True)
     runs.update(onnx_runtimes(ours, name, folder, threads, size))
     return runs, ("torchvision eager fp32" if theirs is not None else "ours eager fp32")
 
@@ -124,6 +129,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs per variant first")
     parser.add_argument("--threads", type=int, default=2, help="PyTorch and ONNX Runtime intra-op threads")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--compile", action="store_true",
+                        help="also time the torch-compiled runtime (optimised, then torch.compile)")
     parser.add_argument("--output", type=Path, default=RESULTS, help="where to write the JSON")
     return parser.parse_args()
 
@@ -136,7 +143,7 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory(prefix="pixelwise-bench-") as folder:
         for name in args.models:
-            runs, baseline = variants(name, Path(folder), args.threads, args.size)
+            runs, baseline = variants(name, Path(folder), args.threads, args.size, args.compile)
             results.append({"model": name, **measure(runs, baseline, x, args.repeats, args.warmup)})
             print_table(results[-1:])
     print()

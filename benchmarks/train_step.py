@@ -19,8 +19,11 @@ upsampling, the default; or the DeepLabV3+) and with ``channels_last`` memory fo
 autocast (``train.amp: bf16``), ours also channels-last (the CamVid recipes' setting), and those
 rows are compared with smp under bf16.
 
+With ``--compile`` ours is also timed channels-last and compiled by ``torch.compile``
+(``train.compile: true``), at each precision timed; the compile happens in the untimed warm-up.
+
 Usage:
-    python benchmarks/train_step.py [--model {unet,deeplabv3plus,fcn8s}] [--size 352 480] [--batch-size 4] [--steps 8] [--threads 2] [--bf16]
+    python benchmarks/train_step.py [--model {unet,deeplabv3plus,fcn8s}] [--size 352 480] [--batch-size 4] [--steps 8] [--threads 2] [--bf16] [--compile]
 
 Needs ``pip install -e '.[bench]'`` (segmentation-models-pytorch); prints a table and writes
 ``benchmarks/results/train_step.json``.
@@ -57,10 +60,12 @@ def make_batch(batch_size: int, height: int, width: int, seed: int = 0) -> tuple
 
 
 def make_step(model: nn.Module, batch: tuple[Tensor, Tensor], channels_last: bool = False,
-              bf16: bool = False) -> Callable[[], float]:
+              bf16: bool = False, compile: bool = False) -> Callable[[], float]:
     """One training step of ``model`` on ``batch`` (AdamW, cross-entropy); returns the loss.
 
-    ``bf16`` runs the forward pass under CPU bf16 autocast, as ``train.amp: bf16`` does.
+    ``bf16`` runs the forward pass under CPU bf16 autocast, as ``train.amp: bf16`` does;
+    ``compile`` runs it through ``torch.compile`` as ``train.compile: true`` does (the first,
+    untimed warm-up step compiles).
     """
     images, masks = batch
     if channels_last:
@@ -69,10 +74,11 @@ def make_step(model: nn.Module, batch: tuple[Tensor, Tensor], channels_last: boo
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     criterion = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
+    network = torch.compile(model) if compile else model
 
     def step() -> float:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            logits = model(images)
+            logits = network(images)
         loss = criterion(logits.float(), masks)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -101,9 +107,10 @@ def peer_label(model: str) -> str:
     return f"smp {smp_name}(resnet18)" if smp_name else ours_label(model)
 
 
-def build_steps(batch: tuple[Tensor, Tensor], bf16: bool, model: str = "unet") -> dict[str, Callable[[], float]]:
+def build_steps(batch: tuple[Tensor, Tensor], bf16: bool, model: str = "unet",
+                compile: bool = False) -> dict[str, Callable[[], float]]:
     """The variants, each with its own model and optimiser; ``bf16`` adds both networks under
-    bf16 autocast."""
+    bf16 autocast, ``compile`` ours channels-last and compiled (at each precision timed)."""
     torch.manual_seed(0)
     options, smp_name, smp_options = MODELS[model]
 
@@ -123,11 +130,17 @@ def build_steps(batch: tuple[Tensor, Tensor], bf16: bool, model: str = "unet") -
         name: make_step(ours(), batch),
         f"{name} channels_last": make_step(ours_channels_last(), batch, channels_last=True),
     }
+    if compile:
+        steps[f"{name} channels_last compiled"] = make_step(ours_channels_last(), batch, channels_last=True,
+                                                             compile=True)
     if has_peer:
         steps[peer_label(model)] = make_step(theirs(), batch)
     if bf16:
         steps[f"{name} bf16"] = make_step(ours(), batch, bf16=True)
         steps[f"{name} channels_last bf16"] = make_step(ours_channels_last(), batch, channels_last=True, bf16=True)
+        if compile:
+            steps[f"{name} channels_last compiled bf16"] = make_step(ours_channels_last(), batch, channels_last=True,
+                                                                      bf16=True, compile=True)
         if has_peer:
             steps[f"{peer_label(model)} bf16"] = make_step(theirs(), batch, bf16=True)
     return steps
@@ -157,6 +170,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per variant first")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--bf16", action="store_true", help="also time both networks under bf16 autocast")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time ours channels-last and compiled by torch.compile (train.compile)")
     parser.add_argument("--output", type=Path, default=RESULTS)
     return parser.parse_args()
 
@@ -174,7 +189,7 @@ def main() -> int:
     batch = make_batch(args.batch_size, *args.size)
     print(f"batch {args.batch_size}×3×{args.size[0]}×{args.size[1]}, {NUM_CLASSES} classes, "
           f"{torch.get_num_threads()} threads; {args.warmup} warm-up + {args.steps} timed steps each, interleaved")
-    times = compare(build_steps(batch, args.bf16, args.model), args.steps, args.warmup)
+    times = compare(build_steps(batch, args.bf16, args.model, args.compile), args.steps, args.warmup)
     medians = {name: statistics.median(values) for name, values in times.items()}
     peer = peer_label(args.model)
 

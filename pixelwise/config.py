@@ -104,7 +104,9 @@ class DataConfig:
     # for none, {} for the paper's w0 = 10 and sigma = 5 pixels, or some of {w0, sigma}.
     weight_map: WeightMapConfig | None = None
     batch_size: int = 8  # per process: under torchrun the global batch is batch_size × processes
-    workers: int = 2
+    # Data-loading processes: a number (0: load in the main process), or auto: one per CPU the
+    # process may use (affinity, cgroup quota), at most 4.
+    workers: int | str = "auto"
     options: dict = field(default_factory=dict)  # format-specific: num_classes, mask_colors, ...
 
 
@@ -243,7 +245,8 @@ def load_recipe(recipe_type: type[R], path: str | Path | None = None, overrides:
 # Values that pass the type check but cannot work: (key, test, what the key needs).
 RANGES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("data.batch_size", lambda v: v >= 1, "at least 1"),
-    ("data.workers", lambda v: v >= 0, "0 (load in the main process) or more"),
+    ("data.workers", lambda v: v == "auto" or (isinstance(v, int) and v >= 0),
+     "0 (load in the main process), more, or auto"),
     ("data.crop_size", lambda v: len(v) == 2 and min(v) >= 1, "two positive sizes [height, width]"),
     ("data.scale_range", lambda v: len(v) == 2 and 0 < v[0] <= v[1], "[low, high] with 0 < low <= high"),
     ("data.hflip", lambda v: 0 <= v <= 1, "a probability in [0, 1]"),

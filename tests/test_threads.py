@@ -79,3 +79,25 @@ def test_the_cli_and_the_recipe_set_the_threads(tmp_path: Path, capsys: pytest.C
     assert torch.get_num_threads() == 1
     with pytest.raises(ConfigError, match="train.threads"):
         load_config(None, tiny_recipe(tmp_path, "train.threads=0"))
+
+
+def test_auto_loader_workers_follow_the_usable_cpus_up_to_four() -> None:
+    assert threads.loader_workers("auto", (3, "3 CPUs"))[0] == 3
+    assert threads.loader_workers("auto", (64, "64 CPUs"))[0] == threads.MAX_AUTO_WORKERS == 4
+    assert threads.loader_workers("auto", (1, "1 CPU"))[0] == 1
+    assert threads.loader_workers(0) == (0, "as the recipe sets it")
+    assert threads.loader_workers("auto")[0] == max(1, min(threads.usable_cpus()[0], 4))
+    for wrong in (-1, "many", True):
+        with pytest.raises(InputError, match="data.workers"):
+            threads.loader_workers(wrong)
+
+
+def test_a_run_with_auto_workers_records_the_number(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_config(None, []).data.workers == "auto"
+    with pytest.raises(ConfigError, match="data.workers"):
+        load_config(None, tiny_recipe(tmp_path, "data.workers=-1"))
+    with pytest.raises(ConfigError, match="data.workers"):
+        load_config(None, tiny_recipe(tmp_path, "data.workers=many"))
+    monkeypatch.setattr(threads, "usable_cpus", lambda: (1, "1 CPU (test)"))
+    train(load_config(None, tiny_recipe(tmp_path, "train.iterations=1", "data.workers=auto")))
+    assert load_config(tmp_path / "config.yaml").data.workers == 1

@@ -7,7 +7,8 @@ follows the machine, not the quota, so in a container allowed 2 CPUs of a 64-CPU
 run 64 threads that take turns on 2 CPUs' worth of time.
 
 :func:`usable_cpus` reads both; :func:`set_threads` applies an explicit count, or lowers
-PyTorch's default to what may be used (it never raises it).
+PyTorch's default to what may be used (it never raises it); :func:`loader_workers` turns
+``data.workers: auto`` into a number of data-loading processes from the same count.
 """
 from __future__ import annotations
 
@@ -118,3 +119,26 @@ def set_threads(requested: int | None = None) -> tuple[int, str]:
         torch.set_num_threads(usable)
         return usable, reason
     return current, f"PyTorch's default, within {reason}"
+
+
+# data.workers: auto never starts more loader processes than this: a training step's batch is a
+# few images, which a handful of processes decode and augment ahead of the step on any machine.
+MAX_AUTO_WORKERS = 4
+
+
+def loader_workers(requested: int | str, usable: tuple[int, str] | None = None) -> tuple[int, str]:
+    """The data-loading processes for ``data.workers`` and why: a number as given; ``"auto"``
+    one per CPU this process may use (:func:`usable_cpus`, or ``usable``), at most
+    :data:`MAX_AUTO_WORKERS`. Loader processes sleep while their batches wait in the queue, so
+    they share the cores with the step's threads without holding them.
+
+    Raises:
+        InputError: neither a count >= 0 nor ``"auto"``.
+    """
+    if requested == "auto":
+        cpus, reason = usable or usable_cpus()
+        workers = max(1, min(cpus, MAX_AUTO_WORKERS))
+        return workers, f"auto: {reason}, at most {MAX_AUTO_WORKERS}"
+    if isinstance(requested, bool) or not isinstance(requested, int) or requested < 0:
+        raise InputError(f"data.workers must be 0 (load in the main process), more, or auto; got {requested!r}")
+    return requested, "as the recipe sets it"

@@ -40,7 +40,7 @@ from pixelwise.losses import WeightedCrossEntropyLoss, create_loss, loss_with_au
 from pixelwise.metrics import RANKING_KEYS, ConfusionMatrix, MembraneMetric, summary_direction
 from pixelwise.runtimes import autocast_context
 from pixelwise.runtimes.compiled import CompiledOrEager
-from pixelwise.runtimes.threads import set_threads
+from pixelwise.runtimes.threads import loader_workers, set_threads
 from pixelwise.runtimes.torch_runtime import choose_precision, slow_precision_warning
 from pixelwise.training.budget import BudgetPlan
 from pixelwise.training.distributed import (DistributedContext, convert_sync_batchnorm, distributed_session,
@@ -233,6 +233,10 @@ def _train(config: Config, resume: bool, overwrite: bool, context: DistributedCo
         threads, why = set_threads(config.train.threads)
         if context.is_main:
             logger.info("train.threads: %d (%s)", threads, why)
+    if config.data.workers == "auto":
+        config.data.workers, why = loader_workers(config.data.workers)
+        if context.is_main:
+            logger.info("data.workers = %d (%s)", config.data.workers, why)
     slow = slow_precision_warning(config.train.amp, context.device)
     if slow and context.is_main:
         logger.warning("train.amp = bf16: %s", slow)
