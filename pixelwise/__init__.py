@@ -1,4 +1,8 @@
 """pixelwise: semantic segmentation with PyTorch, real and inspectable."""
+from pixelwise.openmp import choose_wait_policy
+
+choose_wait_policy()  # before PyTorch loads OpenMP: sleeping idle threads where the machine is busy
+
 from pixelwise.encoders import create_encoder, list_encoders
 from pixelwise.inference.loading import from_pretrained
 from pixelwise.models import create_model, list_models, model_info

@@ -9,7 +9,7 @@ from pathlib import Path
 import pixelwise
 
 LAYERS: list[tuple[str, ...]] = [
-    ("errors",),
+    ("errors", "openmp"),
     ("config", "registry", "progress", "io"),
     ("geometry",),
     ("layers",),

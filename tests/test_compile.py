@@ -51,7 +51,18 @@ def _step(network: nn.Module, model: nn.Module, batch, amp: str | None) -> tuple
     return loss, {name: parameter.grad.clone() for name, parameter in model.named_parameters()}
 
 
-@pytest.mark.parametrize(("amp", "tolerance"), [(None, 1e-4), pytest.param("bf16", 5e-2, marks=pytest.mark.slow)])
+def _assert_gradients_close(got: dict, expected: dict, tolerance: float) -> None:
+    """Each parameter's gradient within ``tolerance`` of the eager one, relative to its norm; one
+    that is zero up to rounding (a convolution's bias before a batch norm) within that share of the
+    largest gradient's norm, so rounding alone does not count."""
+    floor = 1e-3 * tolerance * max(float(grad.norm()) for grad in expected.values())
+    for name, grad in expected.items():
+        error = float((got[name] - grad).norm())
+        assert error <= tolerance * float(grad.norm()) + floor, f"{name}: |difference| {error:.3g}, |eager| " \
+                                                                  f"{float(grad.norm()):.3g}"
+
+
+@pytest.mark.parametrize(("amp", "tolerance"), [(None, 1e-4), pytest.param("bf16", 0.05, marks=pytest.mark.slow)])
 def test_a_compiled_training_step_gives_the_eager_loss_and_gradients(amp: str | None, tolerance: float) -> None:
     model = pixelwise.create_model("unet", num_classes=3, upsample="transposed", **TINY_UNET)
     _randomise_batch_norms(model)
@@ -61,9 +72,20 @@ def test_a_compiled_training_step_gives_the_eager_loss_and_gradients(amp: str | 
     compiled_loss, compiled_grads = compiled.run(lambda network: _step(network, model, batch, amp))
     assert compiled.failure is None
     assert compiled_loss == pytest.approx(eager_loss, rel=tolerance)
-    for name, grad in eager_grads.items():
-        scale = grad.abs().max().clamp_min(1e-6)
-        assert ((compiled_grads[name] - grad).abs().max() / scale) < tolerance, name
+    if amp is None:
+        _assert_gradients_close(compiled_grads, eager_grads, tolerance)
+        return
+    # bf16's own rounding sets the tolerance: compiled bf16 (which fuses and orders the rounded
+    # sums otherwise) stays within a few times eager bf16's distance from the fp32 gradient, per
+    # parameter (measured: up to 3× on batch-norm weights, whose statistics Inductor reduces in
+    # its own order), and as close over the whole model.
+    _, exact_grads = _step(model, model, batch, None)
+    whole = [0.0, 0.0]
+    for name, exact in exact_grads.items():
+        rounding, error = float((eager_grads[name] - exact).norm()), float((compiled_grads[name] - exact).norm())
+        assert error <= 4 * rounding + 1e-6, name
+        whole = [whole[0] + rounding**2, whole[1] + error**2]
+    assert whole[1] ** 0.5 <= 2 * whole[0] ** 0.5
 
 
 class _Padded(nn.Module):
@@ -197,9 +219,7 @@ def _compiled_step_matches_eager(model: nn.Module, backend: str) -> None:
     compiled_loss, compiled_grads = compiled.run(lambda network: _step(network, twin, batch, None))
     assert compiled.failure is None, compiled.failure
     assert compiled_loss == pytest.approx(eager_loss, rel=1e-4)
-    for parameter, grad in eager_grads.items():
-        scale = grad.abs().max().clamp_min(1e-6)
-        assert ((compiled_grads[parameter] - grad).abs().max() / scale) < 1e-3, parameter
+    _assert_gradients_close(compiled_grads, eager_grads, 1e-3)
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 from cgroup trees built here; the CLI's --threads and the recipe's train.threads."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,8 @@ from conftest import tiny_recipe
 from pixelwise.cli import main
 from pixelwise.config import ConfigError, load_config
 from pixelwise.errors import InputError
+from pixelwise import openmp
+from pixelwise.openmp import choose_wait_policy
 from pixelwise.runtimes import threads
 from pixelwise.training.loop import train
 
@@ -101,3 +104,19 @@ def test_a_run_with_auto_workers_records_the_number(tmp_path: Path, monkeypatch:
     monkeypatch.setattr(threads, "usable_cpus", lambda: (1, "1 CPU (test)"))
     train(load_config(None, tiny_recipe(tmp_path, "train.iterations=1", "data.workers=auto")))
     assert load_config(tmp_path / "config.yaml").data.workers == 1
+
+
+def test_idle_openmp_threads_sleep_only_on_a_busy_machine() -> None:
+    cpus = os.cpu_count()
+    busy: dict[str, str] = {}
+    assert "PASSIVE" in choose_wait_policy(busy, load=cpus + 0.5, cpus=cpus, torch_loaded=False)
+    assert busy == {"OMP_WAIT_POLICY": "PASSIVE"} and "PASSIVE" in openmp.DECISION
+    quiet: dict[str, str] = {}
+    assert "quiet" in choose_wait_policy(quiet, load=0.2, cpus=cpus, torch_loaded=False) and quiet == {}
+    if cpus >= 8:  # a load of 1 on a large machine leaves room for this process's threads
+        assert "quiet" in choose_wait_policy(quiet, load=1.0, cpus=2, torch_loaded=False)
+    chosen = {"OMP_WAIT_POLICY": "ACTIVE"}
+    assert "as the environment sets it" in choose_wait_policy(chosen, load=cpus + 1.0, cpus=cpus, torch_loaded=False)
+    assert chosen == {"OMP_WAIT_POLICY": "ACTIVE"}
+    late: dict[str, str] = {}
+    assert "loaded before" in choose_wait_policy(late, load=cpus + 1.0, cpus=cpus, torch_loaded=True) and late == {}

@@ -37,6 +37,7 @@ from pixelwise.data import ClassInfo, SegmentationDataset
 from pixelwise.data.transforms import IMAGENET_MEAN, IMAGENET_STD, CutMix, RareClassSampling
 from pixelwise.errors import InputError
 from pixelwise.losses import WeightedCrossEntropyLoss, create_loss, loss_with_aux, takes_pixel_weights
+import pixelwise.openmp as openmp
 from pixelwise.metrics import RANKING_KEYS, ConfusionMatrix, MembraneMetric, summary_direction
 from pixelwise.runtimes import autocast_context
 from pixelwise.runtimes.compiled import CompiledOrEager
@@ -233,6 +234,8 @@ def _train(config: Config, resume: bool, overwrite: bool, context: DistributedCo
         threads, why = set_threads(config.train.threads)
         if context.is_main:
             logger.info("train.threads: %d (%s)", threads, why)
+    if context.is_main:
+        logger.info("OpenMP threads wait: %s", openmp.DECISION)
     if config.data.workers == "auto":
         config.data.workers, why = loader_workers(config.data.workers)
         if context.is_main:
