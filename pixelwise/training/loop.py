@@ -111,32 +111,31 @@ def _record_rare_class_sampling(samples: Dataset, classes: ClassInfo, iteration:
 
 
 def evaluate(model: nn.Module, dataset: SegmentationDataset, device: torch.device,
-             amp: str | None = None, context: DistributedContext | None = None) -> ConfusionMatrix:
+             amp: str | None = None, context: DistributedContext | None = None,
+             membrane: MembraneMetric | None = None) -> ConfusionMatrix:
     """Whole-image inference over ``dataset`` into a confusion matrix (one image at a time:
-    validation images may differ in size).
+    validation images may differ in size), each image also scored by ``membrane`` where given.
 
     With a distributed ``context`` each process evaluates every ``world_size``-th image from its
-    rank on, and the matrices are summed over processes, so all of them return the same counts.
+    rank on, and the matrices (and membrane metrics) are summed over processes, so all of them
+    return the same counts.
     """
     context = context or DistributedContext(device=device)
     shard = range(context.rank, len(dataset), context.world_size)
-    matrix = _evaluate_images(unwrap(model), dataset, shard, device, amp)
-    return matrix.all_reduce() if context.distributed else matrix
-
-
-def validate(model: nn.Module, dataset: SegmentationDataset, device: torch.device, amp: str | None = None,
-             context: DistributedContext | None = None) -> dict:
-    """The validation summary of a training run: :func:`evaluate`'s confusion-matrix summary and,
-    on two-class data, the ISBI 2012 membrane metrics (:meth:`MembraneMetric.summary`), summed
-    over processes like the matrix."""
-    context = context or DistributedContext(device=device)
-    shard = range(context.rank, len(dataset), context.world_size)
-    membrane = _membrane_metric(dataset, device)
     matrix = _evaluate_images(unwrap(model), dataset, shard, device, amp, membrane)
     if context.distributed:
         matrix.all_reduce()
         if membrane is not None:
             membrane.all_reduce()
+    return matrix
+
+
+def validate(model: nn.Module, dataset: SegmentationDataset, device: torch.device, amp: str | None = None,
+             context: DistributedContext | None = None) -> dict:
+    """The validation summary of a training run: :func:`evaluate`'s confusion-matrix summary and,
+    on two-class data, the ISBI 2012 membrane metrics (:meth:`MembraneMetric.summary`)."""
+    membrane = _membrane_metric(dataset, device)
+    matrix = evaluate(model, dataset, device, amp, context, membrane)
     return matrix.summary() | ({} if membrane is None else membrane.summary())
 
 
@@ -153,10 +152,10 @@ def _evaluate_images(model: nn.Module, dataset: SegmentationDataset, indices: Se
     matrix = ConfusionMatrix(classes.num_classes, classes.ignore_index, device=device)
     options = validation_inference(amp)
     for image, mask in DataLoader(Subset(dataset, indices), batch_size=1, num_workers=0):
-        logits = options.logits(model, image.to(device))
-        matrix.update_logits(mask.to(device), logits)
+        logits, mask = options.logits(model, image.to(device)), mask.to(device)
+        matrix.update_logits(mask, logits)
         if membrane is not None:
-            membrane.update_logits(mask.to(device), logits)
+            membrane.update_logits(mask, logits)
     return matrix
 
 
