@@ -227,6 +227,28 @@ def test_the_wide_transposed_convolution_starts_as_bilinear_interpolation(scale,
     torch.testing.assert_close(up(image), expected, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize(("scale", "kernel"), [(3, 9), (2, 8), (4, 10), (3, 5), (2, 4), (5, 11)])
+def test_the_wide_transposed_convolution_is_computed_as_its_sub_pixel_convolution(scale, kernel):
+    """Random kernels (not the bilinear start, where many taps are zero): the dense convolution at
+    low resolution plus pixel shuffle gives the transposed convolution's outputs and gradients."""
+    torch.manual_seed(scale * kernel)
+    up = WideTransposedUpsample(5, 2, scale, kernel).double()
+    with torch.no_grad():
+        up.conv.weight.normal_()
+        up.conv.bias.normal_()
+    image = torch.randn(2, 5, 7, 4, dtype=torch.float64, requires_grad=True)
+    fast, reference = up(image), up.transposed_forward(image)
+    assert fast.shape == reference.shape == (2, 2, 7 * scale, 4 * scale)
+    torch.testing.assert_close(fast, reference, atol=1e-12, rtol=1e-12)
+    upstream = torch.randn_like(fast)
+    for fast_grad, reference_grad in zip(torch.autograd.grad(fast, (image, up.conv.weight, up.conv.bias), upstream),
+                                         torch.autograd.grad(reference, (image, up.conv.weight, up.conv.bias), upstream)):
+        torch.testing.assert_close(fast_grad, reference_grad, atol=1e-10, rtol=1e-10)
+    weight, _ = up.subpixel_weight()
+    assert weight.shape[:2] == (2 * scale ** 2, 5) and weight.shape[-1] == 2 * up.reach + 1
+    assert torch.count_nonzero(weight) == kernel * kernel * 5 * 2  # every tap used once, the rest zero
+
+
 def test_espcn_depth_and_residual_start():
     deep = create_sr_model("espcn", 3, channels=[16, 16, 8])
     assert [m.out_channels for m in deep.features if isinstance(m, torch.nn.Conv2d)] == [16, 16, 8]
@@ -493,6 +515,33 @@ def test_compare_prints_the_published_figures_of_its_benchmark_and_scale_only(im
     assert "published: ×3 on Set14" in capsys.readouterr().out
 
 
+def test_train_and_compare_read_no_image_outside_the_folders_given(image_folders, tmp_path, monkeypatch, capsys):
+    """Set14 is kept back: a benchmark folder beside Set5 is never opened by training or comparing."""
+    root = tmp_path / "superres"
+    for name, source in (("T91", "train"), ("Set5", "val"), ("Set14", "val")):
+        (root / name).mkdir(parents=True)
+        for image in (image_folders / source).iterdir():
+            (root / name / image.name).write_bytes(image.read_bytes())
+    opened = []
+    real_open = Image.open
+
+    def spy(source, *args, **kwargs):
+        opened.append(Path(source).resolve() if isinstance(source, (str, Path)) else source)
+        return real_open(source, *args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", spy)
+    run = tmp_path / "run"
+    overrides = [f"data.train={root / 'T91'}", f"data.val={root / 'Set5'}", "data.patch_size=8", "data.batch_size=4",
+                 "train.iterations=2", "train.eval_every=2", f"train.output_dir={run}", "model.options={channels: [8, 8]}"]
+    assert main(["superres", "train", *overrides]) == 0
+    assert main(["superres", "compare", str(root / "Set5"), "--scale", "3", "--checkpoint", str(run / "last.pt"),
+                 "--out", str(tmp_path / "compare"), "--crop", "24"]) == 0
+    assert "published: ×3 on Set5" in capsys.readouterr().out
+    paths = [path for path in opened if isinstance(path, Path)]
+    assert {path.parent.name for path in paths} == {"T91", "Set5"}
+    assert all(path.is_relative_to(root.resolve()) for path in paths)
+
+
 # ------------------------------------------------------------------ export
 
 def test_a_superres_checkpoint_exports_to_onnx_and_upscales_as_it_does(image_folders, sr_checkpoint, tmp_path, capsys):
@@ -542,12 +591,13 @@ SUPERRES_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "s
 T91_RECIPES = sorted((Path(__file__).resolve().parents[1] / "configs").glob("superres_*_t91.yaml"))
 
 
-def test_a_t91_recipe_per_network_within_30_minutes():
-    names = {load_superres_config(path).model.name for path in T91_RECIPES}
-    assert names == {"espcn", "srcnn", "fsrcnn"}
-    for path in T91_RECIPES:
-        config = load_superres_config(path)
-        assert config.train.time_budget_min <= 30 and config.model.scale == 3
+def test_a_t91_recipe_per_network_within_30_minutes_and_every_scale_for_fsrcnn():
+    configs = {path.stem: load_superres_config(path) for path in T91_RECIPES}
+    assert {(config.model.name, config.model.scale) for config in configs.values()} == {
+        ("espcn", 3), ("srcnn", 3), ("fsrcnn", 2), ("fsrcnn", 3), ("fsrcnn", 4)}
+    for stem, config in configs.items():
+        assert stem == f"superres_{config.model.name}_x{config.model.scale}_t91"
+        assert config.train.time_budget_min <= 30 and config.train.output_dir == f"runs/{stem}"
         assert config.data.train.endswith("superres/T91") and config.data.val.endswith("superres/Set5")
 
 
