@@ -13,7 +13,7 @@ from pixelwise.training.budget import MEASURED_STEPS, WARMUP_STEPS, iterations_f
 from pixelwise.io.checkpoint import load_checkpoint, save_checkpoint
 from pixelwise.inference.loading import load_model
 from pixelwise.training.run_log import plot_curves, read_metrics
-from pixelwise.training.sampling import ResumableBatchSampler
+from pixelwise.training.sampling import ResumableBatchSampler, SeededSamples
 from pixelwise.training.loop import TrainingDiverged, learning_rate, train
 
 
@@ -129,6 +129,27 @@ def test_batches_depend_only_on_seed_and_iteration() -> None:
     assert sorted(epoch) == list(range(10)), "each epoch is a permutation"
     ranks = [ResumableBatchSampler(10, 2, 1, 0, 3, rank=r, world_size=2) for r in (0, 1)]
     assert [a + b for a, b in zip(*ranks)] == list(ResumableBatchSampler(10, 4, 1, 0, 3))
+
+
+def test_a_sample_is_drawn_under_its_own_seed_and_leaves_the_callers_state_alone() -> None:
+    class Draws(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return 3
+
+        def __getitem__(self, index: int) -> torch.Tensor:
+            return torch.rand(4) + index
+
+    samples = SeededSamples(Draws())
+    torch.manual_seed(5)
+    expected_next = torch.rand(2)
+    torch.manual_seed(5)
+    first, again = samples[(1, 123)], samples[(1, 123)]
+    assert torch.equal(first, again) and not torch.equal(first, samples[(1, 124)])
+    torch.manual_seed(123)
+    assert torch.equal(first, torch.rand(4) + 1), "the seed is torch.manual_seed's on the CPU generator"
+    torch.manual_seed(5)
+    samples[(2, 9)]
+    assert torch.equal(torch.rand(2), expected_next)
 
 
 def test_schedule_warms_up_then_decays() -> None:
