@@ -168,8 +168,8 @@ class WideTransposedUpsample(nn.Module):
     so phase ``r`` of the sub-pixel kernel at offset ``e`` is that tap of the transposed kernel
     (zero where ``t`` falls outside it). :meth:`forward` gathers that kernel from the transposed
     one every call (gradients flow back to it; checkpoints keep ``conv.weight`` as a transposed
-    kernel) and runs one dense convolution on the replicated borders, which computes the same
-    outputs 4–10 times faster than PyTorch's and ONNX Runtime's transposed convolution on a CPU.
+    kernel) and runs one dense convolution on the replicated borders: the same outputs, several
+    times faster than a transposed convolution on a CPU (measured in docs/superres.md).
     :meth:`transposed_forward` is the transposed convolution itself, kept as the reference.
     """
 
