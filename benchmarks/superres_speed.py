@@ -16,11 +16,14 @@ calibrated on the low-resolution luminance of eight T91 images, random images wh
 Bicubic is :func:`pixelwise.superres.images.upscale_fixed` on the RGB frame. Each figure is the
 median over ``--frames`` timed frames after two untimed ones. What a runtime costs in quality is
 its luminance PSNR on ``--images`` (Set5 where present; as ``superres compare`` scores it), so a
-trained ``--checkpoint`` says whether int8 or bf16 gives its accuracy away. Goal (issue 35): ≥ 24
+trained ``--checkpoint`` says whether int8 or bf16 gives its accuracy away. ``--reference`` adds
+each FSRCNN with its last layer run as the transposed convolution itself
+(:meth:`~pixelwise.layers.upsample.WideTransposedUpsample.transposed_forward`), the speed its
+sub-pixel form replaced. Goal (issue 35): ≥ 24
 frames per second for the ×3 network on 2 cores.
 
 Usage:
-    python benchmarks/superres_speed.py [--frames 10] [--threads N] [--network espcn fsrcnn] [--images DIR]
+    python benchmarks/superres_speed.py [--frames 10] [--threads N] [--network espcn fsrcnn] [--images DIR] [--reference]
     python benchmarks/superres_speed.py --network --checkpoint runs/superres_fsrcnn_x3_t91/last.pt
 
 Prints a table and writes ``benchmarks/results/superres_speed.json``.
@@ -44,6 +47,7 @@ import torch
 from torch import Tensor, nn
 
 from pixelwise.data.io import decode_image
+from pixelwise.layers.upsample import WideTransposedUpsample
 from pixelwise.export import quantize_int8
 from pixelwise.inference.predict import expand_inputs
 from pixelwise.runtimes.onnx_graph import onnx_proto
@@ -143,6 +147,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch and ONNX Runtime threads (default: cores)")
     parser.add_argument("--images", type=Path, default=SUPERRES / "Set5",
                         help="whose luminance PSNR each runtime gets (default: Set5; absent: not scored)")
+    parser.add_argument("--reference", action="store_true",
+                        help="also FSRCNN's last layer as the transposed convolution it computes as a sub-pixel one")
     parser.add_argument("--output", type=Path, default=RESULTS, help="where to write the JSON")
     args = parser.parse_args()
     threads = args.threads or usable_cpus()[0]
@@ -154,6 +160,11 @@ def main() -> int:
         if spec["scale"] != SCALE:
             parser.error(f"{checkpoint} upscales by {spec['scale']}; this benchmark measures ×{SCALE}")
         networks.append((f"{method_name(spec['name'], spec['options'])} ({Path(checkpoint).parent.name})", model))
+    for name, model in list(networks):
+        if isinstance(getattr(model, "upsampler", None), WideTransposedUpsample) and args.reference:
+            reference = copy.deepcopy(model)
+            reference.upsampler.forward = reference.upsampler.transposed_forward
+            networks.append((f"{name} as transposed conv", reference))
     frame = torch.rand(1, 3, *LOW_SIZE)
     frame_y = torch.rand(1, 1, *LOW_SIZE)
     images = expand_inputs([args.images]) if args.images.exists() else []
@@ -172,11 +183,11 @@ def main() -> int:
     print(f"×{SCALE}: {LOW_SIZE[1]}×{LOW_SIZE[0]} → {SCALE * LOW_SIZE[1]}×{SCALE * LOW_SIZE[0]}, {threads} thread(s), "
           f"{platform.processor() or platform.machine()}, bf16 units: {cpu_has_bf16()}")
     scored = f"PSNR {args.images.name}" if images else "PSNR"
-    print(f"{'method':<22} {'runtime':<28} {'network fps':>12} {'frame fps':>10} {'frame vs bicubic':>17} {scored:>11}")
+    print(f"{'method':<32} {'runtime':<28} {'network fps':>12} {'frame fps':>10} {'frame vs bicubic':>17} {scored:>11}")
     for row in rows:
         network = "—" if row["network"] is None else f"{row['network']['fps']:.1f}"
         psnr = "—" if row.get("psnr") is None else f"{row['psnr']:.2f}"
-        print(f"{row['method']:<22} {row['runtime']:<28} {network:>12} {row['frame']['fps']:>10.1f} "
+        print(f"{row['method']:<32} {row['runtime']:<28} {network:>12} {row['frame']['fps']:>10.1f} "
               f"{row['frame']['fps'] / bicubic:>16.2f}× {psnr:>11}")
     write_report({"question": f"frames per second of a ×{SCALE} {LOW_SIZE[1]}×{LOW_SIZE[0]} enlargement",
                   "threads": threads, "cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
