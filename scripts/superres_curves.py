@@ -5,8 +5,8 @@ as dashed lines and the runs' bicubic baseline as a dotted one.
 The minutes are the sum of the runs' own step times up to each evaluation (``step_s`` in
 ``metrics.jsonl``), so runs of different speeds line up by the time they were given.
 
-Run: ``.venv/bin/python scripts/superres_curves.py runs/sr35/espcn_x3 runs/sr35/srcnn_x3 \
-runs/sr35/fsrcnn_x3_s0 --out docs/images/superres_t91_x3.png``
+Run: ``.venv/bin/python scripts/superres_curves.py runs/superres_espcn_x3_t91 runs/superres_srcnn_x3_t91 \
+runs/superres_fsrcnn_x3_t91 --out docs/images/superres_t91_x3.png`` (the recipes' run folders)
 """
 from __future__ import annotations
 
