@@ -36,6 +36,9 @@ def _overlay_pixels(page, card: str) -> list[int]:
     }}""")
 
 
+# The page forbids eval, so waits go through locators: a string given to page.wait_for_function is
+# evaluated by eval once its first check fails, and the policy refuses it.
+
 # Records what the Content-Security-Policy blocked, before any script of the page runs.
 WATCH_POLICY = """window.__violations = [];
 document.addEventListener('securitypolicyviolation', e => window.__violations.push(e.violatedDirective));"""
@@ -57,7 +60,7 @@ def test_upload_overlay_slider_legend_hiding_and_a_click(tiny_checkpoint: Path, 
             page.on("requestfailed", lambda request: failed.append(request.url))
             response = page.goto(url)
             assert "default-src 'self'" in response.headers["content-security-policy"]
-            page.wait_for_function("document.getElementById('model-info').textContent.includes('classes')")
+            sync_api.expect(page.locator("#model-info")).to_contain_text("classes")
             assert "best.pt" in page.text_content("#model-info") and str(tiny_checkpoint.parent) not in \
                 page.content()
             page.set_input_files("#files", [str(path) for path in paths])
@@ -129,7 +132,7 @@ def test_a_model_file_with_markup_in_its_class_names_runs_no_script(tiny_checkpo
             page = browser.new_page()
             page.add_init_script(WATCH_POLICY)
             page.goto(url)
-            page.wait_for_function("document.getElementById('model-info').textContent.includes('classes')")
+            sync_api.expect(page.locator("#model-info")).to_contain_text("classes")
             page.set_input_files("#files", [str(image)])
             page.wait_for_selector(".card canvas.overlay[data-ready='1']", timeout=60_000)
             page.click(".card canvas.field", position={"x": 40, "y": 30})
