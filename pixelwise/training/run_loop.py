@@ -31,6 +31,7 @@ from pixelwise.config import ConfigError, config_to_dict
 from pixelwise.data import DataError
 from pixelwise.errors import PixelwiseError
 from pixelwise.io.checkpoint import non_finite_tensors, save_checkpoint
+from pixelwise.runtimes.memory import keep_freed_memory
 from pixelwise.training.budget import EVAL_PROBE_IMAGES, RECENT_STEPS, BudgetClock, BudgetPlan, iterations_for_budget
 from pixelwise.training.distributed import (DistributedContext, broadcast_object, gather_objects, sync_buffers,
                                           unwrap)
@@ -237,6 +238,9 @@ class TrainingLoop:
     def run(self, batches: Iterable, log: RunLog) -> dict | None:
         """Train until the total; returns the last evaluation's summary."""
         progress = self.progress
+        freed_memory = keep_freed_memory()
+        if self.context.is_main:
+            logger.info("Freed memory: %s", freed_memory)
         self.clock = _budget_clock(self.config, progress, self.session_start)
         if progress.total is not None and self.on_total is not None:
             self.on_total(progress.total, None)
