@@ -7,8 +7,8 @@ same activations and gradients every iteration, so the kernel maps and zeroes th
 time: a U-Net-ResNet18 step of batch 8 at 288×384 takes about 330,000 page faults and 0.8–0.9 s
 of CPU time in the kernel, a tenth of the step's (``benchmarks/page_faults.py``).
 :func:`keep_freed_memory` raises glibc's ``mmap`` and trim thresholds, so freed blocks stay in
-the process's heap and the next step reuses them; the process's peak memory grows by about a
-tenth (what the heap keeps between steps).
+the process's heap and the next step reuses them; the process's peak memory grows by 7–9% (what
+the heap keeps between steps).
 
 It changes only the process that calls it (``pixelwise train`` and ``pixelwise superres train``
 do, in the training loop), and only with glibc. The environment decides where it says something:
