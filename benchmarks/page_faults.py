@@ -5,7 +5,7 @@ training step, which allocates and frees the same activations every iteration, g
 fresh pages the kernel maps and zeroes again. ``pixelwise train`` raises the thresholds as it
 starts (``pixelwise.runtimes.memory.keep_freed_memory``); this measures what that buys on the
 CamVid recipes' step: U-Net-ResNet18 (or ``--model``), batch 8 × 288 × 384, 11 classes,
-channels-last, AdamW and cross-entropy, at the precision ``train.amp: auto`` picks on this machine
+channels-last, AdamW and cross-entropy as ``train_step.py`` times them, at the precision ``train.amp: auto`` picks on this machine
 (``--precision`` to force one).
 
 Each variant runs in a fresh process (the thresholds are process-wide), the two alternating
@@ -31,21 +31,23 @@ from pathlib import Path
 
 from report import write_report  # benchmarks/report.py: run as scripts, this folder is on sys.path
 
-RESULTS = Path(__file__).resolve().parent / "results" / "page_faults.json"
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results" / "page_faults.json"
 # name: (whether freed memory is kept, the environment added)
 VARIANTS = {"glibc default": ("default", {}), "freed memory kept (pixelwise train)": ("keep", {})}
-if "--huge-pages" in sys.argv:  # PyTorch's own THP_MEM_ALLOC_ENABLE: 2 MiB-aligned, madvise'd blocks
-    VARIANTS.update({"huge pages": ("default", {"THP_MEM_ALLOC_ENABLE": "1"}),
-                     "freed memory kept + huge pages": ("keep", {"THP_MEM_ALLOC_ENABLE": "1"})})
+# --huge-pages: PyTorch's own THP_MEM_ALLOC_ENABLE (2 MiB-aligned, madvise'd blocks), alone and with the above.
+HUGE_PAGES = {"huge pages": ("default", {"THP_MEM_ALLOC_ENABLE": "1"}),
+              "freed memory kept + huge pages": ("keep", {"THP_MEM_ALLOC_ENABLE": "1"})}
 
-# One process's measurement: argv is mode, model, precision, warm-up and timed steps, threads.
+# One process's measurement: argv is mode, model, precision, warm-up and timed steps, threads; the
+# step and its batch are train_step.py's (this folder is put on the child's path).
 CHILD = """
 import json, resource, statistics, sys, time
 import torch
-from torch import nn
 import pixelwise
 from pixelwise.runtimes.memory import keep_freed_memory
 from pixelwise.runtimes.torch_runtime import choose_precision
+from train_step import NUM_CLASSES, make_batch, make_step
 
 mode, model_name, precision, warmup, steps, threads = sys.argv[1:7]
 decision = keep_freed_memory() if mode == "keep" else "glibc's default"
@@ -53,21 +55,8 @@ if threads != "default":
     torch.set_num_threads(int(threads))
 amp, why = choose_precision(precision, torch.device("cpu"))
 torch.manual_seed(0)
-model = pixelwise.create_model(model_name, num_classes=11, encoder="resnet18").to_channels_last().train()
-generator = torch.Generator().manual_seed(0)
-images = torch.randn(8, 3, 288, 384, generator=generator).contiguous(memory_format=torch.channels_last)
-masks = torch.randint(0, 11, (8, 288, 384), generator=generator)
-optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-criterion = nn.CrossEntropyLoss()
-
-def step():
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp == "bf16"):
-        logits = model(images)
-    loss = criterion(logits.float(), masks)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-
+model = pixelwise.create_model(model_name, num_classes=NUM_CLASSES, encoder="resnet18").to_channels_last()
+step = make_step(model, make_batch(8, 288, 384), channels_last=True, bf16=amp == "bf16")
 for _ in range(int(warmup)):
     step()
 before, times = resource.getrusage(resource.RUSAGE_SELF), []
@@ -89,7 +78,9 @@ def measure(mode: str, environment: dict[str, str], args: argparse.Namespace) ->
     """One fresh process's figures for ``mode`` ("default" or "keep") with ``environment`` added."""
     command = [sys.executable, "-c", CHILD, mode, args.model, args.precision, str(args.warmup), str(args.steps),
                str(args.threads or "default")]
-    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **environment})
+    path = os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))
+    result = subprocess.run(command, capture_output=True, text=True,
+                            env={**os.environ, **environment, "PYTHONPATH": path})
     if result.returncode != 0:
         raise SystemExit(f"the {mode} process failed:\n{result.stderr}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -113,11 +104,12 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
-    runs: dict[str, list[dict]] = {name: [] for name in VARIANTS}
+    variants = {**VARIANTS, **(HUGE_PAGES if args.huge_pages else {})}
+    runs: dict[str, list[dict]] = {name: [] for name in variants}
     for round_ in range(args.rounds):
-        order = list(VARIANTS) if round_ % 2 == 0 else list(reversed(VARIANTS))
+        order = list(variants) if round_ % 2 == 0 else list(reversed(variants))
         for name in order:
-            runs[name].append(measure(*VARIANTS[name], args))
+            runs[name].append(measure(*variants[name], args))
     first = runs["glibc default"][0]
     print(f"{args.model}-resnet18, batch 8 × 3 × 288 × 384, {first['precision']} ({first['precision_reason']}), "
           f"{first['threads']} threads; {platform.processor() or platform.machine()}; {args.rounds} processes each, "
@@ -126,9 +118,9 @@ def main() -> int:
           f"{'peak RSS MiB':>12}")
     summary = {}
     for name, measured in runs.items():
-        row = {key: statistics.median(run[key] for run in measured)
-               for key in ("median_s", "faults_per_step", "kernel_cpu_s_per_step", "user_cpu_s_per_step", "peak_rss_mib")}
-        row["median_s"] = statistics.median(time for run in measured for time in run["steps_s"])
+        row = {"median_s": statistics.median(time for run in measured for time in run["steps_s"])}
+        row.update({key: statistics.median(run[key] for run in measured)
+                    for key in ("faults_per_step", "kernel_cpu_s_per_step", "user_cpu_s_per_step", "peak_rss_mib")})
         summary[name] = row
         print(f"{name:<40} {row['median_s']:>13.3f} {row['faults_per_step']:>12.0f} {row['kernel_cpu_s_per_step']:>13.2f} "
               f"{row['user_cpu_s_per_step']:>11.2f} {row['peak_rss_mib']:>12.0f}")
